@@ -1,0 +1,214 @@
+"""Deterministic, streaming compressors for layer blobs.
+
+The bytes produced depend only on the data, the algorithm and the level: never on the thread
+count, the size of the writes, the time or the machine (for a given zlib/libzstd version).
+
+gzip uses the pigz technique: the input is cut into fixed-size blocks, each block is deflated
+independently (raw deflate, primed with the previous block's last 32 KiB as dictionary) in a
+thread pool, non-final blocks end with a sync flush so the pieces concatenate into one deflate
+stream, and one gzip header (no name, mtime 0, fixed OS byte) and trailer (crc32, size) wrap it.
+zlib releases the GIL while deflating, so threads give real parallelism.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO, Protocol
+
+import zstandard
+
+GZIP_BLOCK_SIZE = 1 << 20
+_DEFLATE_WINDOW = 32 * 1024
+DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
+# zstd block for re-chunking input, so the compressor sees the same write sizes whatever the
+# caller's write pattern.
+_ZSTD_CHUNK = 1 << 20
+# gzip header OS byte: 255 ("unknown"), as Go's compress/gzip writes; fixed for determinism.
+_GZIP_OS_UNKNOWN = 255
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes) -> int: ...
+
+
+class HashingSink:
+    """Forwards bytes to `out` while counting them and hashing them with sha256."""
+
+    def __init__(self, out: ByteSink) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self._hash.update(data)
+            self._out.write(data)
+            self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        # tarfile asks for the position when it opens; it is the count of bytes written.
+        return self.size
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+class Compressor(Protocol):
+    def write(self, data: bytes) -> int: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class PlainWriter:
+    """No compression: the tar goes out as-is."""
+
+    def __init__(self, sink: ByteSink) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def _deflate_block(block: bytes, zdict: bytes | None, level: int, final: bool) -> bytes:
+    if zdict:
+        comp = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
+    else:
+        comp = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
+    body = comp.compress(block)
+    return body + comp.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+
+
+class ParallelGzipWriter:
+    """gzip in fixed-size blocks compressed by a thread pool; output independent of threads."""
+
+    def __init__(
+        self,
+        sink: ByteSink,
+        *,
+        level: int = 6,
+        threads: int | None = None,
+        block_size: int = GZIP_BLOCK_SIZE,
+    ) -> None:
+        if not 0 <= level <= 9:
+            raise ValueError(f"gzip level must be 0..9, got {level}")
+        self._sink = sink
+        self._level = level
+        self._block_size = block_size
+        self._threads = max(1, threads if threads else (os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
+        # Results waiting to be written, in input order; bounded so memory stays flat.
+        self._pending: deque[Future[bytes] | bytes] = deque()
+        self._max_pending = 2 * self._threads
+        self._buffer = bytearray()
+        self._prev_tail: bytes | None = None
+        self._crc = 0
+        self._length = 0
+        xfl = 2 if level == 9 else (4 if level == 1 else 0)
+        self._sink.write(b"\x1f\x8b\x08\x00" + b"\x00\x00\x00\x00" + bytes([xfl, _GZIP_OS_UNKNOWN]))
+
+    def write(self, data: bytes) -> int:
+        if not data:
+            return 0
+        self._crc = zlib.crc32(data, self._crc)
+        self._length += len(data)
+        self._buffer += data
+        while len(self._buffer) >= self._block_size:
+            block = bytes(self._buffer[: self._block_size])
+            del self._buffer[: self._block_size]
+            self._submit(block, final=False)
+        return len(data)
+
+    def _submit(self, block: bytes, *, final: bool) -> None:
+        zdict = self._prev_tail
+        self._prev_tail = block[-_DEFLATE_WINDOW:] if block else zdict
+        if self._pool is None:
+            self._pending.append(_deflate_block(block, zdict, self._level, final))
+        else:
+            self._pending.append(self._pool.submit(_deflate_block, block, zdict, self._level, final))
+        while len(self._pending) > self._max_pending:
+            self._write_oldest()
+
+    def _write_oldest(self) -> None:
+        item = self._pending.popleft()
+        self._sink.write(item if isinstance(item, bytes) else item.result())
+
+    def close(self) -> None:
+        try:
+            self._submit(bytes(self._buffer), final=True)
+            self._buffer.clear()
+            while self._pending:
+                self._write_oldest()
+            self._sink.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._length & 0xFFFFFFFF))
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop the workers without finishing the stream (after an error)."""
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ZstdWriter:
+    """zstd with fixed parameters: checksum on, no content size, no dictionary.
+
+    libzstd's multithreaded mode gives the same bytes for any worker count >= 1, but its
+    single-threaded mode (0 workers) cuts the stream differently; so we always run in
+    multithreaded mode, with at least one worker, and the thread count never shows in the output.
+    """
+
+    def __init__(self, sink: ByteSink, *, level: int = 3, threads: int | None = None) -> None:
+        workers = max(1, threads if threads else (os.cpu_count() or 1))
+        cctx = zstandard.ZstdCompressor(
+            level=level,
+            threads=workers,
+            write_checksum=True,
+            write_content_size=False,
+            write_dict_id=False,
+        )
+        self._writer = cctx.stream_writer(sink, closefd=False, write_return_read=True)
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        while len(self._buffer) >= _ZSTD_CHUNK:
+            self._writer.write(bytes(self._buffer[:_ZSTD_CHUNK]))
+            del self._buffer[:_ZSTD_CHUNK]
+        return len(data)
+
+    def close(self) -> None:
+        if self._buffer:
+            self._writer.write(bytes(self._buffer))
+            self._buffer.clear()
+        self._writer.flush(zstandard.FLUSH_FRAME)
+        self._writer.close()
+
+    def abort(self) -> None:
+        self._buffer.clear()
+
+
+def open_compressor(
+    compression: str, sink: ByteSink, *, level: int | None = None, threads: int | None = None
+) -> Compressor:
+    """A writer that compresses into `sink`; `close()` finishes the stream (not the sink)."""
+    if compression == "gzip":
+        return ParallelGzipWriter(sink, level=DEFAULT_LEVELS["gzip"] if level is None else level, threads=threads)
+    if compression == "zstd":
+        return ZstdWriter(sink, level=DEFAULT_LEVELS["zstd"] if level is None else level, threads=threads)
+    if compression == "uncompressed":
+        return PlainWriter(sink)
+    raise ValueError(f"unknown layer compression {compression!r} (want gzip, zstd or uncompressed)")

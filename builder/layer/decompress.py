@@ -1,0 +1,146 @@
+"""Open a possibly compressed tar stream: detect the format by its magic bytes."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import zlib
+from typing import BinaryIO
+
+import zstandard
+
+from builder.errors import ArchiveError
+
+_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+)
+_MAGIC_LEN = max(len(magic) for magic, _ in _MAGICS)
+# zstd input is fed in small pieces because one piece can expand ~32000x (runs of zeros) and
+# the decompressobj API cannot cap its output: 2 KiB in -> at most ~64 MiB out.
+_ZSTD_INPUT_CHUNK = 2048
+_DECODE_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError, ValueError)
+
+
+def detect_compression(head: bytes) -> str:
+    """"gzip", "zstd", "bzip2", "xz" or "none" from the first bytes of a stream."""
+    for magic, name in _MAGICS:
+        if head.startswith(magic):
+            return name
+    return "none"
+
+
+class _PrefixedReader(io.RawIOBase):
+    """Gives back the bytes already read for sniffing, then the rest of the stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(view))
+        if not data:
+            return 0
+        view[: len(data)] = data
+        return len(data)
+
+
+class _ErrorTranslatingReader(io.RawIOBase):
+    """Turns decoder failures (bad CRC, truncated stream, garbage) into ArchiveError."""
+
+    def __init__(self, inner: BinaryIO, kind: str) -> None:
+        self._inner = inner
+        self._kind = kind
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        try:
+            data = self._inner.read(len(view))
+        except ArchiveError:
+            raise
+        except _DECODE_ERRORS as err:
+            raise ArchiveError(
+                f"corrupt or truncated {self._kind} data in archive: {err or type(err).__name__}"
+            ) from err
+        view[: len(data)] = data
+        return len(data)
+
+
+class _ZstdReader(io.RawIOBase):
+    """zstd frames read to the end; a stream that stops inside a frame is an error."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._decomp = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = b""
+        self._offset = 0  # read position in _pending (slicing bytes would copy the rest)
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        while self._offset >= len(self._pending) and not self._eof:
+            if self._decomp.eof and self._decomp.unused_data:
+                # Bytes after a finished frame: the next frame (concatenated zstd streams).
+                chunk = self._decomp.unused_data
+                self._decomp = zstandard.ZstdDecompressor().decompressobj()
+            else:
+                chunk = self._source.read(_ZSTD_INPUT_CHUNK)
+                if not chunk:
+                    self._eof = True
+                    if not self._decomp.eof:
+                        raise ArchiveError("truncated zstd data in archive: the stream ends inside a frame")
+                    break
+                if self._decomp.eof:
+                    self._decomp = zstandard.ZstdDecompressor().decompressobj()
+            self._pending = self._decomp.decompress(chunk)
+            self._offset = 0
+        n = min(len(view), len(self._pending) - self._offset)
+        view[:n] = self._pending[self._offset : self._offset + n]
+        self._offset += n
+        return n
+
+
+def open_layer_stream(fileobj: BinaryIO) -> BinaryIO:
+    """A readable stream of the uncompressed tar in `fileobj` (gzip/zstd/bzip2/xz/plain).
+
+    Reads forward only (works on pipes and HTTP bodies). Decoding errors surface as
+    ArchiveError when the returned stream is read.
+    """
+    head = b""
+    while len(head) < _MAGIC_LEN:
+        piece = fileobj.read(_MAGIC_LEN - len(head))
+        if not piece:
+            break
+        head += piece
+    kind = detect_compression(head)
+    raw = io.BufferedReader(_PrefixedReader(head, fileobj), buffer_size=1 << 16)
+    if kind == "none":
+        return raw  # type: ignore[return-value]
+    decoder: BinaryIO
+    if kind == "gzip":
+        decoder = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+    elif kind == "zstd":
+        decoder = _ZstdReader(raw)  # type: ignore[assignment]
+    elif kind == "bzip2":
+        decoder = bz2.BZ2File(raw, mode="rb")  # type: ignore[assignment]
+    else:
+        decoder = lzma.LZMAFile(raw, mode="rb")  # type: ignore[assignment]
+    return io.BufferedReader(_ErrorTranslatingReader(decoder, kind), buffer_size=1 << 16)  # type: ignore[return-value]

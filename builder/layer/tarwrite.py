@@ -1,0 +1,226 @@
+"""Write a layer dir (overlay-upper format) as a deterministic OCI layer tar.
+
+Order: depth-first, the entries of each directory sorted bytewise by name, a directory before
+its contents (so every subtree is contiguous and parents precede children), and an opaque
+directory's `.wh..wh..opq` marker right after the directory itself, before any of its children.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from builder.errors import ArchiveError
+
+from .compress import HashingSink, open_compressor
+from .media import COMPRESSIONS, MEDIA_TYPE_BY_COMPRESSION, LayerDigests
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERLAY_XATTR_PREFIX = "trusted.overlay."
+_COPY_BUFSIZE = 1 << 20
+# Mode of the synthetic whiteout and opaque-marker entries (as Docker writes them).
+_MARKER_MODE = 0o600
+
+
+def decode_name(raw: bytes) -> str:
+    """File names are bytes; tarfile wants str. surrogateescape keeps non-UTF-8 bytes exact."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    """overlayfs marks a deleted path with a character device 0/0."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def read_xattrs(path: bytes | str, *, skip_overlay: bool = True) -> dict[str, bytes]:
+    """All xattrs of a path (not following symlinks), sorted by name; overlay's own omitted."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as err:
+        if err.errno in (errno.ENOTSUP, errno.EPERM):
+            return {}
+        raise
+    result: dict[str, bytes] = {}
+    for name in sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape")):
+        if skip_overlay and name.startswith(OVERLAY_XATTR_PREFIX):
+            continue
+        try:
+            result[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as err:
+            if err.errno == errno.ENODATA:
+                continue  # removed between list and get
+            raise
+    return result
+
+
+def is_opaque_dir(path: bytes | str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+@dataclass
+class _Member:
+    info: tarfile.TarInfo
+    content_path: bytes | None = None  # regular file whose bytes follow the header
+
+
+class _TarMembers:
+    """Walks src_dir and yields the tar members in layer order, with hardlinks detected."""
+
+    def __init__(self, src_dir: Path, source_date_epoch: int | None) -> None:
+        self._root = os.fsencode(src_dir)
+        self._epoch = source_date_epoch
+        # (st_dev, st_ino) -> tar name of the first path seen with that inode.
+        self._links: dict[tuple[int, int], str] = {}
+
+    def _mtime(self, st: os.stat_result) -> int:
+        seconds = st.st_mtime_ns // 1_000_000_000
+        if self._epoch is not None and seconds > self._epoch:
+            return self._epoch
+        return seconds
+
+    def _marker(self, name: str) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.REGTYPE
+        info.mode = _MARKER_MODE
+        info.mtime = self._epoch if self._epoch is not None else 0
+        return info
+
+    def __iter__(self) -> Iterator[_Member]:
+        root_st = os.lstat(self._root)
+        if not stat.S_ISDIR(root_st.st_mode):
+            raise ArchiveError(f"layer source {os.fsdecode(self._root)} is not a directory")
+        if is_opaque_dir(self._root):
+            yield _Member(self._marker(OPAQUE_MARKER))
+        yield from self._walk_dir(b"")
+
+    def _walk_dir(self, rel_dir: bytes) -> Iterator[_Member]:
+        abs_dir = os.path.join(self._root, rel_dir) if rel_dir else self._root
+        with os.scandir(abs_dir) as it:
+            names = sorted(entry.name for entry in it)
+        for name in names:
+            rel = os.path.join(rel_dir, name) if rel_dir else name
+            abs_path = os.path.join(self._root, rel)
+            st = os.lstat(abs_path)
+            yield from self._member(rel, abs_path, st)
+
+    def _member(self, rel: bytes, abs_path: bytes, st: os.stat_result) -> Iterator[_Member]:
+        name = decode_name(rel)
+        base = os.path.basename(rel)
+        if is_whiteout(st):
+            parent = os.path.dirname(rel)
+            marker = os.path.join(parent, b".wh." + base) if parent else b".wh." + base
+            yield _Member(self._marker(decode_name(marker)))
+            return
+        if base.startswith(b".wh."):
+            raise ArchiveError(
+                f"cannot put {name!r} in a layer: names starting with .wh. are reserved for whiteouts",
+                hint="rename the file",
+            )
+        mode = st.st_mode
+        if stat.S_ISSOCK(mode):
+            return  # sockets cannot be archived; GNU tar skips them too
+        info = tarfile.TarInfo(name)
+        info.mode = stat.S_IMODE(mode)
+        info.uid = st.st_uid
+        info.gid = st.st_gid
+        info.mtime = self._mtime(st)
+        xattrs = read_xattrs(abs_path)
+        info.pax_headers = {
+            "SCHILY.xattr." + key: decode_name(value) for key, value in xattrs.items()
+        }
+        if stat.S_ISDIR(mode):
+            info.type = tarfile.DIRTYPE
+            yield _Member(info)
+            if is_opaque_dir(abs_path):
+                yield _Member(self._marker(name + "/" + OPAQUE_MARKER))
+            yield from self._walk_dir(rel)
+            return
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = self._links.get(key)
+            if first is not None:
+                info.type = tarfile.LNKTYPE
+                info.linkname = first
+                yield _Member(info)
+                return
+            self._links[key] = name
+        if stat.S_ISREG(mode):
+            info.type = tarfile.REGTYPE
+            info.size = st.st_size
+            yield _Member(info, content_path=abs_path)
+        elif stat.S_ISLNK(mode):
+            info.type = tarfile.SYMTYPE
+            info.linkname = decode_name(os.readlink(abs_path))
+            yield _Member(info)
+        elif stat.S_ISFIFO(mode):
+            info.type = tarfile.FIFOTYPE
+            yield _Member(info)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+            info.devmajor = os.major(st.st_rdev)
+            info.devminor = os.minor(st.st_rdev)
+            yield _Member(info)
+
+
+def _open_content(path: bytes, expected_size: int) -> BinaryIO:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    f = os.fdopen(fd, "rb", buffering=0)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != expected_size:
+        f.close()
+        raise ArchiveError(f"{os.fsdecode(path)} changed while the layer was being written")
+    return f
+
+
+def write_layer(
+    src_dir: Path,
+    out: BinaryIO,
+    *,
+    compression: str = "gzip",
+    level: int | None = None,
+    source_date_epoch: int | None = None,
+    threads: int | None = None,
+) -> LayerDigests:
+    """Stream the layer tar of `src_dir` into `out`, compressed; one pass, constant memory."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown layer compression {compression!r} (want one of {COMPRESSIONS})")
+    blob = HashingSink(out)
+    compressor = open_compressor(compression, blob, level=level, threads=threads)
+    tar_stream = HashingSink(compressor)
+    try:
+        with tarfile.open(
+            fileobj=tar_stream,  # type: ignore[arg-type]
+            mode="w",
+            format=tarfile.PAX_FORMAT,
+            encoding="utf-8",
+            errors="surrogateescape",
+            copybufsize=_COPY_BUFSIZE,
+        ) as tar:
+            for member in _TarMembers(Path(src_dir), source_date_epoch):
+                if member.content_path is None:
+                    tar.addfile(member.info)
+                    continue
+                with _open_content(member.content_path, member.info.size) as content:
+                    tar.addfile(member.info, content)
+    except OSError as err:
+        compressor.abort()
+        raise ArchiveError(f"cannot write layer from {src_dir}: {err}") from err
+    except BaseException:
+        compressor.abort()
+        raise
+    compressor.close()
+    return LayerDigests(
+        diff_id=tar_stream.digest(),
+        digest=blob.digest(),
+        size=blob.size,
+        media_type=MEDIA_TYPE_BY_COMPRESSION[compression],
+    )
