@@ -1,0 +1,981 @@
+"""The local image store: content-addressed blobs, image records, tags, layer snapshots, step cache.
+
+Layout under `root`:
+
+    blobs/sha256/<hex>   every blob (layers, configs, manifests), named by the sha256 of its bytes
+    index.db             SQLite (WAL): images, tags, layer diff_id <-> blob, snapshots, step cache
+    s/<n>                unpacked layers in overlay-upper format (short names: they become lowerdirs)
+    tmp/                 in-progress writes, on the same file system so a rename publishes them
+    locks/               flock files serialising the unpacking of one diff_id across processes
+
+Why it survives kills and concurrency:
+- a blob is written to tmp/, fsynced, then renamed to its final name; readers never see a partial
+  blob, and two writers of the same content both succeed (the second finds it already there);
+- a snapshot's row (diff_id -> n) is inserted before its dir is renamed into `s/<n>`; the dir's
+  existence is the "complete" mark, and unpacking is serialised by a per-diff_id flock, so two
+  processes never both publish;
+- every temp file/dir is flock'ed by its writer while in use; `gc` removes only the ones whose
+  lock it can take (their writer is dead);
+- SQLite in WAL mode with a busy timeout lets several builder processes share one store.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable, Iterator
+
+from builder.errors import ImageNotFound, StoreError
+from builder.image import oci
+from builder.image.reference import InvalidReference, normalize_tag, parse_reference
+
+_DIGEST_IN_TEXT = re.compile(r"sha256:[0-9a-f]{64}")
+_HEX_PREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
+_CHUNK = 1 << 20
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    manifest_digest TEXT PRIMARY KEY,
+    config_digest   TEXT NOT NULL,
+    created         REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_config ON images(config_digest);
+CREATE TABLE IF NOT EXISTS tags (
+    name            TEXT PRIMARY KEY,
+    manifest_digest TEXT NOT NULL,
+    updated         REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS layers (
+    blob_digest TEXT PRIMARY KEY,
+    diff_id     TEXT NOT NULL,
+    media_type  TEXT NOT NULL,
+    size        INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS layers_diff_id ON layers(diff_id);
+CREATE TABLE IF NOT EXISTS snapshots (
+    n         INTEGER PRIMARY KEY AUTOINCREMENT,
+    diff_id   TEXT NOT NULL UNIQUE,
+    created   REAL NOT NULL,
+    last_used REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cache (
+    key       TEXT PRIMARY KEY,
+    value     TEXT NOT NULL,
+    created   REAL NOT NULL,
+    last_used REAL NOT NULL
+);
+"""
+
+
+class DigestMismatch(StoreError):
+    """Content written for a blob does not hash to the digest it was announced with."""
+
+
+@dataclass
+class ImageRecord:
+    manifest_digest: str
+    manifest: dict
+    config_digest: str
+    config: dict
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def image_id(self) -> str:
+        """Docker's IMAGE ID: the config digest."""
+        return self.config_digest
+
+    @property
+    def short_id(self) -> str:
+        return self.config_digest.removeprefix("sha256:")[:12]
+
+
+@dataclass
+class GCResult:
+    removed_blobs: list[str] = field(default_factory=list)
+    removed_snapshots: list[str] = field(default_factory=list)
+    removed_tmp: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+# --- file system helpers -------------------------------------------------------------------------
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_libc = None
+
+
+def syncfs(path: Path) -> None:
+    """Flush the whole file system holding `path` (one call instead of an fsync per unpacked file)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a tree that may hold read-only dirs (layer contents keep their modes)."""
+    def onerror(func, p, exc_info):  # noqa: ANN001 - shutil's callback signature
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            func(p)
+        except OSError:
+            pass
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, onerror=onerror)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _check_digest(digest: str) -> str:
+    if not isinstance(digest, str) or not oci.is_digest(digest):
+        raise StoreError(f"invalid blob digest {digest!r}", hint="digests look like sha256:<64 lowercase hex>")
+    return digest
+
+
+def default_root() -> Path:
+    """$BUILDER_ROOT, else $XDG_DATA_HOME/builder, else ~/.local/share/builder."""
+    if os.environ.get("BUILDER_ROOT"):
+        return Path(os.environ["BUILDER_ROOT"])
+    if os.environ.get("XDG_DATA_HOME"):
+        return Path(os.environ["XDG_DATA_HOME"]) / "builder"
+    return Path.home() / ".local" / "share" / "builder"
+
+
+# --- blob writer ---------------------------------------------------------------------------------
+
+
+class BlobWriter(io.RawIOBase):
+    """A write-only file that hashes what it is given; published by `Store.blob_writer` on success."""
+
+    def __init__(self, tmp_dir: Path, expected_digest: str | None) -> None:
+        super().__init__()
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # tells gc a live writer owns this temp file
+        self.temp_path = Path(name)
+        self._fd = fd
+        self._hash = hashlib.sha256()
+        self.expected_digest = expected_digest
+        self.size = 0
+        self.digest: str | None = None
+        self._buffer = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        with memoryview(data) as raw, raw.cast("B") as view:
+            n = len(view)
+            self._hash.update(view)
+            self._buffer += view
+        self.size += n
+        if len(self._buffer) >= _CHUNK:
+            self._drain()
+        return n
+
+    def tell(self) -> int:
+        return self.size
+
+    def _drain(self) -> None:
+        with memoryview(self._buffer) as whole:
+            view = whole
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            view.release()
+        self._buffer.clear()
+
+    def finish(self) -> str:
+        """Flush and fsync the temp file; check the digest. Returns the digest."""
+        self._drain()
+        os.fsync(self._fd)
+        self.digest = "sha256:" + self._hash.hexdigest()
+        if self.expected_digest is not None and self.digest != self.expected_digest:
+            raise DigestMismatch(
+                f"content does not match its digest: expected {self.expected_digest}, got {self.digest}",
+                hint="the source is corrupt or was modified while it was read",
+            )
+        return self.digest
+
+    def discard(self) -> None:
+        self.release()
+        try:
+            self.temp_path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def close(self) -> None:  # closing the file object a library wraps us in must not publish
+        pass
+
+
+class Staging:
+    """Blobs written but not yet visible; `publish()` renames them all into place at once.
+
+    Used by importers: an archive is verified completely before any of its blobs appears.
+    """
+
+    def __init__(self, store: "Store") -> None:
+        self._store = store
+        self._pending: list[BlobWriter] = []
+
+    @contextmanager
+    def blob_writer(self, expected_digest: str | None = None) -> Iterator[BlobWriter]:
+        writer = BlobWriter(self._store.tmp_dir, expected_digest)
+        try:
+            yield writer
+            writer.finish()
+        except BaseException:
+            writer.discard()
+            raise
+        self._pending.append(writer)
+
+    def put_blob(self, data: bytes | BinaryIO | Iterable[bytes], expected_digest: str | None = None) -> tuple[str, int]:
+        with self.blob_writer(expected_digest) as writer:
+            _copy_into(data, writer)
+        assert writer.digest is not None
+        return writer.digest, writer.size
+
+    def path_of(self, digest: str) -> Path:
+        """Where a staged (or already published) blob can be read before publish."""
+        for writer in self._pending:
+            if writer.digest == digest:
+                return writer.temp_path
+        return self._store.blob_path(digest)
+
+    def publish(self) -> None:
+        for writer in self._pending:
+            self._store._publish(writer)
+        if self._pending:
+            fsync_dir(self._store.blobs_dir)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        for writer in self._pending:
+            writer.discard()
+        self._pending.clear()
+
+
+def _copy_into(data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes], writer: BlobWriter) -> None:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        writer.write(data)
+    elif hasattr(data, "read"):
+        while chunk := data.read(_CHUNK):  # type: ignore[union-attr]
+            writer.write(chunk)
+    else:
+        for chunk in data:
+            writer.write(chunk)
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs" / "sha256"
+        self.snapshots_dir = root / "s"
+        self.tmp_dir = root / "tmp"
+        self.locks_dir = root / "locks"
+        self.db_path = root / "index.db"
+        self._local = threading.local()
+
+    @classmethod
+    def open(cls, root: str | Path | None = None) -> "Store":
+        path = Path(root) if root is not None else default_root()
+        path = path.expanduser().absolute()
+        try:
+            for sub in ("blobs/sha256", "s", "tmp", "locks"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store at {path}: {exc.strerror}",
+                             hint="set BUILDER_ROOT to a writable directory") from exc
+        store = cls(path)
+        store._init_db()
+        return store
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # --- database ---
+
+    def _db(self) -> sqlite3.Connection:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            try:
+                conn = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout=60000")
+                conn.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the store index {self.db_path}: {exc}") from exc
+            local.conn = conn
+            local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; IMMEDIATE takes the write lock up front so it never deadlocks."""
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _init_db(self) -> None:
+        conn = self._db()
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                with self._tx() as tx:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            tx.execute(statement)
+                    tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
+                raise StoreError(f"the store at {self.root} was created by a newer builder (schema {version})")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"the store index {self.db_path} is unreadable: {exc}") from exc
+
+    # --- locks and temp space ---
+
+    @contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        fd = os.open(self.locks_dir / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def tempdir(self, prefix: str = "work-") -> Iterator[Path]:
+        """A scratch dir in tmp/ (same file system as the store), locked while in use, removed after."""
+        path = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix=prefix))
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.chmod(path, 0o755)
+            yield path
+        finally:
+            try:
+                if path.exists():
+                    _rmtree(path)
+            finally:
+                os.close(fd)
+
+    # --- blobs ---
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / _check_digest(digest).removeprefix("sha256:")
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    @contextmanager
+    def blob_writer(self, expected_digest: str | None = None) -> Iterator[BlobWriter]:
+        if expected_digest is not None:
+            _check_digest(expected_digest)
+        writer = BlobWriter(self.tmp_dir, expected_digest)
+        try:
+            yield writer
+            writer.finish()
+            self._publish(writer)
+        except BaseException:
+            writer.discard()
+            raise
+        fsync_dir(self.blobs_dir)
+
+    def staging(self) -> "_StagingContext":
+        """`with store.staging() as st:` write blobs with st.blob_writer(); st.publish() makes them visible."""
+        return _StagingContext(self)
+
+    def _publish(self, writer: BlobWriter) -> None:
+        assert writer.digest is not None
+        final = self.blobs_dir / writer.digest.removeprefix("sha256:")
+        writer.release()
+        if final.exists():
+            # Same content is already there (another build wrote it): keep the existing file.
+            writer.temp_path.unlink(missing_ok=True)
+        else:
+            os.chmod(writer.temp_path, 0o444)
+            os.rename(writer.temp_path, final)
+
+    def put_blob(self, data: bytes | BinaryIO | Iterable[bytes], expected_digest: str | None = None) -> tuple[str, int]:
+        if expected_digest is not None and self.has_blob(expected_digest):
+            # Still consume nothing: the content is addressed by its digest, so it is the same.
+            return expected_digest, self.blob_path(expected_digest).stat().st_size
+        with self.blob_writer(expected_digest) as writer:
+            _copy_into(data, writer)
+        assert writer.digest is not None
+        return writer.digest, writer.size
+
+    def put_json(self, obj: Any) -> tuple[str, int]:
+        return self.put_blob(oci.canonical_json(obj))
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is missing from the store at {self.root}",
+                             hint="run fsck on the store; the image may need to be pulled or built again") from None
+
+    def read_blob(self, digest: str) -> bytes:
+        with self.open_blob(digest) as f:
+            return f.read()
+
+    def read_json(self, digest: str) -> dict:
+        data = self.read_blob(digest)
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StoreError(f"blob {digest} is not valid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise StoreError(f"blob {digest} is JSON but not an object")
+        return obj
+
+    # --- layers and snapshots ---
+
+    def record_layer(self, diff_id: str, blob_digest: str, media_type: str, size: int) -> None:
+        """Remember that `blob_digest` is a (compressed) tar whose uncompressed digest is `diff_id`."""
+        _check_digest(diff_id)
+        _check_digest(blob_digest)
+        with self._tx() as tx:
+            tx.execute("INSERT OR IGNORE INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?)",
+                       (blob_digest, diff_id, media_type, size))
+
+    def layer_blobs(self, diff_id: str) -> list[tuple[str, str, int]]:
+        """(blob digest, media type, size) of every stored blob known to hold this diff_id."""
+        rows = self._db().execute(
+            "SELECT blob_digest, media_type, size FROM layers WHERE diff_id=? ORDER BY blob_digest", (diff_id,)
+        ).fetchall()
+        return [(d, m, s) for d, m, s in rows if self.has_blob(d)]
+
+    def put_layer_from_dir(self, layer_dir: Path, *, compression: str = "gzip", level: int | None = None,
+                           source_date_epoch: int | None = None, threads: int | None = None,
+                           adopt: bool = False):
+        """Tar `layer_dir` (overlay-upper format) into a blob; with adopt=True also move the dir in
+        as the snapshot of its diff_id, so it need not be unpacked again. Returns LayerDigests."""
+        from builder.layer import write_layer
+
+        with self.blob_writer() as writer:
+            digests = write_layer(Path(layer_dir), writer, compression=compression, level=level,
+                                  source_date_epoch=source_date_epoch, threads=threads)
+        if writer.digest != digests.digest:
+            raise StoreError(f"layer writer reported {digests.digest} but wrote {writer.digest}")
+        self.record_layer(digests.diff_id, digests.digest, digests.media_type, digests.size)
+        if adopt:
+            self.adopt_snapshot(digests.diff_id, Path(layer_dir))
+        return digests
+
+    def _snapshot_row(self, diff_id: str) -> int | None:
+        row = self._db().execute("SELECT n FROM snapshots WHERE diff_id=?", (diff_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _claim_snapshot_number(self, diff_id: str) -> int:
+        now = time.time()
+        with self._tx() as tx:
+            tx.execute("INSERT OR IGNORE INTO snapshots(diff_id, created, last_used) VALUES (?,?,?)",
+                       (diff_id, now, now))
+            return int(tx.execute("SELECT n FROM snapshots WHERE diff_id=?", (diff_id,)).fetchone()[0])
+
+    def has_snapshot(self, diff_id: str) -> bool:
+        n = self._snapshot_row(diff_id)
+        return n is not None and (self.snapshots_dir / str(n)).is_dir()
+
+    def adopt_snapshot(self, diff_id: str, layer_dir: Path) -> bool:
+        """Move `layer_dir` in as the snapshot of `diff_id`; False (dir left alone) when one exists
+        already or the dir is on another file system."""
+        _check_digest(diff_id)
+        with self._lock("snap-" + diff_id.removeprefix("sha256:")):
+            if self.has_snapshot(diff_id):
+                return False
+            n = self._claim_snapshot_number(diff_id)
+            final = self.snapshots_dir / str(n)
+            syncfs(layer_dir)
+            try:
+                os.rename(layer_dir, final)
+            except OSError as exc:
+                if exc.errno in (errno.EXDEV, errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+                    return False
+                raise
+            fsync_dir(self.snapshots_dir)
+            return True
+
+    def snapshot_dir(self, diff_id: str, blob_digest: str | None = None) -> Path:
+        """The unpacked layer (overlay-upper format) for `diff_id`, unpacked once and shared."""
+        _check_digest(diff_id)
+        n = self._snapshot_row(diff_id)
+        if n is not None and (self.snapshots_dir / str(n)).is_dir():
+            return self.snapshots_dir / str(n)
+        with self._lock("snap-" + diff_id.removeprefix("sha256:")):
+            n = self._snapshot_row(diff_id)
+            if n is not None and (self.snapshots_dir / str(n)).is_dir():
+                return self.snapshots_dir / str(n)
+            if blob_digest is None or not self.has_blob(blob_digest):
+                known = self.layer_blobs(diff_id)
+                if not known:
+                    raise StoreError(f"no layer blob in the store has diff_id {diff_id}",
+                                     hint="the image's layers are missing; pull or build it again")
+                blob_digest = known[0][0]
+            n = self._claim_snapshot_number(diff_id)
+            final = self.snapshots_dir / str(n)
+            work = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="snap-"))
+            fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.chmod(work, 0o755)
+                self._unpack_verified(blob_digest, diff_id, work)
+                syncfs(work)
+                os.rename(work, final)
+                fsync_dir(self.snapshots_dir)
+            except BaseException:
+                _rmtree(work)
+                raise
+            finally:
+                os.close(fd)
+            return final
+
+    def _unpack_verified(self, blob_digest: str, diff_id: str, dest: Path) -> None:
+        """Unpack a layer blob into `dest`, checking the uncompressed bytes hash to `diff_id`."""
+        from builder.layer import open_layer_stream, unpack_layer
+
+        with self.open_blob(blob_digest) as raw:
+            stream = _HashingReader(open_layer_stream(raw))
+            unpack_layer(stream, dest)
+            stream.drain()
+        if stream.digest() != diff_id:
+            raise StoreError(f"layer blob {blob_digest} unpacks to {stream.digest()}, not {diff_id}",
+                             hint="the store is corrupt; run fsck and remove the image")
+
+    def snapshot_dirs(self, ref: str) -> list[Path]:
+        """The snapshot dirs of an image's layers, lowest first."""
+        record = self.load_image(ref)
+        layers = oci.manifest_layers(record.manifest)
+        diff_ids = oci.config_diff_ids(record.config)
+        if len(layers) != len(diff_ids):
+            raise StoreError(f"image {record.manifest_digest} has {len(layers)} layers but {len(diff_ids)} diff_ids")
+        return [self.snapshot_dir(d, layer.digest) for layer, d in zip(layers, diff_ids)]
+
+    # --- images ---
+
+    def save_image(self, manifest: dict, config: dict) -> ImageRecord:
+        """Store a manifest and config (both serialised canonically) and record the image."""
+        config_bytes = oci.canonical_json(config)
+        config_digest = oci.sha256_digest(config_bytes)
+        declared = (manifest.get("config") or {}).get("digest")
+        if declared != config_digest:
+            raise StoreError(
+                f"the manifest's config descriptor ({declared}) does not match the config ({config_digest})",
+                hint="build the manifest with builder.image.oci.make_manifest_for_config(config, layers)")
+        return self.save_image_bytes(oci.canonical_json(manifest), config_bytes)
+
+    def save_image_bytes(self, manifest_bytes: bytes, config_bytes: bytes) -> ImageRecord:
+        """Store a manifest and config exactly as given (digests preserved, e.g. pulled images)."""
+        try:
+            manifest = json.loads(manifest_bytes)
+            config = json.loads(config_bytes)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StoreError(f"image manifest or config is not valid JSON: {exc}") from exc
+        config_digest = oci.sha256_digest(config_bytes)
+        declared = (manifest.get("config") or {}).get("digest")
+        if declared != config_digest:
+            raise StoreError(f"the manifest's config descriptor ({declared}) does not match the config ({config_digest})")
+        layers = oci.manifest_layers(manifest)
+        missing = [layer.digest for layer in layers if not self.has_blob(layer.digest)]
+        if missing:
+            raise StoreError(f"image layers missing from the store: {', '.join(missing)}",
+                             hint="put every layer blob before saving the image")
+        diff_ids = oci.config_diff_ids(config)
+        if len(diff_ids) != len(layers):
+            raise StoreError(f"the config lists {len(diff_ids)} diff_ids but the manifest {len(layers)} layers")
+        self.put_blob(config_bytes, config_digest)
+        manifest_digest, _ = self.put_blob(manifest_bytes)
+        with self._tx() as tx:
+            for layer, diff_id in zip(layers, diff_ids):
+                tx.execute("INSERT OR IGNORE INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?)",
+                           (layer.digest, diff_id, layer.media_type, layer.size))
+            tx.execute("INSERT OR IGNORE INTO images(manifest_digest, config_digest, created) VALUES (?,?,?)",
+                       (manifest_digest, config_digest, time.time()))
+        return ImageRecord(manifest_digest, manifest, config_digest, config, self._tags_of(manifest_digest))
+
+    def _tags_of(self, manifest_digest: str) -> list[str]:
+        rows = self._db().execute("SELECT name FROM tags WHERE manifest_digest=? ORDER BY name",
+                                  (manifest_digest,)).fetchall()
+        return [r[0] for r in rows]
+
+    def _record(self, manifest_digest: str) -> ImageRecord:
+        row = self._db().execute("SELECT config_digest FROM images WHERE manifest_digest=?",
+                                 (manifest_digest,)).fetchone()
+        if row is None:
+            raise ImageNotFound(f"image {manifest_digest} is not in the local store")
+        manifest = self.read_json(manifest_digest)
+        config = self.read_json(row[0])
+        return ImageRecord(manifest_digest, manifest, row[0], config, self._tags_of(manifest_digest))
+
+    def resolve(self, ref: str) -> str:
+        """The manifest digest `ref` names: a tag, `name@digest`, a manifest digest, or an image ID."""
+        text = ref.strip()
+        db = self._db()
+        if oci.is_digest(text):
+            if db.execute("SELECT 1 FROM images WHERE manifest_digest=?", (text,)).fetchone():
+                return text
+            by_config = self._manifests_for_config(text)
+            if by_config:
+                return by_config[0]
+            raise ImageNotFound(f"no image with digest {text} in the local store",
+                                hint="a digest names a manifest or an image ID (config digest)")
+        if "@" in text:
+            try:
+                parsed = parse_reference(text)
+            except InvalidReference:
+                parsed = None
+            if parsed is not None and parsed.digest and oci.is_digest(parsed.digest):
+                return self.resolve(parsed.digest)
+        tag_error: InvalidReference | None = None
+        try:
+            name = normalize_tag(text)
+        except InvalidReference as exc:
+            tag_error, name = exc, None
+        if name is not None:
+            row = db.execute("SELECT manifest_digest FROM tags WHERE name=?", (name,)).fetchone()
+            if row:
+                return row[0]
+        if _HEX_PREFIX.match(text):
+            prefix = text if text.startswith("sha256:") else "sha256:" + text
+            configs = sorted({r[0] for r in db.execute(
+                "SELECT config_digest FROM images WHERE substr(config_digest, 1, ?) = ?",
+                (len(prefix), prefix))})
+            if len(configs) == 1:
+                return self._manifests_for_config(configs[0])[0]
+            if len(configs) > 1:
+                raise ImageNotFound(f"image ID prefix {text!r} is ambiguous ({len(configs)} images match)",
+                                    hint="give more characters of the image ID")
+        if tag_error is not None and not _HEX_PREFIX.match(text):
+            raise ImageNotFound(f"{text!r} is not a valid image reference: {tag_error.message}",
+                                hint=tag_error.hint)
+        known = [t for t, _ in self.tags()][:5]
+        hint = "known tags: " + ", ".join(known) if known else "the local store has no tagged images; build or load one"
+        raise ImageNotFound(f"image {text!r} not found in the local store", hint=hint)
+
+    def _manifests_for_config(self, config_digest: str) -> list[str]:
+        rows = self._db().execute(
+            "SELECT i.manifest_digest FROM images i LEFT JOIN tags t ON t.manifest_digest = i.manifest_digest "
+            "WHERE i.config_digest=? GROUP BY i.manifest_digest ORDER BY COUNT(t.name) DESC, i.created DESC",
+            (config_digest,)).fetchall()
+        return [r[0] for r in rows]
+
+    def load_image(self, ref: str) -> ImageRecord:
+        return self._record(self.resolve(ref))
+
+    def images(self) -> list[ImageRecord]:
+        rows = self._db().execute("SELECT manifest_digest FROM images ORDER BY created, manifest_digest").fetchall()
+        return [self._record(r[0]) for r in rows]
+
+    # --- tags ---
+
+    def tag(self, name: str, manifest_digest: str) -> str:
+        """Point tag `name` (normalised, `name` -> `name:latest`) at an image; returns the tag."""
+        tag_name = normalize_tag(name)
+        _check_digest(manifest_digest)
+        with self._tx() as tx:
+            if not tx.execute("SELECT 1 FROM images WHERE manifest_digest=?", (manifest_digest,)).fetchone():
+                raise ImageNotFound(f"cannot tag {tag_name}: image {manifest_digest} is not in the local store")
+            tx.execute("INSERT INTO tags(name, manifest_digest, updated) VALUES (?,?,?) "
+                       "ON CONFLICT(name) DO UPDATE SET manifest_digest=excluded.manifest_digest, "
+                       "updated=excluded.updated", (tag_name, manifest_digest, time.time()))
+        return tag_name
+
+    def untag(self, name: str) -> bool:
+        tag_name = normalize_tag(name)
+        with self._tx() as tx:
+            return tx.execute("DELETE FROM tags WHERE name=?", (tag_name,)).rowcount > 0
+
+    def tags(self) -> list[tuple[str, str]]:
+        return [(n, d) for n, d in self._db().execute("SELECT name, manifest_digest FROM tags ORDER BY name")]
+
+    def delete_image(self, ref: str, *, force: bool = False) -> list[str]:
+        """Like `docker rmi`: a tag is removed; the image goes when no tag is left. Returns what was done."""
+        done: list[str] = []
+        manifest_digest = self.resolve(ref)
+        by_tag: str | None = None
+        try:
+            candidate = normalize_tag(ref)
+            if any(n == candidate for n, _ in self.tags()):
+                by_tag = candidate
+        except InvalidReference:
+            pass
+        with self._tx() as tx:
+            if by_tag is not None:
+                tx.execute("DELETE FROM tags WHERE name=?", (by_tag,))
+                done.append(f"Untagged: {by_tag}")
+            remaining = [r[0] for r in tx.execute("SELECT name FROM tags WHERE manifest_digest=?",
+                                                 (manifest_digest,))]
+            if remaining and by_tag is None and not force:
+                raise StoreError(f"image {manifest_digest} is tagged as {', '.join(remaining)}",
+                                 hint="remove it by tag, or force the removal of all its tags")
+            if remaining and by_tag is None:
+                tx.execute("DELETE FROM tags WHERE manifest_digest=?", (manifest_digest,))
+                done.extend(f"Untagged: {n}" for n in remaining)
+                remaining = []
+            if not remaining:
+                tx.execute("DELETE FROM images WHERE manifest_digest=?", (manifest_digest,))
+                done.append(f"Deleted: {manifest_digest}")
+        return done
+
+    # --- step cache ---
+
+    def cache_get(self, key: str) -> dict | None:
+        row = self._db().execute("SELECT value, last_used FROM cache WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        now = time.time()
+        if now - row[1] > 60:  # coarse: avoids a write transaction per cache hit
+            with self._tx() as tx:
+                tx.execute("UPDATE cache SET last_used=? WHERE key=?", (now, key))
+        return json.loads(row[0])
+
+    def cache_put(self, key: str, value: dict) -> None:
+        now = time.time()
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        with self._tx() as tx:
+            tx.execute("INSERT INTO cache(key, value, created, last_used) VALUES (?,?,?,?) "
+                       "ON CONFLICT(key) DO UPDATE SET value=excluded.value, last_used=excluded.last_used",
+                       (key, text, now, now))
+
+    def cache_delete(self, key: str) -> bool:
+        with self._tx() as tx:
+            return tx.execute("DELETE FROM cache WHERE key=?", (key,)).rowcount > 0
+
+    def cache_prune(self, *, unused_for: float) -> int:
+        """Forget cache entries not used for `unused_for` seconds; returns how many."""
+        with self._tx() as tx:
+            return tx.execute("DELETE FROM cache WHERE last_used < ?", (time.time() - unused_for,)).rowcount
+
+    def cache_entries(self) -> list[tuple[str, dict, float]]:
+        return [(k, json.loads(v), lu) for k, v, lu in
+                self._db().execute("SELECT key, value, last_used FROM cache ORDER BY key")]
+
+    # --- garbage collection and checks ---
+
+    def _live_digests(self) -> tuple[set[str], set[str]]:
+        """(blob digests, diff_ids) reachable from image records and step-cache values."""
+        blobs: set[str] = set()
+        diff_ids: set[str] = set()
+        db = self._db()
+        for manifest_digest, config_digest in db.execute("SELECT manifest_digest, config_digest FROM images"):
+            blobs.update((manifest_digest, config_digest))
+            try:
+                manifest = self.read_json(manifest_digest)
+                blobs.update(layer.digest for layer in oci.manifest_layers(manifest))
+                diff_ids.update(oci.config_diff_ids(self.read_json(config_digest)))
+            except StoreError:
+                continue
+        for (value,) in db.execute("SELECT value FROM cache"):
+            # Cache values are the solver's JSON; any digest mentioned in one is kept alive.
+            found = set(_DIGEST_IN_TEXT.findall(value))
+            blobs |= found
+            diff_ids |= found
+        for blob_digest, diff_id in db.execute("SELECT blob_digest, diff_id FROM layers").fetchall():
+            if diff_id in blobs:  # a cache entry naming a diff_id keeps its blob too
+                blobs.add(blob_digest)
+        return blobs, diff_ids
+
+    def gc(self, *, min_age: float = 3600.0, dry_run: bool = False) -> GCResult:
+        """Remove blobs and snapshots no image or cache entry references, and stale temp files.
+
+        `min_age` protects what builds running right now wrote but have not referenced yet."""
+        result = GCResult()
+        now = time.time()
+        live_blobs, live_diff_ids = self._live_digests()
+        for path in sorted(self.blobs_dir.iterdir()):
+            digest = "sha256:" + path.name
+            if digest in live_blobs:
+                continue
+            st = path.lstat()
+            if now - st.st_mtime < min_age:
+                continue
+            result.removed_blobs.append(digest)
+            result.freed_bytes += st.st_size
+            if not dry_run:
+                path.unlink(missing_ok=True)
+        if not dry_run and result.removed_blobs:
+            with self._tx() as tx:
+                tx.executemany("DELETE FROM layers WHERE blob_digest=?", [(d,) for d in result.removed_blobs])
+        rows = self._db().execute("SELECT n, diff_id, last_used FROM snapshots").fetchall()
+        for n, diff_id, last_used in rows:
+            if diff_id in live_diff_ids or now - last_used < min_age:
+                continue
+            result.removed_snapshots.append(diff_id)
+            if dry_run:
+                continue
+            with self._lock("snap-" + diff_id.removeprefix("sha256:")):
+                path = self.snapshots_dir / str(n)
+                if path.exists():
+                    # Move it out of s/ first: a kill then leaves a row without dir (re-unpacked on use).
+                    trash = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="del-"))
+                    os.rename(path, trash / "d")
+                else:
+                    trash = None
+                with self._tx() as tx:
+                    tx.execute("DELETE FROM snapshots WHERE n=?", (n,))
+                if trash is not None:
+                    _rmtree(trash)
+        result.removed_tmp = self._clean_tmp(dry_run=dry_run)
+        return result
+
+    def _clean_tmp(self, *, dry_run: bool, min_age: float = 60.0) -> list[str]:
+        """Remove temp entries whose writer is gone (we can take their flock)."""
+        removed = []
+        now = time.time()
+        for path in sorted(self.tmp_dir.iterdir()):
+            try:
+                if now - path.lstat().st_mtime < min_age:
+                    continue
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live process is writing it
+                removed.append(path.name)
+                if not dry_run:
+                    _rmtree(path)
+            finally:
+                os.close(fd)
+        return removed
+
+    def fsck(self) -> list[str]:
+        """Check the store; returns one line per problem (empty when healthy)."""
+        problems: list[str] = []
+        present: set[str] = set()
+        for path in sorted(self.blobs_dir.iterdir()):
+            digest = "sha256:" + path.name
+            if not oci.is_digest(digest) or not path.is_file():
+                problems.append(f"stray entry in blobs/sha256: {path.name}")
+                continue
+            hasher = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    hasher.update(chunk)
+            if hasher.hexdigest() != path.name:
+                problems.append(f"blob {digest} is corrupt (content hashes to sha256:{hasher.hexdigest()})")
+            present.add(digest)
+        db = self._db()
+        image_digests = set()
+        for manifest_digest, config_digest in db.execute("SELECT manifest_digest, config_digest FROM images"):
+            image_digests.add(manifest_digest)
+            if manifest_digest not in present:
+                problems.append(f"image {manifest_digest}: manifest blob missing")
+                continue
+            try:
+                manifest = self.read_json(manifest_digest)
+                declared = oci.manifest_config(manifest).digest
+                layers = oci.manifest_layers(manifest)
+            except (StoreError, KeyError, ValueError, TypeError) as exc:
+                problems.append(f"image {manifest_digest}: manifest unreadable: {exc}")
+                continue
+            if declared != config_digest:
+                problems.append(f"image {manifest_digest}: config {declared} differs from recorded {config_digest}")
+            if config_digest not in present:
+                problems.append(f"image {manifest_digest}: config blob {config_digest} missing")
+            else:
+                try:
+                    diff_ids = oci.config_diff_ids(self.read_json(config_digest))
+                    if len(diff_ids) != len(layers):
+                        problems.append(f"image {manifest_digest}: {len(layers)} layers but {len(diff_ids)} diff_ids")
+                except StoreError as exc:
+                    problems.append(f"image {manifest_digest}: config unreadable: {exc.message}")
+            for layer in layers:
+                if layer.digest not in present:
+                    problems.append(f"image {manifest_digest}: layer blob {layer.digest} missing")
+        for name, manifest_digest in self.tags():
+            if manifest_digest not in image_digests:
+                problems.append(f"tag {name} points to unknown image {manifest_digest}")
+        numbers = {str(n) for (n,) in db.execute("SELECT n FROM snapshots")}
+        for path in sorted(self.snapshots_dir.iterdir()):
+            if path.name not in numbers:
+                problems.append(f"snapshot dir s/{path.name} has no index entry")
+        return problems
+
+
+class _StagingContext:
+    def __init__(self, store: Store) -> None:
+        self._staging = Staging(store)
+
+    def __enter__(self) -> Staging:
+        return self._staging
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        # Anything not published (error, or the caller never called publish) is thrown away.
+        self._staging.discard()
+
+
+class _HashingReader(io.RawIOBase):
+    """Passes a stream through while hashing everything read from it."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        super().__init__()
+        self._inner = inner
+        self._hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        self._hash.update(data)
+        return data
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
