@@ -1,0 +1,520 @@
+"""The source side of COPY/ADD: a root directory, what is visible in it, and its content digest.
+
+A `BuildContext` is either the build context (files filtered by `.dockerignore`, owners reset to
+0:0 as Docker does when it receives a context) or, with `chroot=True`, another stage's flattened
+rootfs for `COPY --from` (nothing ignored, owners kept, absolute symlinks resolve inside it).
+
+Containment rules, applied to every source pattern:
+* a leading `/` means the root; `..` that climbs above the root is an error in a context (the
+  classic builder's "forbidden path outside the build context"; BuildKit would silently clamp it,
+  which hides mistakes) and is clamped at the root of a stage rootfs, as in a chroot;
+* symlinks met as *intermediate* components are followed inside the root; one whose target leaves
+  the root is a ContextError, never followed on the host; in a rootfs they resolve chroot-like;
+* a symlink that *is* the selected source, or that is found inside a copied directory, is copied
+  as a link and never followed (Docker would follow a top-level source link, chroot-like, but a
+  link that points out of the context cannot be followed safely, so none is);
+* ignored files are invisible, exactly as if BuildKit had never received them.
+
+Wildcards follow Go's `filepath.Match` on each path component (fsutil's ResolveWildcards): `*` and
+`?` never cross `/`, `[...]` classes with `^` negation, `\\` escapes. `**` is not special in COPY
+sources: it behaves like `*` within one component.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from builder.errors import ContextError, Pos
+from builder.plan.dockerignore import IgnoreMatcher, go_clean
+
+if TYPE_CHECKING:
+    from builder.plan.statcache import StatCache
+
+_MAX_LINK_HOPS = 40
+_CHUNK = 1 << 20
+_SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
+
+
+def contains_wildcards(component: str) -> bool:
+    """fsutil's containsWildcards: `*`, `?` or `[` not preceded by a backslash."""
+    i = 0
+    while i < len(component):
+        ch = component[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch in "*?[":
+            return True
+        i += 1
+    return False
+
+
+def _go_match_regex(pattern: str) -> re.Pattern[str]:
+    """Go `filepath.Match` for one component, as a regular expression."""
+    out = []
+    i = 0
+    n = len(pattern)
+    while i < n:
+        ch = pattern[i]
+        i += 1
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "\\" and i < n:
+            out.append(re.escape(pattern[i]))
+            i += 1
+        elif ch == "[":
+            end = i
+            if end < n and pattern[end] == "^":
+                end += 1
+            body_start = end
+            while end < n and (pattern[end] != "]" or end == body_start):
+                if pattern[end] == "\\":
+                    end += 1
+                end += 1
+            if end >= n:
+                raise ContextError(f"syntax error in pattern {pattern!r}: unclosed '['")
+            body = pattern[i:end]
+            negate = body.startswith("^")
+            if negate:
+                body = body[1:]
+            body = body.replace("[", "\\[")
+            out.append("[" + ("^" if negate else "") + body + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def _unescape(component: str) -> str:
+    return re.sub(r"\\(.)", r"\1", component)
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+@dataclass(frozen=True)
+class Selected:
+    """One source matched by a COPY/ADD pattern."""
+
+    source: str  # the pattern as written
+    relpath: str  # path of the entry relative to the root after resolving symlinked parents; "." = root
+    logical: str  # the path as the pattern spelled it (matched names), used by --parents
+    path: Path  # host path of the entry; its last component is never followed
+    kind: str  # dir | file | symlink | other
+    from_glob: bool  # matched through a wildcard
+    pivot: int = 0  # leading components of `logical` that --parents drops (the `/./` marker)
+    context: "BuildContext | None" = field(default=None, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.logical) if self.logical != "." else ""
+
+    @property
+    def parents_path(self) -> str:
+        """The part of the source path that `COPY --parents` recreates under the destination."""
+        parts = [p for p in self.logical.split("/") if p not in ("", ".")]
+        return "/".join(parts[self.pivot :])
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file system object inside a selection, met while walking it in sorted order."""
+
+    relpath: str  # relative to the selected entry; "." for the entry itself
+    ctx_relpath: str  # relative to the root
+    path: Path
+    st: os.stat_result
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.st.st_mode)
+
+
+def hash_file(path: Path) -> str:
+    """sha256 hex of a regular file's bytes, streamed; never follows a symlink."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_xattrs(path: Path) -> list[tuple[str, bytes]]:
+    """Sorted extended attributes of `path` itself (overlay bookkeeping left out)."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    found = []
+    for name in sorted(names):
+        if name.startswith(_SKIPPED_XATTR_PREFIXES):
+            continue
+        try:
+            found.append((name, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError:
+            continue
+    return found
+
+
+class BuildContext:
+    """A source root for COPY/ADD with Docker's visibility and containment rules."""
+
+    def __init__(
+        self,
+        root: Path,
+        ignore: IgnoreMatcher | None = None,
+        *,
+        chroot: bool = False,
+        label: str | None = None,
+    ) -> None:
+        self.root = Path(os.path.realpath(root))
+        self.ignore = ignore if ignore is not None else IgnoreMatcher.empty()
+        self.chroot = chroot
+        self.label = label or ("stage rootfs" if chroot else "build context")
+        if not self.root.is_dir():
+            raise ContextError(f"{self.label} {str(root)!r} is not a directory")
+
+    @classmethod
+    def for_rootfs(cls, root: Path, label: str = "stage rootfs") -> "BuildContext":
+        """Another stage's flattened rootfs (`COPY --from`): nothing ignored, chroot-like links."""
+        return cls(root, IgnoreMatcher.empty(), chroot=True, label=label)
+
+    @property
+    def preserves_owner(self) -> bool:
+        """Docker resets context files to 0:0 when it receives them; a rootfs keeps its owners."""
+        return self.chroot
+
+    # visibility -------------------------------------------------------------------------------
+
+    def _host(self, relpath: str) -> Path:
+        return self.root if relpath in ("", ".") else self.root / relpath
+
+    def visible(self, relpath: str, st: os.stat_result | None = None) -> bool:
+        """Not ignored, or an ignored directory that still holds a re-included path."""
+        if not self.ignore or relpath in ("", "."):
+            return True
+        if st is None:
+            try:
+                st = os.lstat(self._host(relpath))
+            except OSError:
+                return False
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if not self.ignore.ignored(relpath, is_dir=is_dir):
+            return True
+        if not is_dir or not self.ignore.may_contain_exceptions(relpath):
+            return False
+        try:
+            names = os.listdir(self._host(relpath))
+        except OSError:
+            return False
+        return any(self.visible(f"{relpath}/{name}") for name in names)
+
+    # resolution -------------------------------------------------------------------------------
+
+    def _outbound(self, pattern: str, link: str, target: str, pos: Pos | None) -> ContextError:
+        return ContextError(
+            f'source path "{pattern}" goes through symlink "{link}" -> "{target}",'
+            f" which points outside the {self.label}",
+            pos=pos,
+            hint="symlinks are never followed out of the build context;"
+            " copy the target into the context or use a path inside it",
+        )
+
+    def _resolve_dir(self, parts: Sequence[str], pattern: str, pos: Pos | None) -> list[str] | None:
+        """Follow `parts` from the root as directories, symlinks resolved inside the root.
+
+        Returns the resolved components, or None when a component is missing or not a directory.
+        """
+        resolved: list[str] = []
+        queue = [p for p in parts if p not in ("", ".")]
+        hops = 0
+        link_name, link_target = "", ""
+        while queue:
+            name = queue.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if resolved:
+                    resolved.pop()
+                elif not self.chroot:
+                    raise self._outbound(pattern, link_name, link_target, pos)
+                continue
+            host = self.root.joinpath(*resolved, name)
+            try:
+                st = os.lstat(host)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                raise ContextError(
+                    f'cannot read "{"/".join([*resolved, name])}" in the {self.label}: {exc.strerror}',
+                    pos=pos,
+                ) from None
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_LINK_HOPS:
+                    raise ContextError(
+                        f'source path "{pattern}": too many levels of symbolic links', pos=pos
+                    )
+                target = os.readlink(host)
+                link_name, link_target = "/".join([*resolved, name]), target
+                if target.startswith("/"):
+                    if self.chroot:
+                        resolved = []
+                    else:
+                        root = str(self.root)
+                        if target == root or target.startswith(root + "/"):
+                            # An absolute link to the context's own host path stays inside.
+                            resolved = []
+                            target = target[len(root) :]
+                        else:
+                            raise self._outbound(pattern, link_name, link_target, pos)
+                queue = [p for p in target.split("/") if p not in ("", ".")] + queue
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            resolved.append(name)
+        return resolved
+
+    def _clean_pattern(self, pattern: str, pos: Pos | None) -> tuple[list[str], int]:
+        """Lexical clean of a source pattern; returns its components and the --parents pivot."""
+        raw = pattern.lstrip("/")
+        pivot_prefix = None
+        if "/./" in raw:
+            pivot_prefix = raw[: raw.index("/./")]
+        depth = 0
+        for part in raw.split("/"):
+            if part == "..":
+                depth -= 1
+                if depth < 0 and not self.chroot:
+                    raise ContextError(
+                        f'forbidden path outside the {self.label}: "{pattern}"',
+                        pos=pos,
+                        hint="COPY/ADD sources are relative to the context root and cannot use .. to leave it",
+                    )
+                depth = max(depth, 0)
+            elif part not in ("", "."):
+                depth += 1
+        cleaned = go_clean("/" + raw)[1:]
+        parts = [p for p in cleaned.split("/") if p]
+        pivot = 0
+        if pivot_prefix is not None:
+            pivot = len([p for p in go_clean("/" + pivot_prefix)[1:].split("/") if p])
+        return parts, pivot
+
+    def _not_found(self, pattern: str, relpath: str | None, pos: Pos | None) -> ContextError:
+        hint = f"source paths are relative to the root of the {self.label} ({self.root})"
+        if relpath is not None and self.ignore:
+            host = self._host(relpath)
+            if os.path.lexists(host):
+                source = self.ignore.source or ".dockerignore"
+                hint = f'"{relpath}" exists but is excluded by {source}; remove the pattern or add an exception "!{relpath}"'
+        return ContextError(f'file not found in {self.label}: "{pattern}"', pos=pos, hint=hint)
+
+    def select(
+        self,
+        patterns: Sequence[str],
+        *,
+        pos: Pos | None = None,
+        allow_missing_wildcard: bool = True,
+    ) -> list[Selected]:
+        """The entries COPY/ADD sources name, in pattern order then sorted match order."""
+        selected: list[Selected] = []
+        for pattern in patterns:
+            selected.extend(self._select_one(pattern, pos, allow_missing_wildcard))
+        return selected
+
+    def _select_one(self, pattern: str, pos: Pos | None, allow_missing_wildcard: bool) -> list[Selected]:
+        parts, pivot = self._clean_pattern(pattern, pos)
+        wild_at = next((i for i, part in enumerate(parts) if contains_wildcards(part)), None)
+        if not parts:
+            return [Selected(pattern, ".", ".", self.root, "dir", False, 0, self)]
+        if wild_at is None:
+            parent = self._resolve_dir(parts[:-1], pattern, pos)
+            if parent is None:
+                raise self._not_found(pattern, "/".join(parts), pos)
+            relpath = "/".join([*parent, parts[-1]])
+            host = self.root / relpath
+            try:
+                st = os.lstat(host)
+            except (FileNotFoundError, NotADirectoryError):
+                raise self._not_found(pattern, None, pos) from None
+            if not self.visible(relpath, st):
+                raise self._not_found(pattern, relpath, pos)
+            return [
+                Selected(pattern, relpath, "/".join(parts), host, kind_of(st.st_mode), False, pivot, self)
+            ]
+        base = self._resolve_dir(parts[:wild_at], pattern, pos)
+        matches: list[Selected] = []
+        if base is not None:
+            regexes = [
+                _go_match_regex(part) if contains_wildcards(part) else None for part in parts[wild_at:]
+            ]
+            literal = [_unescape(part) for part in parts[wild_at:]]
+            self._glob(base, parts[:wild_at], regexes, literal, pattern, pivot, matches)
+        if not matches and not allow_missing_wildcard:
+            raise ContextError(
+                f'no source files were specified: "{pattern}" matches nothing in the {self.label}',
+                pos=pos,
+                hint="check the wildcard, and that .dockerignore does not exclude the files",
+            )
+        return matches
+
+    def _glob(
+        self,
+        resolved: list[str],
+        logical: list[str],
+        regexes: list[re.Pattern[str] | None],
+        literal: list[str],
+        pattern: str,
+        pivot: int,
+        out: list[Selected],
+    ) -> None:
+        host_dir = self.root.joinpath(*resolved)
+        try:
+            names = sorted(os.listdir(host_dir))
+        except OSError:
+            return
+        regex, last = regexes[0], len(regexes) == 1
+        for name in names:
+            if regex is None:
+                if name != literal[0]:
+                    continue
+            elif not regex.match(name):
+                continue
+            relpath = "/".join([*resolved, name])
+            try:
+                st = os.lstat(host_dir / name)
+            except OSError:
+                continue
+            if not self.visible(relpath, st):
+                continue
+            if last:
+                out.append(
+                    Selected(
+                        pattern, relpath, "/".join([*logical, name]), host_dir / name,
+                        kind_of(st.st_mode), True, pivot, self,
+                    )
+                )
+            elif stat.S_ISDIR(st.st_mode):  # like filepath.Walk: never descend through a link
+                self._glob([*resolved, name], [*logical, name], regexes[1:], literal[1:], pattern, pivot, out)
+
+    # walking ----------------------------------------------------------------------------------
+
+    def walk(self, selected: Selected) -> Iterator[Entry]:
+        """The selected entry, then (for a dir) every visible entry below it, in sorted path order."""
+        st = os.lstat(selected.path)
+        yield Entry(".", selected.relpath, selected.path, st)
+        if stat.S_ISDIR(st.st_mode):
+            yield from self._walk_dir(selected.path, selected.relpath, "")
+
+    def _list_dir(self, host_dir: Path, ctx_rel: str) -> list[tuple[str, Path, str, os.stat_result]]:
+        """Visible direct children of a dir: (name, host path, root-relative path, lstat), sorted.
+
+        An ignored dir is listed only while it still holds a re-included path (Docker keeps it to
+        hold that path)."""
+        try:
+            names = sorted(os.listdir(host_dir))
+        except OSError as exc:
+            raise ContextError(
+                f'cannot read directory "{ctx_rel}" in the {self.label}: {exc.strerror}',
+                hint="make it readable or exclude it in .dockerignore",
+            ) from None
+        children = []
+        for name in names:
+            host = host_dir / name
+            child_ctx = name if ctx_rel in ("", ".") else f"{ctx_rel}/{name}"
+            try:
+                st = os.lstat(host)
+            except FileNotFoundError:
+                continue
+            if self.ignore and not self.visible(child_ctx, st):
+                continue
+            children.append((name, host, child_ctx, st))
+        return children
+
+    def _walk_dir(self, host_dir: Path, ctx_rel: str, sel_rel: str) -> Iterator[Entry]:
+        for name, host, child_ctx, st in self._list_dir(host_dir, ctx_rel):
+            child_sel = name if not sel_rel else f"{sel_rel}/{name}"
+            yield Entry(child_sel, child_ctx, host, st)
+            if stat.S_ISDIR(st.st_mode):
+                yield from self._walk_dir(host, child_ctx, child_sel)
+
+    # digest -----------------------------------------------------------------------------------
+
+    def owner_of(self, st: os.stat_result) -> tuple[int, int]:
+        return (st.st_uid, st.st_gid) if self.preserves_owner else (0, 0)
+
+    def content_digest(self, selected: Sequence[Selected], stat_cache: "StatCache | None" = None) -> str:
+        """Merkle sha256 of everything the selection would copy; see module `content_digest`."""
+        top = hashlib.sha256(b"builder-context-digest-v1\n")
+        for item in selected:
+            node = self._node_digest(item.path, item.relpath, stat_cache)
+            top.update(f"{item.relpath}\0{node}\n".encode("utf-8", "surrogateescape"))
+        if stat_cache is not None:
+            stat_cache.flush()
+        return "sha256:" + top.hexdigest()
+
+    def _file_sha(self, path: Path, st: os.stat_result, stat_cache: "StatCache | None") -> str:
+        if stat_cache is not None:
+            known = stat_cache.lookup(st)
+            if known is not None:
+                return known
+        try:
+            # Looked up through the module so tests can count real reads.
+            digest = globals()["hash_file"](path)
+        except OSError as exc:
+            raise ContextError(
+                f'cannot read "{path}" in the {self.label}: {exc.strerror}',
+                hint="make the file readable or exclude it in .dockerignore",
+            ) from None
+        if stat_cache is not None:
+            stat_cache.remember(st, digest)
+        return digest
+
+    def _node_digest(self, path: Path, ctx_rel: str, stat_cache: "StatCache | None") -> str:
+        st = os.lstat(path)
+        mode = st.st_mode
+        uid, gid = self.owner_of(st)
+        h = hashlib.sha256()
+        h.update(f"{kind_of(mode)}\0{stat.S_IFMT(mode):o}\0{stat.S_IMODE(mode):o}\0{uid}\0{gid}\0".encode())
+        for name, value in read_xattrs(path):
+            h.update(b"x\0" + name.encode() + b"\0" + value.hex().encode() + b"\0")
+        if stat.S_ISREG(mode):
+            h.update(b"c\0" + self._file_sha(path, st, stat_cache).encode())
+        elif stat.S_ISLNK(mode):
+            h.update(b"l\0" + os.fsencode(os.readlink(path)))
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            h.update(f"d\0{os.major(st.st_rdev)}\0{os.minor(st.st_rdev)}".encode())
+        elif stat.S_ISDIR(mode):
+            for name, host, child_ctx, _ in self._list_dir(path, ctx_rel):
+                child = self._node_digest(host, child_ctx, stat_cache)
+                h.update(b"e\0" + os.fsencode(name) + b"\0" + child.encode() + b"\n")
+        return h.hexdigest()
+
+
+def content_digest(selected: Sequence[Selected], stat_cache: "StatCache | None" = None) -> str:
+    """Merkle sha256 over a selection: for every entry (recursively, sorted) its relative path,
+    type, permission bits (setuid/setgid/sticky included), the owner COPY would give it, symlink
+    target, device numbers, sorted xattrs (overlay ones skipped) and content sha256.
+    mtime, ctime, atime and inode numbers never count, and ignored files are never seen."""
+    if not selected:
+        return "sha256:" + hashlib.sha256(b"builder-context-digest-v1\n").hexdigest()
+    context = selected[0].context
+    assert context is not None, "Selected made outside BuildContext.select"
+    return context.content_digest(selected, stat_cache)

@@ -1,0 +1,321 @@
+"""`.dockerignore` matching with Docker's exact semantics.
+
+Facts followed (moby/patternmatcher and its `ignorefile.ReadAll`, the Dockerfile reference):
+
+* A line whose *first character* is `#` is a comment (a line starting with spaces then `#` is a
+  pattern); blank lines are skipped; leading and trailing whitespace is trimmed; a UTF-8 BOM on
+  the first line is dropped.
+* `!pattern` is an exception; after the `!` the pattern is trimmed again.
+* Each pattern is `filepath.Clean`ed (so `./a`, `a/`, `a//b`, `a/./b`, `a/x/../b` normalise), and
+  then one leading `/` is stripped: patterns are always relative to the context root.
+* A path is ignored when the *last* pattern that matches it (or one of its parent directories) is
+  an inclusion; exceptions later in the list re-include. A pattern that matches a directory
+  therefore ignores everything below it unless a later `!` pattern re-includes a path below.
+* `*` matches any run of characters except `/`, `?` one character except `/`, `[...]` is a
+  character class (`[^...]` negates, Go regexp syntax), `\\x` escapes `x`, and `**` matches any
+  number of directories (zero included). A pattern ending in `**` matches by prefix, one
+  starting with `**` by suffix (these are patternmatcher's fast paths and keep their quirks,
+  e.g. `**foo` also matches `barfoo`).
+
+Why not pathspec: pathspec implements gitignore, which differs from Docker in ways that change
+results, so using it would be wrong, not just different:
+  - gitignore matches a slash-less pattern (`*.o`) at any depth; Docker anchors every pattern at
+    the context root (`*.o` does not match `a/b.o`, you need `**/*.o`);
+  - gitignore cannot re-include a file whose parent directory is excluded; Docker can
+    (`dir` then `!dir/keep` keeps `dir/keep`);
+  - gitignore gives a trailing `/` meaning ("directories only"); Docker cleans it away.
+Each of these is checked in tests/context/test_dockerignore.py.
+
+The Buildfile and the ignore file themselves: Docker still *sends* them to the daemon when they
+are ignored, but `COPY`/`ADD` do not see them ("the ADD and COPY instructions do not copy them
+to the image"). This builder reads the Buildfile itself, so the matcher needs no special case:
+an ignored Buildfile is invisible to COPY, as in Docker.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from builder.errors import ContextError, Pos
+
+_REGEX_SPECIALS = set(".+()|{}$")
+_WILDCARD_CHARS = set("*?[\\")
+
+
+def go_clean(path: str) -> str:
+    """Go's `filepath.Clean` on a slash path: lexical, `..` at the root of an absolute path vanishes."""
+    if path == "":
+        return "."
+    rooted = path.startswith("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append("..")
+            continue
+        parts.append(part)
+    cleaned = "/".join(parts)
+    if rooted:
+        return "/" + cleaned
+    return cleaned or "."
+
+
+def clean_ignore_lines(lines: Iterable[str]) -> list[str]:
+    """`ignorefile.ReadAll`: comments, blanks, trimming, Clean, leading `/` stripped."""
+    cleaned: list[str] = []
+    for index, raw in enumerate(lines):
+        line = raw.rstrip("\r\n")
+        if index == 0 and line.startswith("\ufeff"):
+            line = line[1:]
+        if line.startswith("#"):
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        invert = line.startswith("!")
+        if invert:
+            line = line[1:].strip()
+        if line:
+            line = go_clean(line)
+            if len(line) > 1 and line.startswith("/"):
+                line = line[1:]
+        cleaned.append("!" + line if invert else line)
+    return cleaned
+
+
+@dataclass
+class _Pattern:
+    """One compiled pattern, matched the way patternmatcher's `Pattern.match` does."""
+
+    text: str  # cleaned, without the leading `!`
+    exclusion: bool  # True for a `!` exception
+    kind: str  # exact | prefix | suffix | regexp
+    regex: re.Pattern[str] | None
+
+    @property
+    def has_wildcards(self) -> bool:
+        return any(ch in _WILDCARD_CHARS for ch in self.text)
+
+    def match(self, path: str) -> bool:
+        if self.kind == "exact":
+            return path == self.text
+        if self.kind == "prefix":
+            return path.startswith(self.text[:-2])
+        if self.kind == "suffix":
+            suffix = self.text[2:]
+            if path.endswith(suffix):
+                return True
+            return suffix.startswith("/") and path == suffix[1:]
+        assert self.regex is not None
+        return self.regex.match(path) is not None
+
+
+def _compile(text: str, exclusion: bool) -> _Pattern:
+    """Translate one cleaned pattern to patternmatcher's match kind and regular expression."""
+    regex = "^"
+    kind = "exact"
+    i = 0
+    n = len(text)
+    first = True
+    while i < n:
+        ch = text[i]
+        i += 1
+        if ch == "*":
+            if i < n and text[i] == "*":
+                i += 1
+                if i < n and text[i] == "/":  # `**/` behaves as `**`
+                    i += 1
+                if i >= n:  # trailing `**`: everything below
+                    if kind == "exact":
+                        kind = "prefix"
+                    else:
+                        regex += ".*"
+                        kind = "regexp"
+                else:
+                    regex += "(.*/)?"
+                    kind = "regexp"
+                if first:
+                    kind = "suffix"
+            else:
+                regex += "[^/]*"
+                kind = "regexp"
+        elif ch == "?":
+            regex += "[^/]"
+            kind = "regexp"
+        elif ch in _REGEX_SPECIALS:
+            regex += "\\" + ch
+        elif ch == "\\":
+            if i < n:
+                regex += re.escape(text[i])
+                i += 1
+                kind = "regexp"
+            else:
+                regex += "\\\\"
+        elif ch in "[]":
+            regex += ch
+            kind = "regexp"
+        else:
+            regex += ch  # like patternmatcher: other characters go to the regexp as they are
+        first = False
+    compiled = None
+    if kind == "regexp":
+        compiled = re.compile(regex + "$", re.DOTALL)
+    return _Pattern(text=text, exclusion=exclusion, kind=kind, regex=compiled)
+
+
+def _check_go_pattern_syntax(text: str) -> None:
+    """The syntax errors Go's `filepath.Match` reports: unclosed `[`, empty class, trailing `\\` in a class."""
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "[":
+            i += 1
+            if i < n and text[i] == "^":
+                i += 1
+            count = 0
+            while True:
+                if i >= n:
+                    raise ValueError("syntax error in pattern")
+                if text[i] == "]" and count > 0:
+                    break
+                if text[i] == "\\":
+                    i += 1
+                    if i >= n:
+                        raise ValueError("syntax error in pattern")
+                i += 1
+                count += 1
+            i += 1
+            continue
+        i += 1
+
+
+class IgnoreMatcher:
+    """Decides which context paths are invisible to COPY/ADD."""
+
+    def __init__(self, patterns: list[str], *, source: str | None = None) -> None:
+        self.patterns: tuple[str, ...] = tuple(patterns)
+        self.source = source
+        self._compiled: list[_Pattern] = []
+        for number, pattern in enumerate(patterns, start=1):
+            text = pattern.strip()
+            if not text:
+                continue
+            exclusion = text.startswith("!")
+            if exclusion:
+                if len(text) == 1:
+                    raise self._error('illegal exclusion pattern: "!"', number)
+                text = text[1:]
+            try:
+                _check_go_pattern_syntax(text)
+                self._compiled.append(_compile(text, exclusion))
+            except (ValueError, re.error) as exc:
+                raise self._error(f"invalid pattern {pattern!r}: {exc}", number) from None
+
+    def _error(self, message: str, number: int) -> ContextError:
+        where = Pos(self.source, 1) if self.source else None
+        return ContextError(
+            message,
+            pos=where,
+            hint=f"fix pattern #{number} in {self.source or 'the ignore patterns'}",
+        )
+
+    # construction -------------------------------------------------------------------------
+
+    @classmethod
+    def empty(cls) -> "IgnoreMatcher":
+        return cls([])
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str], *, source: str | None = None) -> "IgnoreMatcher":
+        return cls(clean_ignore_lines(lines), source=source)
+
+    @classmethod
+    def load(cls, context_dir: Path, buildfile: Path | None = None) -> "IgnoreMatcher":
+        """`<buildfile name>.dockerignore` beside the Buildfile wins over `<context>/.dockerignore`."""
+        candidates: list[Path] = []
+        if buildfile is not None:
+            buildfile = Path(buildfile)
+            candidates.append(buildfile.with_name(buildfile.name + ".dockerignore"))
+        candidates.append(Path(context_dir) / ".dockerignore")
+        for candidate in candidates:
+            if candidate.is_file():
+                try:
+                    text = candidate.read_text(encoding="utf-8", errors="surrogateescape")
+                except OSError as exc:
+                    raise ContextError(
+                        f"cannot read {candidate}: {exc.strerror}",
+                        hint="make the ignore file readable or remove it",
+                    ) from None
+                return cls.from_lines(text.splitlines(), source=str(candidate))
+        return cls.empty()
+
+    # queries ------------------------------------------------------------------------------
+
+    def __bool__(self) -> bool:
+        return bool(self._compiled)
+
+    @property
+    def has_exceptions(self) -> bool:
+        return any(p.exclusion for p in self._compiled)
+
+    def ignored(self, relpath: str, is_dir: bool = False) -> bool:
+        """patternmatcher's `MatchesOrParentMatches` on a slash path relative to the context root.
+
+        `is_dir` does not change the answer (Docker patterns have no directory-only form); it is
+        accepted so callers can say what they know.
+        """
+        if not self._compiled:
+            return False
+        path = go_clean(relpath.lstrip("/")) if relpath else "."
+        if path == ".":
+            return False  # Docker never lets the context root itself be excluded
+        parent = posixpath.dirname(path)
+        parent_dirs = parent.split("/") if parent else []
+        matched = False
+        for pattern in self._compiled:
+            if pattern.exclusion != matched:
+                continue  # an inclusion after a match, or an exception before one, changes nothing
+            hit = pattern.match(path)
+            if not hit:
+                for i in range(len(parent_dirs)):
+                    if pattern.match("/".join(parent_dirs[: i + 1])):
+                        hit = True
+                        break
+            if hit:
+                matched = not pattern.exclusion
+        return matched
+
+    def may_contain_exceptions(self, reldir: str) -> bool:
+        """Whether an ignored directory may still hold re-included paths (so a walk must enter it).
+
+        fsutil's rule: skip an excluded dir unless some exception pattern could reach inside it;
+        any exception with wildcards might, a literal one must start with `reldir/`.
+        """
+        reldir = go_clean(reldir.lstrip("/"))
+        prefix = reldir + "/"
+        for pattern in self._compiled:
+            if not pattern.exclusion:
+                continue
+            if pattern.has_wildcards:
+                return True
+            if (pattern.text + "/").startswith(prefix):
+                return True
+        return False
+
+    def ignored_dir_fully(self, reldir: str) -> bool:
+        """The ARCHITECTURE.md name: ignored, and nothing below can be re-included."""
+        return self.ignored(reldir, is_dir=True) and not self.may_contain_exceptions(reldir)
+
+    def __repr__(self) -> str:
+        return f"IgnoreMatcher({list(self.patterns)!r})"

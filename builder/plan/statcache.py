@@ -1,0 +1,151 @@
+"""A persistent map from a file's stat signature to the sha256 of its content.
+
+Hashing a large context on every build is the slow part of cache-key computation; a file whose
+(device, inode, size, mtime, ctime, mode) did not change has the same bytes, so its digest is
+looked up instead of re-read. ctime is part of the key because it moves on every write *and* on
+chmod/chown/rename, which an mtime-restoring tool cannot fake.
+
+The cache is an optimisation only: a corrupt, locked or unwritable database makes every call a
+miss (and `remember` a no-op); it never fails a build. SQLite in WAL mode with a busy timeout lets
+several builder processes share one file.
+
+Known limit (as with git's "racy" index entries): a file rewritten to the same size within the
+file system's timestamp granularity after being hashed keeps its old digest. ext4/xfs/btrfs keep
+nanosecond timestamps, so the window is a few milliseconds.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+StatKey = tuple[int, int, int, int, int, int]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS content_digest (
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (dev, ino)
+)
+"""
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+class StatCache:
+    """`lookup(st) -> sha256 | None`, `remember(st, sha256)`; safe to share between processes."""
+
+    def __init__(self, path: Path, *, timeout: float = 2.0) -> None:
+        self.path = Path(path)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[tuple] = []
+        self._open()
+
+    # opening and recovery ------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=self._timeout, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(_SCHEMA)
+        db.commit()
+        db.execute("SELECT count(*) FROM content_digest LIMIT 1").fetchone()
+        return db
+
+    def _open(self) -> None:
+        try:
+            self._db = self._connect()
+            return
+        except sqlite3.DatabaseError as exc:
+            corrupt = "malformed" in str(exc) or "not a database" in str(exc)
+        except (sqlite3.Error, OSError):
+            self._db = None
+            return
+        if corrupt:
+            # A damaged file holds nothing worth keeping: move it aside and start over.
+            try:
+                os.replace(self.path, self.path.with_name(self.path.name + ".corrupt"))
+                for suffix in ("-wal", "-shm"):
+                    side = self.path.with_name(self.path.name + suffix)
+                    if side.exists():
+                        side.unlink()
+                self._db = self._connect()
+            except (sqlite3.Error, OSError):
+                self._db = None
+
+    @property
+    def usable(self) -> bool:
+        return self._db is not None
+
+    # the map ------------------------------------------------------------------------------
+
+    def lookup(self, st: os.stat_result) -> str | None:
+        if self._db is None:
+            return None
+        dev, ino, size, mtime_ns, ctime_ns, mode = stat_key(st)
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT size, mtime_ns, ctime_ns, mode, sha256 FROM content_digest"
+                    " WHERE dev = ? AND ino = ?",
+                    (dev, ino),
+                ).fetchone()
+        except sqlite3.Error:
+            return None
+        if row is None or tuple(row[:4]) != (size, mtime_ns, ctime_ns, mode):
+            return None
+        return row[4]
+
+    def remember(self, st: os.stat_result, sha256: str) -> None:
+        """Queue an entry; written in batches (and on `flush`/`close`) to keep commits few."""
+        if self._db is None:
+            return
+        self._pending.append((*stat_key(st), sha256))
+        if len(self._pending) >= 500:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._db is None or not self._pending:
+            self._pending.clear()
+            return
+        rows, self._pending = self._pending, []
+        try:
+            with self._lock:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO content_digest"
+                    " (dev, ino, size, mtime_ns, ctime_ns, mode, sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                self._db.commit()
+        except sqlite3.Error:
+            # Locked past the timeout or broken: these digests are just recomputed next time.
+            try:
+                self._db.rollback()
+            except sqlite3.Error:
+                pass
+
+    def close(self) -> None:
+        self.flush()
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+    def __enter__(self) -> "StatCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
