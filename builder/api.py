@@ -1,0 +1,188 @@
+"""The library call: `builder.build(...)`. The CLI is a thin layer over this."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from builder.errors import BuildError, ContextError, OutputError
+from builder.image.store import Store
+from builder.parse import parse_buildfile
+from builder.plan.planner import Plan, make_plan
+from builder.plan.platforms import Platform
+from builder.progress import Event, EventCallback
+from builder.solve.options import BuildOptions, BuildResult, StepResult
+from builder.solve.solver import Solver, assemble_image
+
+__all__ = ["build", "plan", "BuildResult", "StepResult", "find_buildfile", "source_date_epoch_from_env"]
+
+COMPRESSIONS = ("gzip", "zstd", "uncompressed")
+
+
+def find_buildfile(context: Path, file: str | os.PathLike[str] | None) -> Path:
+    """`-f` as given, else `Buildfile`, then `Dockerfile`, in the context."""
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ContextError(f"Buildfile {str(path)!r} not found", hint="check the path given to -f/--file")
+        return path
+    for name in ("Buildfile", "Dockerfile"):
+        candidate = context / name
+        if candidate.is_file():
+            return candidate
+    raise ContextError(
+        f"no Buildfile or Dockerfile in {str(context)!r}",
+        hint="name one with -f/--file, or create Buildfile in the context directory",
+    )
+
+
+def source_date_epoch_from_env() -> int | None:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds", hint="unset it or give an integer")
+    return int(value)
+
+
+def _read_buildfile(context: Path, file, buildfile_text: str | None) -> tuple[Path | None, str, str]:
+    if buildfile_text is not None:
+        return None, buildfile_text, str(file) if file not in (None, "-") else "Buildfile"
+    path = find_buildfile(context, file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ContextError(f"{path} is not UTF-8 text: {error}", hint="save the Buildfile as UTF-8") from None
+    shown = os.path.relpath(path) if not os.path.isabs(str(file or "")) else str(path)
+    return path, text, shown
+
+
+def plan(
+    context: str | os.PathLike[str] = ".",
+    *,
+    file: str | os.PathLike[str] | None = None,
+    buildfile_text: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+    target: str | None = None,
+    platform: str | None = None,
+) -> Plan:
+    """Parse and plan without building: what `build --print-plan` shows."""
+    context_dir = Path(context)
+    path, text, shown = _read_buildfile(context_dir, file, buildfile_text)
+    buildfile = parse_buildfile(text, path=shown)
+    return make_plan(
+        buildfile,
+        build_args=build_args,
+        target=target,
+        target_platform=Platform.parse(platform) if platform else None,
+    )
+
+
+def build(
+    context: str | os.PathLike[str] = ".",
+    *,
+    file: str | os.PathLike[str] | None = None,
+    buildfile_text: str | None = None,
+    tags: Sequence[str] = (),
+    build_args: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    target: str | None = None,
+    platform: str | None = None,
+    outputs: Sequence[str] = (),
+    root: str | os.PathLike[str] | None = None,
+    on_event: EventCallback | None = None,
+    no_cache: bool = False,
+    no_cache_filter: Sequence[str] = (),
+    compression: str = "gzip",
+    compression_level: int | None = None,
+    source_date_epoch: int | None = None,
+    reproducible: bool = False,
+    snapshotter: str = "auto",
+    network: str = "host",
+    pull: bool = False,
+    insecure_registries: Sequence[str] = (),
+) -> BuildResult:
+    """Build an image from a Buildfile and a context directory.
+
+    Returns a BuildResult with the image id (config digest), the manifest digest, the config,
+    and one StepResult per step (cached or not, and why not). Raises a BuildError subclass for
+    every user mistake; nothing incomplete is left visible in the store.
+    """
+    context_dir = Path(context)
+    if not context_dir.is_dir():
+        raise ContextError(f"build context {str(context_dir)!r} is not a directory", hint="pass the context directory, e.g. .")
+    if compression not in COMPRESSIONS:
+        raise BuildError(f"unknown compression {compression!r}", hint="use gzip, zstd or uncompressed")
+    if snapshotter not in ("auto", "overlay", "copy"):
+        raise BuildError(f"unknown snapshotter {snapshotter!r}", hint="use auto, overlay or copy")
+    if source_date_epoch is None:
+        source_date_epoch = source_date_epoch_from_env()
+    if source_date_epoch is None and reproducible:
+        source_date_epoch = 0
+        if on_event is not None:
+            on_event(Event("message", text="--reproducible without SOURCE_DATE_EPOCH: using timestamp 0 (1970-01-01)"))
+
+    from builder.export import parse_output_spec, write_output
+
+    output_specs = [parse_output_spec(spec) for spec in outputs]
+    path, text, shown = _read_buildfile(context_dir, file, buildfile_text)
+    buildfile = parse_buildfile(text, path=shown)
+    the_plan = make_plan(
+        buildfile,
+        build_args=build_args,
+        target=target,
+        target_platform=Platform.parse(platform) if platform else None,
+    )
+    options = BuildOptions(
+        context_dir=context_dir.resolve(),
+        buildfile_path=path.resolve() if path else None,
+        buildfile_text=text,
+        buildfile_name=shown,
+        tags=tuple(tags),
+        build_args=dict(build_args or {}),
+        labels=dict(labels or {}),
+        target=target,
+        platform=platform,
+        no_cache=no_cache,
+        no_cache_filter=tuple(name.lower() for name in no_cache_filter),
+        compression=compression,
+        compression_level=compression_level,
+        source_date_epoch=source_date_epoch,
+        snapshotter=snapshotter,
+        network=network,
+        pull=pull,
+        insecure_registries=tuple(insecure_registries),
+        on_event=on_event,
+    )
+    store = Store.open(root)
+    solver = Solver(store, the_plan, options, escape=buildfile.escape)
+    final_state, steps = solver.solve()
+    created = (
+        _format_epoch(source_date_epoch)
+        if source_date_epoch is not None
+        else (final_state.history[-1]["created"] if final_state.history else _format_epoch(0))
+    )
+    config_digest, config, manifest_digest, manifest = assemble_image(store, final_state, options, created)
+    for tag in tags:
+        store.tag(tag, manifest_digest)
+    for spec in output_specs:
+        try:
+            write_output(store, manifest_digest, spec, list(tags))
+        except OSError as error:
+            raise OutputError(f"cannot write output {spec}: {error.strerror or error}", hint="check the destination path") from None
+    if on_event is not None:
+        on_event(Event("build-done", text=f"image {config_digest}" + "".join(f"\nnamed {tag}" for tag in tags)))
+    return BuildResult(
+        image_id=config_digest,
+        manifest_digest=manifest_digest,
+        config=config,
+        manifest=manifest,
+        tags=tuple(tags),
+        steps=tuple(steps),
+    )
+
+
+def _format_epoch(epoch: int) -> str:
+    from builder.solve.solver import format_time
+
+    return format_time(epoch)

@@ -1,0 +1,228 @@
+"""Command line: argument parsing and output only; the work is done by the library API."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from builder.errors import BuildError
+
+# Modules that add their own subcommands through `register(subparsers)`.
+COMMAND_MODULES = (
+    "builder.commands.images",
+    "builder.commands.registry_cmds",
+    "builder.commands.run",
+    "builder.commands.maintenance",
+)
+
+
+def _key_value(text: str, what: str, from_env: bool = False) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not name:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} needs a name: NAME=VALUE")
+    if not sep:
+        if from_env:
+            # Docker: `--build-arg NAME` takes the value from the environment, if set.
+            if name in os.environ:
+                return name, os.environ[name]
+            return name, "\0unset"
+        raise argparse.ArgumentTypeError(f"{what} {text!r} must be NAME=VALUE")
+    return name, value
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("context", nargs="?", default=".", help="the build context directory (default: .)")
+    parser.add_argument("-f", "--file", help="the Buildfile (default: CONTEXT/Buildfile, then CONTEXT/Dockerfile; - reads stdin)")
+    parser.add_argument("-t", "--tag", action="append", default=[], help="name the image NAME[:TAG]; repeatable")
+    parser.add_argument("--build-arg", action="append", default=[], metavar="NAME[=VALUE]", help="set a build-time variable")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="add a label to the image")
+    parser.add_argument("--target", help="build this stage and the stages it needs")
+    parser.add_argument("--platform", help="target platform, os/arch[/variant]")
+    parser.add_argument("-o", "--output", action="append", default=[], metavar="SPEC",
+                        help="type=oci|docker|tar|local|registry,dest=PATH[,tar=false]; repeatable")
+    parser.add_argument("--iidfile", help="write the image id to this file")
+    parser.add_argument("--metadata-file", help="write the build's digests as JSON to this file")
+    parser.add_argument("--no-cache", action="store_true", help="run every step again")
+    parser.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE", help="do not use the cache for this stage")
+    parser.add_argument("--explain-cache", action="store_true", help="say for every step why it was or was not cached")
+    parser.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "json"], help="progress display")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    parser.add_argument("--compression", default="gzip", choices=["gzip", "zstd", "uncompressed"], help="layer compression")
+    parser.add_argument("--compression-level", type=int, help="compression level")
+    parser.add_argument("--source-date-epoch", type=int, help="timestamp for everything this build writes (or $SOURCE_DATE_EPOCH)")
+    parser.add_argument("--reproducible", action="store_true", help="use timestamp 0 when no SOURCE_DATE_EPOCH is set")
+    parser.add_argument("--snapshotter", default="auto", choices=["auto", "overlay", "copy"], help="how RUN steps get their file system")
+    parser.add_argument("--network", default="host", choices=["host", "none"], help="default network of RUN steps")
+    parser.add_argument("--pull", action="store_true", help="pull base images even when the store has them")
+    parser.add_argument("--push", action="store_true", help="push every tag after the build")
+    parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]", help="allow plain HTTP to this registry")
+    parser.add_argument("--print-plan", nargs="?", const="text", choices=["text", "dot"], help="print the plan and stop")
+    parser.add_argument("--print-ast", action="store_true", help="print the parsed Buildfile as JSON and stop")
+
+
+def _parse_pairs(values: Sequence[str], what: str, from_env: bool = False) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for text in values:
+        try:
+            name, value = _key_value(text, what, from_env)
+        except argparse.ArgumentTypeError as error:
+            raise BuildError(str(error), hint=f"write {what} as NAME=VALUE") from None
+        if value != "\0unset":
+            found[name] = value
+    return found
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from builder import api
+    from builder.progress import make_progress
+
+    context = Path(args.context)
+    buildfile_text = None
+    file = args.file
+    if file == "-":
+        buildfile_text = sys.stdin.read()
+    build_args = _parse_pairs(args.build_arg, "--build-arg", from_env=True)
+    if args.print_ast:
+        from builder.parse import parse_buildfile
+        from builder.parse.dump import ast_to_data
+
+        path, text, shown = api._read_buildfile(context, file, buildfile_text)
+        print(json.dumps(ast_to_data(parse_buildfile(text, path=shown)), indent=2, ensure_ascii=False))
+        return 0
+    if args.print_plan:
+        from builder.plan.render import render_dot, render_text
+
+        the_plan = api.plan(
+            context, file=file, buildfile_text=buildfile_text, build_args=build_args, target=args.target, platform=args.platform
+        )
+        sys.stdout.write(render_dot(the_plan) if args.print_plan == "dot" else render_text(the_plan))
+        return 0
+    progress_mode = "quiet" if args.quiet else args.progress
+    on_event = make_progress(progress_mode)
+    outputs = list(args.output)
+    result = api.build(
+        context,
+        file=file,
+        buildfile_text=buildfile_text,
+        tags=args.tag,
+        build_args=build_args,
+        labels=_parse_pairs(args.label, "--label"),
+        target=args.target,
+        platform=args.platform,
+        outputs=[spec for spec in outputs if not spec.startswith("type=registry")],
+        root=args.root,
+        on_event=on_event,
+        no_cache=args.no_cache,
+        no_cache_filter=args.no_cache_filter,
+        compression=args.compression,
+        compression_level=args.compression_level,
+        source_date_epoch=args.source_date_epoch,
+        reproducible=args.reproducible,
+        snapshotter=args.snapshotter,
+        network=args.network,
+        pull=args.pull,
+        insecure_registries=args.insecure_registry,
+    )
+    pushed = _push_results(args, result, [spec for spec in outputs if spec.startswith("type=registry")])
+    if args.explain_cache:
+        for step in result.steps:
+            state = "CACHED" if step.cached else f"RAN ({step.cache_reason})"
+            print(f"#{step.number} [{step.stage}] {step.instruction}: {state}", file=sys.stderr)
+    if args.iidfile:
+        Path(args.iidfile).write_text(result.image_id)
+    if args.metadata_file:
+        metadata = {
+            "containerimage.config.digest": result.image_id,
+            "containerimage.digest": result.manifest_digest,
+            "image.name": ",".join(result.tags),
+            "pushed": pushed,
+            "steps": [
+                {"number": s.number, "stage": s.stage, "instruction": s.instruction, "cached": s.cached,
+                 "seconds": round(s.seconds, 3), "cache_reason": s.cache_reason}
+                for s in result.steps
+            ],
+        }
+        Path(args.metadata_file).write_text(json.dumps(metadata, indent=2) + "\n")
+    if args.quiet:
+        print(result.image_id)
+    return 0
+
+
+def _push_results(args: argparse.Namespace, result, registry_outputs: list[str]) -> dict[str, str]:
+    targets: list[str] = []
+    if args.push:
+        targets.extend(args.tag)
+    for spec in registry_outputs:
+        from builder.export import parse_output_spec
+
+        parsed = parse_output_spec(spec)
+        name = getattr(parsed, "name", None) or (parsed.options.get("name") if hasattr(parsed, "options") else None)
+        if not name:
+            raise BuildError(f"--output {spec!r} names no image", hint="write type=registry,name=HOST/REPO:TAG")
+        targets.extend(part for part in name.split(",") if part)
+    if not targets:
+        return {}
+    from builder.image.store import Store
+    from builder.registry import push
+
+    store = Store.open(args.root)
+    pushed: dict[str, str] = {}
+    for name in targets:
+        if name not in args.tag:
+            store.tag(name, result.manifest_digest)
+        pushed[name] = push(store, name, insecure=tuple(args.insecure_registry))
+    return pushed
+
+
+def build_parser(prog: str = "builder") -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = argparse.ArgumentParser(prog=prog, description="Daemonless, reproducible Dockerfile-style image builder.")
+    parser.add_argument("--root", default=None, help="the store directory (default: $BUILDER_ROOT, else $XDG_DATA_HOME/builder)")
+    from builder import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    build_command = subparsers.add_parser("build", help="build an image from a Buildfile")
+    add_build_arguments(build_command)
+    build_command.add_argument("--root", default=argparse.SUPPRESS, help="the store directory")
+    build_command.set_defaults(handler=run_build)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser, subparsers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, _ = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except BuildError as error:
+        print(error.render(), file=sys.stderr)
+        return getattr(error, "exit_code", 1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def build_main(argv: Sequence[str] | None = None) -> int:
+    """The `build` console script: `build ARGS` is `builder build ARGS`."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return main(["build", *arguments])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

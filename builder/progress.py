@@ -1,0 +1,96 @@
+"""Build events and the ways to show them: a terminal display, plain lines, JSON lines, nothing.
+
+The solver reports through one callback taking `Event`s; the CLI picks a renderer, a library
+user passes their own callback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, TextIO
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # build-start | step-start | step-output | step-done | step-cached | build-done | message
+    stage: str = ""
+    step: int = 0  # 1-based number within the whole build, 0 for build-level events
+    total: int = 0
+    text: str = ""  # the instruction for step events, output text for step-output
+    seconds: float = 0.0
+    cache_reason: str = ""  # for step-done: why the cache was not used
+
+
+EventCallback = Callable[[Event], None]
+
+
+class PlainProgress:
+    """One line per event, no cursor movement: for CI logs and pipes."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self.lock:
+            line = self._format(event)
+            if line is not None:
+                self.stream.write(line)
+                self.stream.flush()
+
+    def _format(self, event: Event) -> str | None:
+        prefix = f"#{event.step} " if event.step else ""
+        if event.kind == "step-start":
+            return f"{prefix}[{event.stage} {event.step}/{event.total}] {event.text}\n"
+        if event.kind == "step-output":
+            body = event.text if event.text.endswith("\n") else event.text + "\n"
+            return "".join(f"{prefix}{line}\n" for line in body.splitlines())
+        if event.kind == "step-cached":
+            return f"{prefix}CACHED\n"
+        if event.kind == "step-done":
+            return f"{prefix}DONE {event.seconds:.1f}s\n"
+        if event.kind in ("message", "build-done"):
+            return f"{event.text}\n" if event.text else None
+        return None
+
+
+class TtyProgress(PlainProgress):
+    """A terminal display: one line per step with its time, output shown dimmed under the running step."""
+
+    def _format(self, event: Event) -> str | None:
+        if event.kind == "step-start":
+            return f"\033[1m=> [{event.stage} {event.step}/{event.total}] {event.text}\033[0m\n"
+        if event.kind == "step-output":
+            return "".join(f"\033[2m   {line}\033[0m\n" for line in event.text.splitlines())
+        if event.kind == "step-cached":
+            return f"\033[36m=> CACHED [{event.stage} {event.step}/{event.total}]\033[0m\n"
+        if event.kind == "step-done":
+            return f"\033[32m=> done [{event.stage} {event.step}/{event.total}] {event.seconds:.1f}s\033[0m\n"
+        return super()._format(event)
+
+
+class JsonProgress(PlainProgress):
+    """JSON lines, one object per event, for tools that read the build's progress."""
+
+    def _format(self, event: Event) -> str | None:
+        record = asdict(event)
+        record["time"] = round(time.time(), 3)
+        return json.dumps(record, sort_keys=True) + "\n"
+
+
+def make_progress(mode: str, stream: TextIO | None = None) -> EventCallback | None:
+    stream = stream or sys.stderr
+    if mode == "auto":
+        mode = "tty" if stream.isatty() else "plain"
+    if mode == "quiet":
+        return None
+    if mode == "tty":
+        return TtyProgress(stream)
+    if mode == "plain":
+        return PlainProgress(stream)
+    if mode == "json":
+        return JsonProgress(stream)
+    raise ValueError(f"unknown progress mode {mode!r}")

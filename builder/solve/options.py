@@ -1,0 +1,57 @@
+"""What a build is asked to do, and what it reports back."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.progress import EventCallback
+
+
+@dataclass
+class BuildOptions:
+    context_dir: Path
+    buildfile_path: Path | None  # None when the Buildfile text comes from stdin
+    buildfile_text: str
+    buildfile_name: str  # as shown in error messages
+    tags: tuple[str, ...] = ()
+    build_args: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    platform: str | None = None
+    no_cache: bool = False
+    no_cache_filter: tuple[str, ...] = ()
+    compression: str = "gzip"
+    compression_level: int | None = None
+    source_date_epoch: int | None = None
+    snapshotter: str = "auto"
+    network: str = "host"  # default network mode of RUN steps
+    pull: bool = False
+    insecure_registries: tuple[str, ...] = ()
+    on_event: EventCallback | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    stage: str
+    number: int  # 1-based within the whole build
+    instruction: str
+    cached: bool
+    cache_key: str
+    seconds: float
+    layer_diff_id: str | None
+    cache_reason: str = ""  # why it was not cached; empty when it was
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image_id: str  # the config digest, Docker's IMAGE ID
+    manifest_digest: str
+    config: dict[str, Any]
+    manifest: dict[str, Any]
+    tags: tuple[str, ...]
+    steps: tuple[StepResult, ...]
+
+    @property
+    def digest(self) -> str:
+        return self.manifest_digest

@@ -1,0 +1,343 @@
+"""The steps that change the file system: RUN (in a snapshot and sandbox), COPY and ADD.
+
+`components()` computes what the cache key of a step depends on, cheaply and without side
+effects; `execute()` does the work and returns the step's layer (None when nothing changed).
+"""
+from __future__ import annotations
+
+import shutil
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from builder.errors import BuildError, PlanError, RunError
+from builder.parse import ast
+from builder.plan.context import BuildContext
+from builder.plan.dockerignore import IgnoreMatcher
+from builder.plan.platforms import PROXY_ARGS
+from builder.progress import Event
+from builder.solve.metadata import command_argv, json_list
+from builder.solve.state import ImageState, LayerRef
+
+if TYPE_CHECKING:
+    from builder.plan.planner import Stage
+    from builder.solve.solver import BuildSession
+
+Expand = Callable[[str], str]
+OUTPUT_TAIL_LINES = 15
+
+
+class StepRunner:
+    """Runs the file-system steps of one stage."""
+
+    def __init__(self, session: "BuildSession", stage: "Stage") -> None:
+        self.session = session
+        self.stage = stage
+        self.store = session.store
+        self.options = session.options
+        self._pending: dict[int, dict[str, Any]] = {}
+
+    # --- cache components -----------------------------------------------------------------
+    def components(self, instruction: ast.Instruction, state: ImageState, expand: Expand) -> dict[str, Any]:
+        if isinstance(instruction, ast.Run):
+            return self._run_components(instruction, state)
+        assert isinstance(instruction, (ast.Copy, ast.Add))
+        return self._copy_components(instruction, state, expand)
+
+    def _run_components(self, instruction: ast.Run, state: ImageState) -> dict[str, Any]:
+        argv = run_argv(instruction, state.shell())
+        env = state.run_env()
+        network = instruction.network or self.options.network
+        if network == "default":
+            network = self.options.network
+        if network not in ("host", "none"):
+            raise PlanError(
+                f"RUN --network={network} is not supported",
+                pos=instruction.pos,
+                source_line=instruction.source.splitlines()[0],
+                hint="use --network=host or --network=none",
+            )
+        used_args = {name: value for name, value in state.args.items() if name not in PROXY_ARGS and name not in state.env()}
+        prefix = f"|{len(used_args)} " + " ".join(f"{k}={v}" for k, v in sorted(used_args.items())) + " " if used_args else ""
+        created_by = f"RUN {prefix}{' '.join(argv) if isinstance(instruction.command, ast.ShellCommand) else json_list(argv)} # buildkit"
+        components = {
+            "created_by": created_by,
+            "instruction": ["RUN", argv],
+            "env": env,
+            "user": state.user(),
+            "workdir": state.workdir(),
+            "network": network,
+            "mounts": [[mount.type, list(mount.options)] for mount in instruction.mounts],
+        }
+        self._pending[id(instruction)] = {"argv": argv, "env": env, "network": network}
+        return components
+
+    def _copy_components(self, instruction: ast.Copy | ast.Add, state: ImageState, expand: Expand) -> dict[str, Any]:
+        keyword = instruction.keyword
+        heredoc_names = {f"<<{doc.delimiter}" for doc in instruction.heredocs} | {
+            f"<<-{doc.delimiter}" for doc in instruction.heredocs
+        }
+        sources = [source if _is_heredoc_word(source, heredoc_names) else expand(source) for source in instruction.sources]
+        dest = expand(instruction.dest)
+        heredocs = {doc.delimiter: (expand_heredoc(doc.content, expand) if doc.expand else doc.content) for doc in instruction.heredocs}
+        chown = expand(instruction.chown) if instruction.chown else None
+        chmod = expand(instruction.chmod) if instruction.chmod else None
+        excludes = [expand(pattern) for pattern in instruction.exclude]
+        from_value = expand(instruction.from_) if isinstance(instruction, ast.Copy) and instruction.from_ else None
+        source_root, from_identity = self._source_root(instruction, from_value)
+        file_sources = [source for source in sources if not _is_heredoc_word(source, heredoc_names)]
+        local_sources = [source for source in file_sources if not _is_url(source)]
+        context = BuildContext(source_root, self._ignore() if from_value is None else IgnoreMatcher.from_lines([]))
+        if local_sources:
+            selected = context.select(local_sources, pos=instruction.pos)
+            sources_digest = context.content_digest(selected, self._stat_cache()) if from_identity is None else from_identity
+        else:
+            sources_digest = from_identity or ""
+        urls = [source for source in file_sources if _is_url(source)]
+        options = {
+            "chown": chown,
+            "chmod": chmod,
+            "exclude": excludes,
+            "link": instruction.link,
+            "parents": getattr(instruction, "parents", False),
+            "checksum": getattr(instruction, "checksum", None),
+            "urls": urls,
+        }
+        created_by = f"{keyword} {' '.join(sources)} {dest} # buildkit"
+        self._pending[id(instruction)] = {
+            "context": context,
+            "sources": sources,
+            "dest": dest,
+            "heredocs": heredocs,
+            "chown": chown,
+            "chmod": chmod,
+            "exclude": excludes,
+        }
+        return {
+            "created_by": created_by,
+            "instruction": [keyword, sources, dest, heredocs],
+            "sources": sources_digest,
+            "options": options,
+            "workdir": state.workdir(),
+            "from": from_value,
+        }
+
+    def _ignore(self) -> IgnoreMatcher:
+        if not hasattr(self.session, "ignore_matcher"):
+            with self.session.lock:
+                if not hasattr(self.session, "ignore_matcher"):
+                    self.session.ignore_matcher = IgnoreMatcher.load(  # type: ignore[attr-defined]
+                        self.options.context_dir, self.options.buildfile_path
+                    )
+        return self.session.ignore_matcher  # type: ignore[attr-defined]
+
+    def _stat_cache(self):
+        from builder.plan.statcache import StatCache
+
+        if not hasattr(self.session, "stat_cache"):
+            with self.session.lock:
+                if not hasattr(self.session, "stat_cache"):
+                    self.session.stat_cache = StatCache(self.store.root / "statcache.db")  # type: ignore[attr-defined]
+        return self.session.stat_cache  # type: ignore[attr-defined]
+
+    def _source_root(self, instruction: ast.Copy | ast.Add, from_value: str | None) -> tuple[Path, str | None]:
+        """The directory sources are read from, and an identity for the cache when it is not the context."""
+        if from_value is None:
+            return self.options.context_dir, None
+        plan = self.session.plan
+        referenced = None
+        for stage in plan.stages:
+            if stage.name == from_value.lower():
+                referenced = stage.index
+        if referenced is None and from_value.isdigit():
+            referenced = int(from_value)
+        if referenced is not None:
+            with self.session.lock:
+                source_state = self.session.stage_states[referenced]
+            return self._flattened(f"stage{referenced}", source_state.layers), "stage:" + source_state.chain
+        record = self._load_image(from_value, instruction)
+        from builder.solve.solver import _layers_of
+
+        layers = _layers_of(record.manifest, record.config)
+        return self._flattened("image-" + record.manifest_digest.split(":")[-1][:16], layers), "image:" + record.manifest_digest
+
+    def _load_image(self, name: str, instruction: ast.Instruction):
+        from builder.errors import ImageNotFound
+
+        try:
+            return self.store.load_image(name)
+        except ImageNotFound:
+            try:
+                from builder.registry import pull
+            except ImportError:
+                raise ImageNotFound(
+                    f"COPY --from={name}: no stage or image with that name",
+                    pos=instruction.pos,
+                    source_line=instruction.source.splitlines()[0],
+                    hint="name an earlier stage, or load the image into the store first",
+                ) from None
+            return pull(self.store, name, insecure=self.options.insecure_registries)
+
+    def _flattened(self, name: str, layers: list[LayerRef]) -> Path:
+        from builder.snapshot.view import flatten
+
+        target = self.session.work_dir / f"src-{name}"
+        with self.session.lock:
+            if target.exists():
+                return target
+            partial = self.session.work_dir / f"partial-{name}"
+            shutil.rmtree(partial, ignore_errors=True)
+            flatten([self.store.snapshot_dir(layer.diff_id, layer.digest) for layer in layers], partial)
+            partial.rename(target)
+            return target
+
+    # --- execution ------------------------------------------------------------------------
+    def execute(self, instruction: ast.Instruction, state: ImageState, components: dict[str, Any]) -> LayerRef | None:
+        work = Path(self.session.work_dir) / f"s{id(instruction) % 100000}"
+        work.mkdir()
+        try:
+            if isinstance(instruction, ast.Run):
+                layer_dir = self._execute_run(instruction, state, work)
+            else:
+                layer_dir = self._execute_copy(instruction, state, work)
+            if layer_dir is None or not any(layer_dir.iterdir()):
+                return None
+            digests = self.store.put_layer_from_dir(
+                layer_dir,
+                compression=self.options.compression,
+                level=self.options.compression_level,
+                source_date_epoch=self.options.source_date_epoch,
+                adopt=True,
+            )
+            return LayerRef(digests.diff_id, digests.digest, digests.size, digests.media_type)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _lower_dirs(self, state: ImageState) -> list[Path]:
+        return [self.store.snapshot_dir(layer.diff_id, layer.digest) for layer in state.layers]
+
+    def _execute_run(self, instruction: ast.Run, state: ImageState, work: Path) -> Path | None:
+        from builder.sandbox import run as sandbox_run
+        from builder.snapshot import prepare
+
+        pending = self._pending.pop(id(instruction))
+        snapshot = prepare(self._lower_dirs(state), work / "w", kind=self.options.snapshotter)
+        tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+        partial = [""]
+
+        def on_output(chunk: bytes) -> None:
+            text = chunk.decode("utf-8", errors="replace")
+            lines = (partial[0] + text).split("\n")
+            partial[0] = lines.pop()
+            tail.extend(lines)
+            if text:
+                self.session.emit(Event("step-output", self.stage.label, 0, 0, text))
+
+        try:
+            status = sandbox_run(
+                snapshot,
+                pending["argv"],
+                env=pending["env"],
+                workdir=state.workdir(),
+                user=state.user() or None,
+                network=pending["network"],
+                on_output=on_output,
+            )
+            if partial[0]:
+                tail.append(partial[0])
+            if status != 0:
+                shown = "\n".join(tail)
+                raise RunError(
+                    f"RUN failed with exit code {status}",
+                    exit_status=status,
+                    pos=instruction.pos,
+                    source_line=instruction.source.splitlines()[0],
+                    hint=("last output lines:\n" + shown) if shown else "the command printed nothing",
+                )
+            diff_dir = work / "diff"
+            snapshot.diff(diff_dir)
+            return diff_dir
+        finally:
+            snapshot.cleanup()
+
+    def _execute_copy(self, instruction: ast.Copy | ast.Add, state: ImageState, work: Path) -> Path:
+        from builder.snapshot.view import LayeredView
+        from builder.solve.copy import stage_copy
+
+        pending = self._pending.pop(id(instruction))
+        lower = self._lower_dirs(state)
+        view = LayeredView(lower)
+        chown = self._resolve_chown(pending["chown"], view, instruction) if pending["chown"] else None
+        staging = work / "layer"
+        staging.mkdir()
+        stage_copy(
+            pending["context"],
+            pending["sources"],
+            pending["dest"],
+            workdir=state.workdir(),
+            staging_dir=staging,
+            dest_is_dir=view.is_dir,
+            chown=chown,
+            chmod=pending["chmod"],
+            exclude=pending["exclude"],
+            parents=getattr(instruction, "parents", False),
+            pos=instruction.pos,
+            source_date_epoch=self.options.source_date_epoch,
+            is_add=isinstance(instruction, ast.Add),
+            heredocs=pending["heredocs"],
+            checksum=getattr(instruction, "checksum", None),
+        )
+        return staging
+
+    def _resolve_chown(self, spec: str, view, instruction: ast.Instruction) -> tuple[int, int]:
+        from builder.sandbox.users import resolve_user
+
+        user, has_group, group = spec.partition(":")
+        try:
+            uid, gid, _ = resolve_user(spec, view)
+        except BuildError as error:
+            if error.pos is None:
+                error.pos = instruction.pos
+                error.source_line = instruction.source.splitlines()[0]
+            raise
+        if not has_group:
+            # Docker: a user without a group means the group with the same number as the user.
+            gid = uid
+        return uid, gid
+
+
+def run_argv(instruction: ast.Run, shell: list[str]) -> list[str]:
+    """The argv of a RUN, heredocs included the way BuildKit runs them."""
+    command = instruction.command
+    if isinstance(command, ast.ExecCommand) or not instruction.heredocs:
+        return command_argv(command, shell)
+    text = command.text.strip()
+    only = instruction.heredocs[0]
+    if len(instruction.heredocs) == 1 and text.lstrip("<-").strip("'\"") == only.delimiter:
+        # `RUN <<EOF` alone: the heredoc is the script.
+        return [*shell, only.content]
+    script = command.text.rstrip("\n") + "\n" + "".join(
+        doc.content + ("" if doc.content.endswith("\n") or not doc.content else "\n") + doc.delimiter + "\n"
+        for doc in instruction.heredocs
+    )
+    return [*shell, script]
+
+
+def expand_heredoc(content: str, expand: Expand) -> str:
+    """Variables in an unquoted COPY/ADD heredoc are expanded line by line, quotes kept."""
+    lines = content.split("\n")
+    return "\n".join(expand(_protect_quotes(line)) if "$" in line else line for line in lines)
+
+
+def _protect_quotes(line: str) -> str:
+    # expand_word removes quotes as Docker's word processing does; in heredoc bodies quotes are text.
+    return line.replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"')
+
+
+def _is_heredoc_word(word: str, heredoc_names: set[str]) -> bool:
+    return word.strip("'\"") in heredoc_names or word.replace("'", "").replace('"', "") in heredoc_names
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
