@@ -66,6 +66,38 @@ def is_opaque_dir(path: bytes | str) -> bool:
         return False
 
 
+class _LayerTarInfo(tarfile.TarInfo):
+    """TarInfo whose PAX records hold raw bytes without a `hdrcharset=BINARY` record.
+
+    tarfile adds hdrcharset=BINARY as soon as one value is not UTF-8 (a binary
+    security.capability xattr, a non-UTF-8 name); GNU tar warns about that keyword. Go's
+    archive/tar (Docker, containerd) writes the raw bytes without it, and readers (Go, GNU tar,
+    tarfile with surrogateescape) take undecodable values as bytes; so we write the same.
+    """
+
+    @classmethod
+    def _create_pax_generic_header(cls, pax_headers, type, encoding):  # type: ignore[override]
+        records = b""
+        for keyword, value in pax_headers.items():
+            key_bytes = keyword.encode("utf-8", "surrogateescape")
+            value_bytes = value.encode("utf-8", "surrogateescape")
+            length = len(key_bytes) + len(value_bytes) + 3  # ' ' + '=' + '\n'
+            total = prev = 0
+            while True:  # the length field counts its own digits
+                total = length + len(str(prev))
+                if total == prev:
+                    break
+                prev = total
+            records += str(total).encode("ascii") + b" " + key_bytes + b"=" + value_bytes + b"\n"
+        info = {
+            "name": "././@PaxHeader",
+            "type": type,
+            "size": len(records),
+            "magic": tarfile.POSIX_MAGIC,
+        }
+        return cls._create_header(info, tarfile.USTAR_FORMAT, "ascii", "replace") + cls._create_payload(records)  # type: ignore[attr-defined]
+
+
 @dataclass
 class _Member:
     info: tarfile.TarInfo
@@ -88,7 +120,7 @@ class _TarMembers:
         return seconds
 
     def _marker(self, name: str) -> tarfile.TarInfo:
-        info = tarfile.TarInfo(name)
+        info = _LayerTarInfo(name)
         info.type = tarfile.REGTYPE
         info.mode = _MARKER_MODE
         info.mtime = self._epoch if self._epoch is not None else 0
@@ -128,7 +160,7 @@ class _TarMembers:
         mode = st.st_mode
         if stat.S_ISSOCK(mode):
             return  # sockets cannot be archived; GNU tar skips them too
-        info = tarfile.TarInfo(name)
+        info = _LayerTarInfo(name)
         info.mode = stat.S_IMODE(mode)
         info.uid = st.st_uid
         info.gid = st.st_gid

@@ -1,0 +1,400 @@
+"""Safe extraction of layers: into a layer dir (overlay-upper format) or onto a merged tree.
+
+Every path is resolved component by component from a file descriptor of the target dir with
+O_NOFOLLOW, so no symlink, earlier extracted or pre-existing, is ever followed and nothing can be
+created outside the target. Hostile names (absolute, `..`) are refused with ArchiveError.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from builder.errors import ArchiveError
+
+from .tarread import iter_tar, member_xattrs, split_member_name
+from .tarwrite import OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
+
+
+@dataclass
+class EntryMeta:
+    """Ownership, permissions, time and xattrs to give an extracted entry."""
+
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int | None
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+def _display(parts: tuple[str, ...]) -> str:
+    return "/".join(parts) or "."
+
+
+class _Target:
+    """Creates entries under one root directory, never following symlinks.
+
+    upper=True writes the overlay-upper format (whiteouts become 0/0 char devices, opaque markers
+    the trusted.overlay.opaque xattr); upper=False applies onto a merged tree (whiteouts delete,
+    opaque markers empty the directory of what earlier layers put there).
+    """
+
+    def __init__(self, root: Path, *, upper: bool) -> None:
+        self._upper = upper
+        try:
+            self._root_fd = os.open(root, _DIR_FLAGS)
+        except OSError as err:
+            raise ArchiveError(f"cannot open extraction target {root}: {err}") from err
+        self._dir_meta: dict[tuple[str, ...], EntryMeta] = {}
+        self._added: set[tuple[str, ...]] = set()  # paths this layer put in place
+        self._is_root = os.geteuid() == 0
+
+    def close(self) -> None:
+        os.close(self._root_fd)
+
+    # -- path resolution -------------------------------------------------------------------
+
+    def open_dir(self, parts: tuple[str, ...], *, create: bool) -> int:
+        """An fd of the directory at `parts` under the root; missing ones are made if `create`."""
+        fd = os.dup(self._root_fd)
+        try:
+            for index, part in enumerate(parts):
+                try:
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as err:
+                    if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise ArchiveError(
+                            f"tar entry {_display(parts)!r} goes through "
+                            f"{_display(parts[: index + 1])!r}, which is not a directory "
+                            "(a symlink or file); refusing to follow it"
+                        ) from err
+                    raise
+                os.close(fd)
+                fd = next_fd
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _lstat(parent_fd: int, name: str) -> os.stat_result | None:
+        try:
+            return os.lstat(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def _remove(parent_fd: int, name: str) -> None:
+        st = _Target._lstat(parent_fd, name)
+        if st is None:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=parent_fd)
+        else:
+            os.unlink(name, dir_fd=parent_fd)
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def _chown(self, fd_or_name: int | str, uid: int, gid: int, parent_fd: int | None = None) -> None:
+        try:
+            if parent_fd is None:
+                os.chown(fd_or_name, uid, gid)
+            else:
+                os.chown(fd_or_name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
+        except PermissionError:
+            if self._is_root:
+                raise  # rootless extraction keeps the caller's ownership; root must not fail
+
+    def _set_xattrs(self, target: int | str, xattrs: dict[str, bytes]) -> None:
+        for key, value in xattrs.items():
+            if key.startswith(OVERLAY_XATTR_PREFIX):
+                continue  # overlay's own state comes only from whiteout/opaque entries
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, key, value)
+                else:
+                    os.setxattr(target, key, value, follow_symlinks=False)
+            except PermissionError:
+                if self._is_root:
+                    raise
+
+    def _meta_on_fd(self, fd: int, meta: EntryMeta) -> None:
+        # chown clears setuid bits and security.capability: it goes first.
+        self._chown(fd, meta.uid, meta.gid)
+        self._set_xattrs(fd, meta.xattrs)
+        os.chmod(fd, meta.mode & 0o7777)
+        if meta.mtime_ns is not None:
+            os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+
+    def _meta_at(self, parent_fd: int, name: str, meta: EntryMeta, *, symlink: bool) -> None:
+        self._chown(name, meta.uid, meta.gid, parent_fd)
+        # /proc/self/fd/N resolves to the parent dir itself; the last component is not followed.
+        self._set_xattrs(f"/proc/self/fd/{parent_fd}/{name}", meta.xattrs)
+        if not symlink:
+            os.chmod(name, meta.mode & 0o7777, dir_fd=parent_fd)  # just made by us: not a link
+        if meta.mtime_ns is not None:
+            os.utime(
+                name, ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=parent_fd, follow_symlinks=False
+            )
+
+    # -- entries ------------------------------------------------------------------------------
+
+    def _prepare(self, parts: tuple[str, ...], *, keep_dir: bool = False) -> int:
+        """Parent fd of `parts`, with whatever was at `parts` removed (a dir kept if keep_dir)."""
+        if not parts:
+            raise ArchiveError("a tar entry names the root directory as a non-directory")
+        parent_fd = self.open_dir(parts[:-1], create=True)
+        try:
+            st = self._lstat(parent_fd, parts[-1])
+            if st is not None and not (keep_dir and stat.S_ISDIR(st.st_mode)):
+                self._remove(parent_fd, parts[-1])
+        except BaseException:
+            os.close(parent_fd)
+            raise
+        self._added.add(parts)
+        return parent_fd
+
+    def add_dir(self, parts: tuple[str, ...], meta: EntryMeta) -> None:
+        if not parts:
+            return  # the root entry ("./"): the target's own metadata is the caller's
+        parent_fd = self._prepare(parts, keep_dir=True)
+        try:
+            if self._lstat(parent_fd, parts[-1]) is None:
+                os.mkdir(parts[-1], 0o700, dir_fd=parent_fd)
+            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent_fd)
+        finally:
+            os.close(parent_fd)
+        try:
+            self._chown(fd, meta.uid, meta.gid)
+            self._set_xattrs(fd, meta.xattrs)
+        finally:
+            os.close(fd)
+        # Mode and mtime at the end: adding children would change the mtime again.
+        self._dir_meta[parts] = meta
+
+    def add_file(self, parts: tuple[str, ...], meta: EntryMeta, content: BinaryIO, size: int) -> None:
+        parent_fd = self._prepare(parts)
+        try:
+            fd = os.open(
+                parts[-1],
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=parent_fd,
+            )
+        finally:
+            os.close(parent_fd)
+        try:
+            written = 0
+            while written < size:
+                chunk = content.read(min(_CHUNK, size - written))
+                if not chunk:
+                    raise ArchiveError(f"truncated tar archive: {_display(parts)!r} is short")
+                if chunk == _ZEROS[: len(chunk)]:
+                    os.lseek(fd, len(chunk), os.SEEK_CUR)  # leave a hole: sparse stays sparse
+                else:
+                    _write_all(fd, chunk)
+                written += len(chunk)
+            os.ftruncate(fd, size)
+            self._meta_on_fd(fd, meta)
+        finally:
+            os.close(fd)
+
+    def add_symlink(self, parts: tuple[str, ...], meta: EntryMeta, target: str) -> None:
+        parent_fd = self._prepare(parts)
+        try:
+            os.symlink(target, parts[-1], dir_fd=parent_fd)
+            self._meta_at(parent_fd, parts[-1], meta, symlink=True)
+        finally:
+            os.close(parent_fd)
+
+    def add_node(self, parts: tuple[str, ...], meta: EntryMeta, kind: int, device: int) -> None:
+        """A fifo (kind S_IFIFO) or a char/block device (S_IFCHR/S_IFBLK)."""
+        parent_fd = self._prepare(parts)
+        try:
+            if kind == stat.S_IFIFO:
+                os.mkfifo(parts[-1], 0o600, dir_fd=parent_fd)
+            else:
+                os.mknod(parts[-1], kind | 0o600, device, dir_fd=parent_fd)
+            self._meta_at(parent_fd, parts[-1], meta, symlink=False)
+        finally:
+            os.close(parent_fd)
+
+    def add_hardlink(self, parts: tuple[str, ...], target: tuple[str, ...]) -> None:
+        if not target:
+            raise ArchiveError(f"hardlink {_display(parts)!r} points at the root directory")
+        if target == parts:
+            return
+        try:
+            target_parent = self.open_dir(target[:-1], create=False)
+        except (FileNotFoundError, ArchiveError) as err:
+            raise ArchiveError(
+                f"hardlink {_display(parts)!r} points at {_display(target)!r}, "
+                "which is not in the archive before it"
+            ) from err
+        try:
+            st = self._lstat(target_parent, target[-1])
+            if st is None or stat.S_ISDIR(st.st_mode):
+                raise ArchiveError(
+                    f"hardlink {_display(parts)!r} points at {_display(target)!r}, "
+                    "which is not an extracted file"
+                )
+            parent_fd = self._prepare(parts)
+            try:
+                os.link(
+                    target[-1], parts[-1],
+                    src_dir_fd=target_parent, dst_dir_fd=parent_fd, follow_symlinks=False,
+                )
+            finally:
+                os.close(parent_fd)
+        finally:
+            os.close(target_parent)
+
+    def whiteout(self, parts: tuple[str, ...]) -> None:
+        """`parts` was deleted by this layer."""
+        if self._upper:
+            parent_fd = self._prepare(parts)
+            try:
+                os.mknod(parts[-1], stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent_fd)
+            finally:
+                os.close(parent_fd)
+            return
+        try:
+            parent_fd = self.open_dir(parts[:-1], create=False)
+        except FileNotFoundError:
+            return  # already absent
+        except ArchiveError:
+            return  # a parent is not a directory: nothing under it to delete
+        try:
+            self._remove(parent_fd, parts[-1])
+        finally:
+            os.close(parent_fd)
+
+    def opaque(self, dir_parts: tuple[str, ...]) -> None:
+        """The directory `dir_parts` hides everything earlier layers had in it."""
+        if dir_parts and dir_parts not in self._added:
+            parent_fd = self.open_dir(dir_parts[:-1], create=True)
+            try:
+                st = self._lstat(parent_fd, dir_parts[-1])
+                if st is None or not stat.S_ISDIR(st.st_mode):
+                    self._remove(parent_fd, dir_parts[-1])
+                    os.mkdir(dir_parts[-1], 0o755, dir_fd=parent_fd)
+            finally:
+                os.close(parent_fd)
+        fd = self.open_dir(dir_parts, create=True)
+        try:
+            if self._upper:
+                os.setxattr(fd, OPAQUE_XATTR, b"y")
+                return
+            for name in os.listdir(fd):
+                if dir_parts + (name,) not in self._added:
+                    self._remove(fd, name)
+        finally:
+            os.close(fd)
+
+    def finish(self) -> None:
+        """Directory modes and mtimes, now that nothing more is created inside them."""
+        for parts, meta in self._dir_meta.items():
+            try:
+                fd = self.open_dir(parts, create=False)
+            except (FileNotFoundError, ArchiveError):
+                continue  # replaced or deleted by a later entry
+            try:
+                os.chmod(fd, meta.mode & 0o7777)
+                if meta.mtime_ns is not None:
+                    os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+            finally:
+                os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _tar_meta(info: tarfile.TarInfo) -> EntryMeta:
+    return EntryMeta(
+        mode=info.mode,
+        uid=info.uid,
+        gid=info.gid,
+        mtime_ns=int(info.mtime * 1_000_000_000),
+        xattrs=member_xattrs(info),
+    )
+
+
+def _extract_member(target: _Target, info: tarfile.TarInfo, content: BinaryIO | None) -> None:
+    parts = split_member_name(info.name)
+    base = parts[-1] if parts else ""
+    if base == OPAQUE_MARKER:
+        target.opaque(parts[:-1])
+        return
+    if base.startswith(WHITEOUT_PREFIX):
+        name = base[len(WHITEOUT_PREFIX) :]
+        if not name or name in (".", ".."):
+            raise ArchiveError(f"invalid whiteout entry {info.name!r}")
+        target.whiteout(parts[:-1] + (name,))
+        return
+    meta = _tar_meta(info)
+    if info.isdir():
+        target.add_dir(parts, meta)
+    elif info.isreg():
+        assert content is not None
+        target.add_file(parts, meta, content, info.size)
+    elif info.issym():
+        target.add_symlink(parts, meta, info.linkname)
+    elif info.islnk():
+        target.add_hardlink(parts, split_member_name(info.linkname, what="hardlink target"))
+    elif info.isfifo():
+        target.add_node(parts, meta, stat.S_IFIFO, 0)
+    elif info.ischr() or info.isblk():
+        kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK
+        target.add_node(parts, meta, kind, os.makedev(info.devmajor, info.devminor))
+    else:
+        raise ArchiveError(f"tar entry {info.name!r} has an unsupported type {info.type!r}")
+
+
+def _extract(stream: BinaryIO, root: Path, *, upper: bool) -> None:
+    target = _Target(Path(root), upper=upper)
+    try:
+        for info, content in iter_tar(stream):
+            try:
+                _extract_member(target, info, content)
+            except ArchiveError:
+                raise
+            except (OSError, ValueError) as err:
+                raise ArchiveError(f"cannot extract tar entry {info.name!r}: {err}") from err
+        try:
+            target.finish()
+        except OSError as err:
+            raise ArchiveError(f"cannot set directory metadata in {root}: {err}") from err
+    finally:
+        target.close()
+
+
+def unpack_layer(stream: BinaryIO, dest_dir: Path) -> None:
+    """Extract a (possibly compressed) layer tar into `dest_dir` in the overlay-upper format.
+
+    `.wh.NAME` becomes a 0/0 char device NAME, `.wh..wh..opq` the trusted.overlay.opaque=y xattr
+    on its directory. Nothing is written outside dest_dir; hostile or corrupt input raises
+    ArchiveError (dest_dir may then hold a partial extraction: extract into a temp dir).
+    """
+    _extract(stream, dest_dir, upper=True)
+
+
+def apply_layer(stream: BinaryIO, merged_dir: Path) -> None:
+    """Apply a (possibly compressed) layer tar onto a flattened tree: whiteouts delete."""
+    _extract(stream, merged_dir, upper=False)
