@@ -1,0 +1,61 @@
+"""Load grammar/buildfile.lark once per escape character and keep the compiled LALR parser.
+
+The grammar ships inside the wheel as package data of `builder.grammar` (pyproject maps the
+top-level grammar/ dir there); from a source tree it is read from <repo>/grammar/.
+Compiling is deferred to the first parse so `import builder` stays fast.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark
+
+GRAMMAR_FILE = "buildfile.lark"
+
+# The single definition the backtick escape mode swaps out (see the grammar's comment on _ESC).
+_ESC_DEFINITION = re.compile(r'^_ESC: "\\\\"$', re.MULTILINE)
+
+_parsers: dict[str, Lark] = {}
+_lock = threading.Lock()
+
+
+def grammar_text() -> str:
+    """The grammar source, from the installed package data or the source tree."""
+    try:
+        return resources.files("builder.grammar").joinpath(GRAMMAR_FILE).read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        source_tree_copy = Path(__file__).resolve().parents[2] / "grammar" / GRAMMAR_FILE
+        return source_tree_copy.read_text(encoding="utf-8")
+
+
+def _grammar_for_escape(escape: str) -> str:
+    text = grammar_text()
+    if escape == "\\":
+        return text
+    replaced, count = _ESC_DEFINITION.subn(lambda _m: '_ESC: "`"', text)
+    if count != 1:  # the grammar and this loader have drifted apart: a bug, not a user error
+        raise RuntimeError("grammar/buildfile.lark must define _ESC exactly once as \"\\\\\"")
+    return replaced
+
+
+def get_parser(escape: str = "\\") -> Lark:
+    """The compiled parser for one escape character (`\\` or a backtick), built on first use."""
+    parser = _parsers.get(escape)
+    if parser is not None:
+        return parser
+    with _lock:
+        parser = _parsers.get(escape)
+        if parser is None:
+            parser = Lark(
+                _grammar_for_escape(escape),
+                parser="lalr",
+                lexer="contextual",
+                propagate_positions=False,
+                maybe_placeholders=False,
+                cache=True,  # the grammar text (so the escape mode) is part of Lark's cache key
+            )
+            _parsers[escape] = parser
+    return parser
