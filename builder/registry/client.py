@@ -383,8 +383,17 @@ def pull(store: "Store", ref: str, *, platform: str | None = None, insecure: Ite
     return pull_image(store, ref, platform=platform, insecure=insecure)
 
 
-def push(store: "Store", local_ref: str, remote_ref: str | None = None, *, insecure: Iterable[str] = ()) -> str:
-    """Push a stored image to `remote_ref` (default: `local_ref`); returns the manifest digest."""
+def push(
+    store: "Store",
+    local_ref: str,
+    remote_ref: str | None = None,
+    *,
+    insecure: Iterable[str] = (),
+    chunk_size: int = 0,
+) -> str:
+    """Push a stored image to `remote_ref` (default: `local_ref`); returns the manifest digest.
+
+    `chunk_size` > 0 uploads blobs larger than it in PATCH chunks of that size."""
     from .push import push_image
 
-    return push_image(store, local_ref, remote_ref, insecure=insecure)
+    return push_image(store, local_ref, remote_ref, insecure=insecure, chunk_size=chunk_size)

@@ -1,0 +1,76 @@
+"""Push an image from the local store to a registry.
+
+For each blob (config, then layers): skip it when the target repository has it (HEAD), else try
+a cross-repository mount from a repository of the same registry known to hold it (one we pulled
+it from or pushed it to, or another tag of this image), else upload it. The manifest is PUT last,
+by tag, with the exact bytes stored locally, so the remote digest equals the local one.
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Iterable
+
+from builder.errors import RegistryError
+
+from . import mediatypes
+from .client import RegistryClient, push_scope
+from .sources import known_sources, remember_source
+
+if TYPE_CHECKING:
+    from builder.image.store import Store
+
+
+def _mount_candidates(store: "Store", digest: str, registry: str, repository: str, tags: list[str]) -> list[str]:
+    from builder.image.reference import parse_reference
+
+    candidates = [repo for reg, repo in known_sources(store, digest) if reg == registry and repo != repository]
+    for tag in tags:
+        try:
+            parsed = parse_reference(tag)
+        except Exception:  # a stored tag that no longer parses is not a mount source
+            continue
+        if parsed.registry == registry and parsed.repository != repository and parsed.repository not in candidates:
+            candidates.append(parsed.repository)
+    return candidates
+
+
+def push_image(
+    store: "Store",
+    local_ref: str,
+    remote_ref: str | None = None,
+    *,
+    insecure: Iterable[str] = (),
+    chunk_size: int = 0,
+) -> str:
+    from builder.image.reference import parse_reference
+
+    record = store.load_image(local_ref)
+    target = parse_reference(remote_ref or local_ref)
+    if target.digest:
+        raise RegistryError(f"cannot push to {remote_ref or local_ref}: a push destination is a tag, not a digest")
+    repository = target.repository
+    tag = target.tag_or_latest()
+    client = RegistryClient(target.registry, insecure=insecure, chunk_size=chunk_size)
+
+    manifest_bytes = store.read_blob(record.manifest_digest)
+    manifest = json.loads(manifest_bytes)
+    media_type = manifest.get("mediaType") or mediatypes.OCI_MANIFEST
+    descriptors = [manifest["config"], *manifest.get("layers", [])]
+    for descriptor in descriptors:
+        digest, size = descriptor["digest"], int(descriptor["size"])
+        if not store.has_blob(digest):
+            raise RegistryError(
+                f"cannot push {local_ref}: blob {digest} is missing from the local store",
+                hint="pull or build the image again",
+            )
+        if client.blob_exists(repository, digest, scopes=[push_scope(repository)]):
+            continue
+        mounted = False
+        for source in _mount_candidates(store, digest, target.registry, repository, record.tags):
+            if client.mount_blob(repository, digest, source):
+                mounted = True
+                break
+        if not mounted:
+            client.upload_blob(repository, digest, size, lambda digest=digest: store.open_blob(digest))
+        remember_source(store, digest, target.registry, repository)
+    return client.put_manifest(repository, tag, manifest_bytes, media_type)
