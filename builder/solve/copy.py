@@ -1,0 +1,637 @@
+"""COPY/ADD: write exactly the files a layer must contain into an empty staging dir.
+
+The staging dir is laid out as absolute image paths (`/app/x` is `staging_dir/app/x`) in the
+"overlay-upper format", so the layer writer turns it into a tar as it is.
+
+Docker facts followed (Dockerfile reference, BuildKit dockerfile2llb and fsutil copy):
+* the destination is relative to WORKDIR; it names a directory when it ends with `/` (or `.`),
+  when there are several sources, when a wildcard matched several entries, or when it already is
+  a directory in the image (asked through `dest_is_dir`). Several sources with a destination that
+  is none of these is the error Docker gives. (A wildcard that matches a single file copies it to
+  the destination path itself, as BuildKit does: `COPY target/*.jar app.jar` makes /app.jar.)
+* a directory source copies its *contents*; the destination dir is created 0755;
+* missing parents are created 0755 and, as fsutil's MkdirAll does, owned by the `--chown` user
+  (root without it); parents that exist in the image keep the image's metadata when the caller
+  gives `image_dir_meta`;
+* without `--chown`, files from the build context become 0:0 (Docker resets context owners) and
+  files from another stage (`COPY --from`) keep their owners; `--chown` applies to every copied
+  entry and every created dir; `--chmod` (octal or symbolic) to every copied file and dir, not to
+  created parents or symlinks;
+* permission bits (setuid/setgid/sticky too), mtimes, xattrs (overlay ones excepted), symlinks
+  (as links) and hard links within one instruction are preserved;
+* heredoc sources become 0644 files named after the delimiter in a destination directory;
+* ADD: a local tar (any supported compression) is extracted into the destination directory with
+  the archive's owners unless `--chown`; an http(s) URL is downloaded (0600, mtime from
+  Last-Modified, name from the URL path, `--checksum=sha256:` verified) and never extracted.
+
+Times this instruction invents (created dirs, heredoc files, downloads without Last-Modified)
+are SOURCE_DATE_EPOCH or 0, never "now", so the same inputs give the same layer.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+import stat
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from builder.errors import ArchiveError, ContextError, Pos
+from builder.plan.context import BuildContext, Selected, read_xattrs
+from builder.plan.dockerignore import IgnoreMatcher, go_clean
+from builder.solve.archive import extract_tar, is_tar_archive
+
+_COPY_BUFFER = 1 << 20
+_URL_RE = re.compile(r"^https?://", re.IGNORECASE)
+_GIT_RE = re.compile(r"^(git@|git://|ssh://)|\.git(#.*)?$")
+
+
+@dataclass(frozen=True)
+class DirMeta:
+    """Metadata of a directory that already exists in the parent image."""
+
+    mode: int  # permission bits
+    uid: int
+    gid: int
+    mtime_ns: int
+
+
+@dataclass
+class CopyResult:
+    """What a COPY/ADD wrote: image paths, sorted."""
+
+    paths: list[str] = field(default_factory=list)
+
+
+# --chmod ---------------------------------------------------------------------------------------
+
+
+def parse_chmod(spec: str | None, pos: Pos | None = None) -> Callable[[int, bool], int] | None:
+    """`--chmod` as a function (current permission bits, is_dir) -> new bits.
+
+    Octal (`755`, `0644`, `4755`) sets the bits; symbolic (`u+x,go-w`, `a=rX`) edits them like
+    chmod(1)."""
+    if spec is None or spec == "":
+        return None
+    if re.fullmatch(r"[0-7]{1,4}", spec):
+        value = int(spec, 8)
+        return lambda _mode, _is_dir: value
+    clauses = spec.split(",")
+    parsed = []
+    for clause in clauses:
+        match = re.fullmatch(r"([ugoa]*)([+\-=])([rwxXst]*)", clause)
+        if not match:
+            raise ContextError(
+                f'invalid --chmod value "{spec}"',
+                pos=pos,
+                hint="use octal like 0755 or symbolic like u+x,go-w",
+            )
+        parsed.append(match.groups())
+
+    def apply(mode: int, is_dir: bool) -> int:
+        for who, op, perms in parsed:
+            who = who or "a"
+            if "a" in who:
+                who = "ugo"
+            bits = 0
+            had_exec = bool(mode & 0o111)
+            for p in perms:
+                for w in who:
+                    shift = {"u": 6, "g": 3, "o": 0}[w]
+                    if p == "r":
+                        bits |= 0o4 << shift
+                    elif p == "w":
+                        bits |= 0o2 << shift
+                    elif p == "x" or (p == "X" and (is_dir or had_exec)):
+                        bits |= 0o1 << shift
+                    elif p == "s" and w in "ug":
+                        bits |= stat.S_ISUID if w == "u" else stat.S_ISGID
+                    elif p == "t" and w == "o":
+                        bits |= stat.S_ISVTX
+            if op == "+":
+                mode |= bits
+            elif op == "-":
+                mode &= ~bits
+            else:
+                mask = 0
+                for w in who:
+                    mask |= 0o7 << {"u": 6, "g": 3, "o": 0}[w]
+                    mask |= {"u": stat.S_ISUID, "g": stat.S_ISGID, "o": stat.S_ISVTX}[w]
+                mode = (mode & ~mask) | bits
+        return mode & 0o7777
+
+    return apply
+
+
+# the staging tree ------------------------------------------------------------------------------
+
+
+class StagingTree:
+    """Writes under `root` by image path, never through a symlink, and keeps dir metadata to the end.
+
+    Directory mtimes change whenever an entry is added inside, so they are applied last."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        created_owner: tuple[int, int],
+        created_mtime_ns: int,
+        image_dir_meta: Callable[[str], DirMeta | None] | None,
+    ) -> None:
+        self.root = Path(root)
+        self.created_owner = created_owner
+        self.created_mtime_ns = created_mtime_ns
+        self.image_dir_meta = image_dir_meta
+        self._dir_times: dict[str, int] = {}
+        self.written: set[str] = set()
+
+    @staticmethod
+    def clean(image_path: str) -> str:
+        return go_clean("/" + image_path.lstrip("/"))
+
+    def host_path(self, image_path: str) -> Path:
+        """The staging path of `image_path`; every existing parent must be a real directory."""
+        clean = self.clean(image_path)
+        parts = [p for p in clean.split("/") if p]
+        current = self.root
+        for index, part in enumerate(parts):
+            current = current / part
+            if index == len(parts) - 1:
+                break
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise ValueError(
+                    f'path "{clean}" goes through "/{"/".join(parts[: index + 1])}",'
+                    " a symlink written by this same instruction"
+                )
+            if not stat.S_ISDIR(st.st_mode):
+                raise ValueError(f'path "{clean}" needs "/{"/".join(parts[: index + 1])}" to be a directory')
+        return current
+
+    def record(self, image_path: str) -> None:
+        self.written.add(self.clean(image_path))
+
+    def ensure_dir(self, image_path: str) -> Path:
+        """Create `image_path` and its missing parents (0755, created owner, or image metadata)."""
+        clean = self.clean(image_path)
+        parts = [p for p in clean.split("/") if p]
+        current = self.root
+        for index in range(len(parts)):
+            sub = "/" + "/".join(parts[: index + 1])
+            current = current / parts[index]
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    raise ValueError(f'path "{clean}" goes through "{sub}", a symlink written by this same instruction')
+                raise ValueError(f'cannot create directory "{sub}": a file was copied there')
+            os.mkdir(current, 0o700)
+            meta = self.image_dir_meta(sub) if self.image_dir_meta else None
+            if meta is not None:
+                os.chown(current, meta.uid, meta.gid)
+                os.chmod(current, meta.mode & 0o7777)
+                self._dir_times[sub] = meta.mtime_ns
+            else:
+                os.chown(current, *self.created_owner)
+                os.chmod(current, 0o755)
+                self._dir_times[sub] = self.created_mtime_ns
+            self.record(sub)
+        return current
+
+    def prepare_target(self, image_path: str, *, replace_dir: bool) -> Path:
+        """The host path to create a non-dir entry at (an old file there is removed)."""
+        host = self.host_path(image_path)
+        try:
+            st = os.lstat(host)
+        except FileNotFoundError:
+            return host
+        if stat.S_ISDIR(st.st_mode):
+            if not replace_dir:
+                return host
+            raise ValueError(f'cannot replace directory "{self.clean(image_path)}" with a file')
+        os.unlink(host)
+        return host
+
+    def set_dir_meta(self, image_path: str, mode: int, uid: int, gid: int, mtime_ns: int) -> None:
+        host = self.host_path(image_path)
+        os.chown(host, uid, gid)
+        os.chmod(host, mode & 0o7777)
+        self._dir_times[self.clean(image_path)] = mtime_ns
+
+    def finish(self) -> None:
+        """Apply directory mtimes, deepest first, once nothing more is added."""
+        for sub in sorted(self._dir_times, key=lambda p: p.count("/"), reverse=True):
+            host = self.root / sub.lstrip("/")
+            if host.is_dir() and not host.is_symlink():
+                ns = self._dir_times[sub]
+                os.utime(host, ns=(ns, ns), follow_symlinks=False)
+
+
+# the copy itself ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Options:
+    context: BuildContext
+    staging: StagingTree
+    chown: tuple[int, int] | None
+    chmod: Callable[[int, bool], int] | None
+    exclude: IgnoreMatcher
+    pos: Pos | None
+    hardlinks: dict[tuple[int, int], Path] = field(default_factory=dict)
+
+
+def _owner(opts: _Options, st: os.stat_result) -> tuple[int, int]:
+    if opts.chown is not None:
+        return opts.chown
+    return opts.context.owner_of(st)
+
+
+def _copy_xattrs(src: Path, dst: Path) -> None:
+    for name, value in read_xattrs(src):
+        try:
+            os.setxattr(dst, name, value, follow_symlinks=False)
+        except OSError:
+            pass  # e.g. trusted.* without the capability: the content still lands
+
+
+def _copy_entry(opts: _Options, src: Path, st: os.stat_result, image_path: str) -> None:
+    """Copy one non-dir entry (file, symlink, device, fifo) to `image_path`."""
+    staging = opts.staging
+    staging.ensure_dir(posixpath.dirname(staging.clean(image_path)))
+    host = staging.prepare_target(image_path, replace_dir=True)
+    uid, gid = _owner(opts, st)
+    mode = stat.S_IMODE(st.st_mode)
+    if opts.chmod is not None and not stat.S_ISLNK(st.st_mode):
+        mode = opts.chmod(mode, False)
+    if stat.S_ISREG(st.st_mode):
+        key = (st.st_dev, st.st_ino)
+        first = opts.hardlinks.get(key) if st.st_nlink > 1 else None
+        if first is not None and first.exists():
+            os.link(first, host, follow_symlinks=False)
+            staging.record(image_path)
+            return
+        src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(src_fd, "rb") as source:
+            dst_fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(dst_fd, "wb") as out:
+                shutil.copyfileobj(source, out, _COPY_BUFFER)
+                os.fchown(out.fileno(), uid, gid)
+                os.fchmod(out.fileno(), mode)  # after chown, which clears setuid/setgid
+        if st.st_nlink > 1:
+            opts.hardlinks[key] = host
+    elif stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), host)
+        os.chown(host, uid, gid, follow_symlinks=False)
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        os.mknod(host, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+        os.chown(host, uid, gid)
+        os.chmod(host, mode)
+    elif stat.S_ISFIFO(st.st_mode):
+        os.mkfifo(host, 0o600)
+        os.chown(host, uid, gid)
+        os.chmod(host, mode)
+    else:
+        return  # sockets cannot be stored in a layer; Docker skips them too
+    _copy_xattrs(src, host)
+    os.utime(host, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+    staging.record(image_path)
+
+
+def _copy_dir_meta(opts: _Options, src: Path, st: os.stat_result, image_path: str) -> None:
+    """Create (or update) a directory copied from the source with the source's metadata."""
+    staging = opts.staging
+    host = staging.ensure_dir(image_path)
+    uid, gid = _owner(opts, st)
+    mode = stat.S_IMODE(st.st_mode)
+    if opts.chmod is not None:
+        mode = opts.chmod(mode, True)
+    staging.set_dir_meta(image_path, mode, uid, gid, st.st_mtime_ns)
+    _copy_xattrs(src, host)
+
+
+def _excluded(opts: _Options, relpath: str, is_dir: bool) -> bool:
+    if not opts.exclude:
+        return False
+    return opts.exclude.ignored(relpath, is_dir=is_dir)
+
+
+def _copy_dir_contents(opts: _Options, selected: Selected, dest_dir: str) -> None:
+    """A directory source: its contents (not itself) go into `dest_dir`."""
+    opts.staging.ensure_dir(dest_dir)
+    skipped: list[str] = []
+    for entry in opts.context.walk(selected):
+        if entry.relpath == ".":
+            continue
+        if any(entry.relpath.startswith(prefix) for prefix in skipped):
+            continue
+        is_dir = stat.S_ISDIR(entry.st.st_mode)
+        if _excluded(opts, entry.relpath, is_dir):
+            if is_dir and not opts.exclude.may_contain_exceptions(entry.relpath):
+                skipped.append(entry.relpath + "/")
+            # an excluded dir that may hold an exception is made only when a kept path needs it
+            continue
+        target = posixpath.join(dest_dir, entry.relpath)
+        parent = posixpath.dirname(entry.relpath)
+        if parent and not opts.staging.host_path(posixpath.join(dest_dir, parent)).is_dir():
+            _make_parents_like_source(opts, selected, parent, dest_dir)
+        if is_dir:
+            _copy_dir_meta(opts, entry.path, entry.st, target)
+        else:
+            _copy_entry(opts, entry.path, entry.st, target)
+
+
+def _make_parents_like_source(opts: _Options, selected: Selected, parent_rel: str, dest_dir: str) -> None:
+    """Dirs skipped by an exclude but needed by a re-included file get the source's metadata."""
+    parts = parent_rel.split("/")
+    for i in range(1, len(parts) + 1):
+        sub = "/".join(parts[:i])
+        src = selected.path / sub
+        target = posixpath.join(dest_dir, sub)
+        if opts.staging.host_path(target).is_dir():
+            continue
+        _copy_dir_meta(opts, src, os.lstat(src), target)
+
+
+def _make_parents_path(opts: _Options, selected: Selected, dest_dir: str) -> str:
+    """--parents: recreate the source's parent dirs (after a `/./` pivot) under `dest_dir`."""
+    parents = posixpath.dirname(selected.parents_path)
+    if not parents:
+        return dest_dir
+    logical = [p for p in selected.logical.split("/") if p not in ("", ".")]
+    resolved = [p for p in selected.relpath.split("/") if p not in ("", ".")]
+    same_shape = len(logical) == len(resolved)
+    pieces = parents.split("/")
+    offset = len(logical) - 1 - len(pieces)
+    for i in range(1, len(pieces) + 1):
+        target = posixpath.join(dest_dir, *pieces[:i])
+        host_target = opts.staging.host_path(target)
+        if host_target.is_dir():
+            continue
+        if same_shape:
+            src = opts.context.root.joinpath(*resolved[: offset + i])
+            st = os.lstat(src)
+            if stat.S_ISDIR(st.st_mode):
+                _copy_dir_meta(opts, src, st, target)
+                continue
+        opts.staging.ensure_dir(target)
+    return posixpath.join(dest_dir, parents)
+
+
+def _heredoc_name(word: str) -> str:
+    name = word[2:]
+    if name.startswith("-"):
+        name = name[1:]
+    return name.strip("'\"")
+
+
+def _heredoc_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):
+        return "".join(str(v) for v in value)
+    content = getattr(value, "content", None)
+    if isinstance(content, str):
+        return content
+    raise TypeError(f"unsupported heredoc value {value!r}")
+
+
+def _write_heredoc(opts: _Options, image_path: str, text: str, mtime_ns: int) -> None:
+    staging = opts.staging
+    staging.ensure_dir(posixpath.dirname(staging.clean(image_path)))
+    host = staging.prepare_target(image_path, replace_dir=True)
+    uid, gid = opts.chown if opts.chown is not None else (0, 0)
+    mode = opts.chmod(0o644, False) if opts.chmod else 0o644
+    fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(text.encode("utf-8", "surrogateescape"))
+        os.fchown(out.fileno(), uid, gid)
+        os.fchmod(out.fileno(), mode)
+    os.utime(host, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+    staging.record(image_path)
+
+
+@dataclass
+class Download:
+    path: Path
+    name: str
+    mtime_ns: int | None
+
+
+def download_url(url: str, into: Path, *, checksum: str | None, pos: Pos | None, timeout: float = 60.0) -> Download:
+    """Stream `url` to a file under `into`; verify `sha256:<hex>` when given."""
+    expected = None
+    if checksum:
+        algo, _, hexdigest = checksum.partition(":")
+        if algo != "sha256" or not re.fullmatch(r"[0-9a-fA-F]{64}", hexdigest):
+            raise ContextError(
+                f'unsupported --checksum "{checksum}"', pos=pos, hint="use --checksum=sha256:<64 hex digits>"
+            )
+        expected = hexdigest.lower()
+    name = posixpath.basename(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    target = into / "download"
+    digest = hashlib.sha256()
+    request = urllib.request.Request(url, headers={"User-Agent": "builder"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(target, "wb") as out:
+            while chunk := response.read(_COPY_BUFFER):
+                digest.update(chunk)
+                out.write(chunk)
+            last_modified = response.headers.get("Last-Modified")
+    except urllib.error.HTTPError as exc:
+        raise ContextError(f"failed to download {url}: HTTP {exc.code} {exc.reason}", pos=pos) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ContextError(f"failed to download {url}: {reason}", pos=pos) from None
+    if expected is not None and digest.hexdigest() != expected:
+        raise ContextError(
+            f"checksum mismatch for {url}: expected sha256:{expected}, got sha256:{digest.hexdigest()}",
+            pos=pos,
+            hint="the remote file changed or the --checksum is wrong",
+        )
+    mtime_ns = None
+    if last_modified:
+        try:
+            mtime_ns = int(parsedate_to_datetime(last_modified).timestamp()) * 1_000_000_000
+        except (TypeError, ValueError):
+            mtime_ns = None
+    return Download(target, name, mtime_ns)
+
+
+def stage_copy(
+    context: BuildContext,
+    sources: Sequence[str],
+    dest: str,
+    *,
+    workdir: str,
+    staging_dir: Path,
+    dest_is_dir: Callable[[str], bool],
+    chown: tuple[int, int] | None,
+    chmod: str | None,
+    exclude: Sequence[str] = (),
+    parents: bool = False,
+    pos: Pos | None = None,
+    source_date_epoch: int | None = None,
+    is_add: bool = False,
+    heredocs: Mapping[str, object] | None = None,
+    checksum: str | None = None,
+    image_dir_meta: Callable[[str], DirMeta | None] | None = None,
+    download_dir: Path | None = None,
+) -> CopyResult:
+    """Write what one COPY/ADD adds into the empty `staging_dir`; see the module docstring.
+
+    `sources` are expanded words; a heredoc source is its `<<NAME` word with the body in
+    `heredocs[NAME]` (a str, a tuple of str pieces, or an ast.Heredoc). Returns the image paths
+    written."""
+    heredocs = heredocs or {}
+    if not sources:
+        raise ContextError("COPY/ADD needs at least one source and a destination", pos=pos)
+    invented_ns = (source_date_epoch or 0) * 1_000_000_000
+    staging = StagingTree(
+        staging_dir,
+        created_owner=chown if chown is not None else (0, 0),
+        created_mtime_ns=invented_ns,
+        image_dir_meta=image_dir_meta,
+    )
+    opts = _Options(
+        context=context,
+        staging=staging,
+        chown=chown,
+        chmod=parse_chmod(chmod, pos),
+        exclude=IgnoreMatcher.from_lines(exclude, source="--exclude"),
+        pos=pos,
+    )
+
+    base = workdir if workdir else "/"
+    dest_abs = dest if dest.startswith("/") else posixpath.join(base if base.startswith("/") else "/" + base, dest)
+    dest_clean = go_clean(dest_abs)
+    trailing = dest.endswith("/") or dest in (".", "..") or dest.endswith("/.") or dest.endswith("/..")
+    dest_exists_dir = dest_clean == "/" or dest_is_dir(dest_clean)
+    if len(sources) > 1 and not (trailing or dest_exists_dir):
+        raise ContextError(
+            "When using COPY with more than one source file, the destination must be a directory and end with a /",
+            pos=pos,
+            hint=f'write the destination as "{dest.rstrip("/")}/"',
+        )
+    if checksum and not is_add:
+        raise ContextError("--checksum is only supported by ADD", pos=pos)
+
+    # Select everything first, so a missing source fails before anything is written.
+    plan: list[tuple[str, object]] = []
+    for source in sources:
+        if source.startswith("<<"):
+            name = _heredoc_name(source)
+            if name not in heredocs:
+                raise ContextError(f'no heredoc body for source "{source}"', pos=pos)
+            plan.append(("heredoc", (name, _heredoc_text(heredocs[name]))))
+        elif is_add and _URL_RE.match(source):
+            plan.append(("url", source))
+        elif is_add and (source.startswith("git@") or ("://" in source and _GIT_RE.search(source))):
+            raise ContextError(
+                f'ADD from a git repository is not supported: "{source}"',
+                pos=pos,
+                hint="clone the repository into the build context and COPY it",
+            )
+        else:
+            if checksum and is_add:
+                raise ContextError(
+                    "--checksum can only be used with a remote URL source", pos=pos
+                )
+            for item in context.select([source], pos=pos):
+                plan.append(("path", item))
+    path_items = [item for kind, item in plan if kind == "path"]
+    dir_mode = trailing or dest_exists_dir or len(sources) > 1 or len(path_items) > 1
+
+    try:
+        for kind, item in plan:
+            if kind == "heredoc":
+                name, text = item  # type: ignore[misc]
+                target = posixpath.join(dest_clean, name) if dir_mode else dest_clean
+                _write_heredoc(opts, target, text, invented_ns)
+            elif kind == "url":
+                _stage_url(opts, str(item), dest_clean, dir_mode, checksum, invented_ns, download_dir)
+            else:
+                _stage_selected(opts, item, dest_clean, dir_mode, parents, is_add)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ContextError(f"cannot copy to {dest}: {exc}", pos=pos) from None
+    staging.finish()
+    return CopyResult(sorted(staging.written))
+
+
+def _stage_selected(opts: _Options, item: Selected, dest: str, dir_mode: bool, parents: bool, is_add: bool) -> None:
+    st = os.lstat(item.path)
+    is_dir = stat.S_ISDIR(st.st_mode)
+    top_name = item.name
+    if not is_dir and opts.exclude and (
+        _excluded(opts, top_name, False) or _excluded(opts, item.logical, False)
+    ):
+        return
+    if parents:
+        dest = _make_parents_path(opts, item, dest)
+        if is_dir:
+            target_dir = posixpath.join(dest, top_name) if top_name else dest
+            _copy_dir_meta(opts, item.path, st, target_dir)
+            _copy_dir_contents(opts, item, target_dir)
+            return
+        dir_mode = True
+    if is_dir:
+        _copy_dir_contents(opts, item, dest)
+        return
+    if is_add and stat.S_ISREG(st.st_mode) and is_tar_archive(item.path):
+        try:
+            extract_tar(item.path, opts.staging, dest, chown=opts.chown, pos=opts.pos, display_name=item.source)
+        except ValueError as exc:
+            raise ArchiveError(f'archive "{item.source}": {exc}', pos=opts.pos) from None
+        return
+    target = posixpath.join(dest, top_name) if dir_mode else dest
+    _copy_entry(opts, item.path, st, target)
+
+
+def _stage_url(
+    opts: _Options,
+    url: str,
+    dest: str,
+    dir_mode: bool,
+    checksum: str | None,
+    invented_ns: int,
+    download_dir: Path | None,
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="builder-add-", dir=download_dir) as tmp:
+        got = download_url(url, Path(tmp), checksum=checksum, pos=opts.pos)
+        if dir_mode:
+            if not got.name:
+                raise ContextError(
+                    f"cannot determine a file name from the URL {url}",
+                    pos=opts.pos,
+                    hint="give the destination as a file path (no trailing /)",
+                )
+            target = posixpath.join(dest, got.name)
+        else:
+            target = dest
+        staging = opts.staging
+        staging.ensure_dir(posixpath.dirname(staging.clean(target)))
+        host = staging.prepare_target(target, replace_dir=True)
+        shutil.move(str(got.path), host)
+        uid, gid = opts.chown if opts.chown is not None else (0, 0)
+        mode = opts.chmod(0o600, False) if opts.chmod else 0o600
+        os.chown(host, uid, gid)
+        os.chmod(host, mode)
+        mtime = got.mtime_ns if got.mtime_ns is not None else invented_ns
+        os.utime(host, ns=(mtime, mtime))
+        staging.record(target)
