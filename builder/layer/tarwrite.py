@@ -136,13 +136,17 @@ class _TarMembers:
 
     def _walk_dir(self, rel_dir: bytes) -> Iterator[_Member]:
         abs_dir = os.path.join(self._root, rel_dir) if rel_dir else self._root
+        children: list[tuple[bytes, bytes, os.stat_result]] = []
         with os.scandir(abs_dir) as it:
-            names = sorted(entry.name for entry in it)
-        for name in names:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                # Sort by the name the entry gets in the tar (a whiteout is `.wh.NAME`).
+                key = b".wh." + entry.name if is_whiteout(st) else entry.name
+                children.append((key, entry.name, st))
+        children.sort(key=lambda child: child[0])
+        for _, name, st in children:
             rel = os.path.join(rel_dir, name) if rel_dir else name
-            abs_path = os.path.join(self._root, rel)
-            st = os.lstat(abs_path)
-            yield from self._member(rel, abs_path, st)
+            yield from self._member(rel, os.path.join(self._root, rel), st)
 
     def _member(self, rel: bytes, abs_path: bytes, st: os.stat_result) -> Iterator[_Member]:
         name = decode_name(rel)
