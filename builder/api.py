@@ -53,8 +53,16 @@ def _read_buildfile(context: Path, file, buildfile_text: str | None) -> tuple[Pa
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ContextError(f"{path} is not UTF-8 text: {error}", hint="save the Buildfile as UTF-8") from None
-    shown = os.path.relpath(path) if not os.path.isabs(str(file or "")) else str(path)
-    return path, text, shown
+    return path, text, _display_path(path)
+
+
+def _display_path(path: Path) -> str:
+    """Relative to the working directory when below it, as users type it; else absolute."""
+    absolute = path.resolve()
+    try:
+        return str(absolute.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(absolute)
 
 
 def plan(

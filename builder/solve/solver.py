@@ -7,8 +7,6 @@ the threads spend their time waiting.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -76,9 +74,8 @@ class Solver:
 
     def solve(self) -> tuple[ImageState, list[StepResult]]:
         total = sum(1 + len(self.plan.stages[index].instructions) for index in self.plan.order)
-        work_dir = Path(tempfile.mkdtemp(prefix="b", dir=self.store.root / "tmp"))
-        session = BuildSession(self.store, self.plan, self.options, work_dir, total)
-        try:
+        with self.store.tempdir("b") as work_dir:
+            session = BuildSession(self.store, self.plan, self.options, Path(work_dir), total)
             futures: dict[int, Future[ImageState]] = {}
             with ThreadPoolExecutor(max_workers=max(1, min(4, len(self.plan.order)))) as pool:
                 for index in self.plan.order:
@@ -90,8 +87,6 @@ class Solver:
                     future.result()
             session.results.sort(key=lambda result: result.number)
             return final, session.results
-        finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
 
     # --- one stage ---------------------------------------------------------------------------
     def _run_stage(self, session: BuildSession, stage: Stage, dependencies: list[Future[ImageState]]) -> ImageState:
@@ -232,7 +227,7 @@ class Solver:
             layer: LayerRef | None = None
             if isinstance(instruction, (ast.Run, ast.Copy, ast.Add)):
                 layer = runner.execute(instruction, state, components)
-            else:
+            elif "config" in components:
                 state.config = components["config"]
             entry: dict[str, Any] = {"created": session.created(), "created_by": _history_text(created_by)}
             if layer is None:

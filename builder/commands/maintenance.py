@@ -1,0 +1,148 @@
+"""Store upkeep: `builder fsck`, `builder prune` (build cache and dangling layers), `builder df`."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+from builder.errors import BuildError
+from builder.image.store import Store
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text)
+    unit = (match.group(2) or "").lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise BuildError(f"invalid size {text!r}", hint="write a size like 500MB, 2GiB or 1000000")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.3g}{unit}" if unit != "B" else f"{int(size)}B"
+        size /= 1000
+    return f"{size:.3g}TB"
+
+
+def _blob_size(store: Store, digest: str) -> int:
+    try:
+        return store.blob_path(digest).stat().st_size
+    except (OSError, BuildError):
+        return 0
+
+
+def _cache_layer_digests(value: dict) -> set[str]:
+    layers = (value.get("state") or {}).get("layers") or []
+    return {layer["digest"] for layer in layers if isinstance(layer, dict) and "digest" in layer}
+
+
+def _image_blob_digests(store: Store) -> set[str]:
+    found: set[str] = set()
+    for record in store.images():
+        found.add(record.manifest_digest)
+        found.add(record.config_digest)
+        found.update(layer["digest"] for layer in record.manifest.get("layers", []))
+    return found
+
+
+def prune_cache(store: Store, *, everything: bool, keep_storage: int | None) -> tuple[int, int]:
+    """Forget build cache entries, then collect what nothing references. Returns (entries, bytes)."""
+    entries = store.cache_entries()
+    image_blobs = _image_blob_digests(store)
+    doomed: list[str] = []
+    if everything:
+        doomed = [key for key, _, _ in entries]
+    else:
+        # Entries whose layers are gone can never be used again.
+        doomed = [
+            key for key, value, _ in entries
+            if not key.startswith("lineage:") and not all(store.has_blob(d) for d in _cache_layer_digests(value))
+        ]
+        if keep_storage is not None:
+            kept_bytes = 0
+            counted: set[str] = set()
+            for key, value, _ in sorted(entries, key=lambda entry: entry[2], reverse=True):
+                if key in doomed or key.startswith("lineage:"):
+                    continue
+                own = _cache_layer_digests(value) - image_blobs - counted
+                size = sum(_blob_size(store, digest) for digest in own)
+                if kept_bytes + size > keep_storage:
+                    doomed.append(key)
+                    continue
+                kept_bytes += size
+                counted |= own
+    for key in doomed:
+        store.cache_delete(key)
+    result = store.gc(min_age=0)
+    return len(doomed), result.freed_bytes
+
+
+def disk_usage(store: Store) -> dict[str, dict[str, int]]:
+    image_blobs = _image_blob_digests(store)
+    cache_blobs: set[str] = set()
+    entries = store.cache_entries()
+    for _, value, _ in entries:
+        cache_blobs |= _cache_layer_digests(value)
+    cache_only = cache_blobs - image_blobs
+    all_blobs = [path for path in store.blobs_dir.iterdir()]
+    snapshot_count = sum(1 for _ in store.snapshots_dir.iterdir())
+    return {
+        "images": {"count": len(store.images()), "bytes": sum(_blob_size(store, d) for d in image_blobs)},
+        "build cache": {
+            "count": sum(1 for key, _, _ in entries if not key.startswith("lineage:")),
+            "bytes": sum(_blob_size(store, d) for d in cache_only),
+        },
+        "all blobs": {"count": len(all_blobs), "bytes": sum(p.stat().st_size for p in all_blobs)},
+        "snapshots": {"count": snapshot_count, "bytes": 0},
+    }
+
+
+def _run_fsck(args: argparse.Namespace) -> int:
+    store = Store.open(args.root)
+    problems = store.fsck()
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found in {store.root}", file=sys.stderr)
+        return 1
+    print(f"store {store.root} is valid")
+    return 0
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    store = Store.open(args.root)
+    keep = parse_size(args.keep_storage) if args.keep_storage else None
+    entries, freed = prune_cache(store, everything=args.all, keep_storage=keep)
+    print(f"removed {entries} cache entries, reclaimed {human_size(freed)}")
+    return 0
+
+
+def _run_df(args: argparse.Namespace) -> int:
+    usage = disk_usage(Store.open(args.root))
+    if args.format == "json":
+        print(json.dumps(usage, indent=2))
+        return 0
+    print(f"{'TYPE':<14}{'COUNT':>8}{'SIZE':>12}")
+    for kind, figures in usage.items():
+        size = human_size(figures["bytes"]) if kind != "snapshots" else "-"
+        print(f"{kind:<14}{figures['count']:>8}{size:>12}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    fsck = subparsers.add_parser("fsck", help="re-hash every blob and check every reference in the store")
+    fsck.set_defaults(handler=_run_fsck)
+    prune = subparsers.add_parser("prune", help="remove unused build cache and dangling layers")
+    prune.add_argument("-a", "--all", action="store_true", help="remove the whole build cache")
+    prune.add_argument("--keep-storage", metavar="SIZE", help="keep the most recently used cache within SIZE")
+    prune.set_defaults(handler=_run_prune)
+    df = subparsers.add_parser("df", help="show what uses the store's disk space")
+    df.add_argument("--format", choices=["table", "json"], default="table")
+    df.set_defaults(handler=_run_df)

@@ -1,0 +1,52 @@
+"""Helpers for end-to-end build tests: read what a build produced."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from builder.image.store import Store
+from builder.layer import open_layer_stream
+
+
+def write_context(root: Path, files: dict[str, str | bytes]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return root
+
+
+def layer_members(store: Store, digest: str) -> dict[str, tarfile.TarInfo]:
+    with store.open_blob(digest) as blob:
+        stream = open_layer_stream(blob)
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            return {member.name.rstrip("/"): member for member in archive}
+
+
+def layer_file_contents(store: Store, digest: str) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    with store.open_blob(digest) as blob:
+        data = open_layer_stream(blob).read()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        for member in archive.getmembers():
+            if member.isfile():
+                found[member.name] = archive.extractfile(member).read()
+    return found
+
+
+def manifest_of(store: Store, ref: str) -> dict:
+    return store.load_image(ref).manifest
+
+
+def config_of(store: Store, ref: str) -> dict:
+    return store.load_image(ref).config
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
