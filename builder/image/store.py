@@ -495,7 +495,7 @@ class Store:
                            adopt: bool = False):
         """Tar `layer_dir` (overlay-upper format) into a blob; with adopt=True also move the dir in
         as the snapshot of its diff_id, so it need not be unpacked again. Returns LayerDigests."""
-        from builder.layer import write_layer
+        from builder.image.layerapi import write_layer
 
         with self.blob_writer() as writer:
             digests = write_layer(Path(layer_dir), writer, compression=compression, level=level,
@@ -577,7 +577,7 @@ class Store:
 
     def _unpack_verified(self, blob_digest: str, diff_id: str, dest: Path) -> None:
         """Unpack a layer blob into `dest`, checking the uncompressed bytes hash to `diff_id`."""
-        from builder.layer import open_layer_stream, unpack_layer
+        from builder.image.layerapi import open_layer_stream, unpack_layer
 
         with self.open_blob(blob_digest) as raw:
             stream = _HashingReader(open_layer_stream(raw))

@@ -1,0 +1,151 @@
+"""Export an image as an OCI image layout: a directory, or the same tree as a deterministic tar.
+
+Each tag gets its own index entry annotated with `org.opencontainers.image.ref.name` (the tag
+part, what `skopeo oci:DIR:TAG` and `umoci --image DIR:TAG` look up) and
+`io.containerd.image.name` (the full name, what `docker load`/containerd use).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from builder.errors import OutputError
+from builder.export.tarout import TarPlan, atomic_output_file
+from builder.image import oci
+from builder.image.reference import InvalidReference, normalize_tag, parse_reference
+from builder.image.store import Store, fsync_dir
+
+
+def image_blobs(store: Store, manifest_digest: str) -> list[tuple[str, int]]:
+    """(digest, size) of the manifest, its config and its layers, deduplicated, in that order."""
+    manifest = store.read_json(manifest_digest)
+    out: dict[str, int] = {manifest_digest: store.blob_path(manifest_digest).stat().st_size}
+    config = oci.manifest_config(manifest)
+    out.setdefault(config.digest, config.size)
+    for layer in oci.manifest_layers(manifest):
+        out.setdefault(layer.digest, layer.size)
+    for digest in out:
+        if not store.has_blob(digest):
+            raise OutputError(f"cannot export image {manifest_digest}: blob {digest} is missing from the store",
+                              hint="run fsck on the store; pull or rebuild the image")
+    return list(out.items())
+
+
+def index_descriptors(store: Store, manifest_digest: str, tags: Sequence[str]) -> list[oci.Descriptor]:
+    manifest = store.read_json(manifest_digest)
+    media_type = manifest.get("mediaType") or oci.OCI_MANIFEST
+    size = store.blob_path(manifest_digest).stat().st_size
+    config = store.read_json(oci.manifest_config(manifest).digest)
+    platform = oci.Platform(os=config.get("os", "linux"), architecture=config.get("architecture", "amd64"),
+                            variant=config.get("variant") or None)
+    if not tags:
+        return [oci.Descriptor(media_type, manifest_digest, size, platform=platform)]
+    descriptors = []
+    for tag in tags:
+        try:
+            full = normalize_tag(tag)
+            parsed = parse_reference(full)
+        except InvalidReference as exc:
+            raise OutputError(f"invalid image name {tag!r} for the OCI layout: {exc.message}", hint=exc.hint) from exc
+        annotations = {
+            oci.ANNOTATION_REF_NAME: parsed.tag_or_latest(),
+            oci.ANNOTATION_CONTAINERD_NAME: str(parsed.with_tag(parsed.tag_or_latest())),
+        }
+        descriptors.append(oci.Descriptor(media_type, manifest_digest, size, annotations=annotations,
+                                          platform=platform))
+    return descriptors
+
+
+def _layout_json() -> bytes:
+    return oci.canonical_json({"imageLayoutVersion": oci.LAYOUT_VERSION})
+
+
+def export_oci(store: Store, manifest_digest: str, dest: Path | str, *, tar: bool = True,
+               tags: Sequence[str] = (), mtime: int = 0) -> None:
+    """Write the image as an OCI layout at `dest` (a tar file, "-" for stdout, or a directory)."""
+    blobs = image_blobs(store, manifest_digest)
+    descriptors = index_descriptors(store, manifest_digest, tags)
+    if tar:
+        plan = TarPlan(mtime=mtime)
+        plan.add_bytes("oci-layout", _layout_json())
+        plan.add_bytes("index.json", oci.canonical_json(oci.make_index(descriptors)))
+        for digest, size in blobs:
+            path = store.blob_path(digest)
+            plan.add_file(f"blobs/sha256/{digest.removeprefix('sha256:')}", path.stat().st_size,
+                          lambda p=path: open(p, "rb"))
+        with atomic_output_file(dest) as out:
+            plan.write(out)
+        return
+    _export_oci_dir(store, Path(dest), blobs, descriptors)
+
+
+def _export_oci_dir(store: Store, dest: Path, blobs: list[tuple[str, int]],
+                    descriptors: list[oci.Descriptor]) -> None:
+    """Write (or add to) an OCI layout dir. Blobs first, index.json last, each atomically."""
+    index_path = dest / "index.json"
+    existing: list[dict] = []
+    if dest.exists():
+        if not dest.is_dir():
+            raise OutputError(f"OCI output {dest} exists and is not a directory",
+                              hint="remove it, or use tar=true to write an archive")
+        if any(dest.iterdir()):
+            if not (dest / "oci-layout").is_file() or not index_path.is_file():
+                raise OutputError(f"OCI output directory {dest} is not empty and not an OCI layout",
+                                  hint="give an empty or new directory")
+            try:
+                existing = list(json.loads(index_path.read_bytes()).get("manifests") or [])
+            except (OSError, ValueError) as exc:
+                raise OutputError(f"cannot read {index_path}: {exc}") from exc
+    try:
+        blob_dir = dest / "blobs" / "sha256"
+        blob_dir.mkdir(parents=True, exist_ok=True)
+        for digest, _ in blobs:
+            target = blob_dir / digest.removeprefix("sha256:")
+            if target.exists():
+                continue
+            _atomic_copy(store.blob_path(digest), target)
+        fsync_dir(blob_dir)
+        _atomic_write(dest / "oci-layout", _layout_json())
+        # Entries with a ref.name we now write are replaced (like re-tagging); the rest stay.
+        new_names = {d.annotations.get(oci.ANNOTATION_REF_NAME) for d in descriptors if d.annotations}
+        kept = [m for m in existing
+                if not (m.get("annotations") or {}).get(oci.ANNOTATION_REF_NAME) in new_names
+                and not (not new_names and m.get("digest") == descriptors[0].digest)]
+        index = oci.make_index([])
+        index["manifests"] = kept + [d.to_json() for d in descriptors]
+        _atomic_write(index_path, oci.canonical_json(index))
+        fsync_dir(dest)
+    except OSError as exc:
+        raise OutputError(f"cannot write OCI layout {dest}: {exc.strerror or exc}") from exc
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_copy(src: Path, dest: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,130 @@
+"""The `--output` flag: `type=oci,dest=out.tar`, `type=docker,dest=img.tar,name=app:1`,
+`type=tar,dest=rootfs.tar`, `type=local,dest=dir`, `type=registry,name=host/app:1,push=true`.
+
+A bare value without `=` means a local directory (`-o out/`), and `-` alone means a rootfs tar on
+stdout, as with `docker buildx build -o`.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from builder.errors import OutputError
+from builder.image.reference import InvalidReference, parse_reference
+from builder.image.store import Store
+
+OUTPUT_TYPES = ("oci", "docker", "tar", "local", "registry", "image")
+_KNOWN_KEYS = {
+    "oci": {"type", "dest", "tar", "name", "compression", "compression-level", "force-compression"},
+    "docker": {"type", "dest", "name", "compression", "compression-level", "force-compression"},
+    "tar": {"type", "dest"},
+    "local": {"type", "dest"},
+    "registry": {"type", "name", "push", "insecure", "compression", "compression-level", "force-compression"},
+    "image": {"type", "name", "push", "insecure", "compression", "compression-level", "force-compression"},
+}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    type: str  # oci | docker | tar | local | registry
+    dest: str | None = None  # path, or "-" for stdout
+    tar: bool = True  # oci only: False writes a layout directory
+    names: tuple[str, ...] = ()
+    push: bool = False
+    attrs: dict[str, str] = field(default_factory=dict)  # everything as given, for exporters' options
+
+
+def _bool(key: str, value: str, spec: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise OutputError(f"invalid value {value!r} for {key} in output {spec!r}", hint=f"use {key}=true or {key}=false")
+
+
+def parse_output_spec(spec: str) -> OutputSpec:
+    text = spec.strip()
+    if not text:
+        raise OutputError("empty --output value", hint="e.g. --output type=oci,dest=image.tar")
+    if "=" not in text:
+        if text == "-":
+            return OutputSpec(type="tar", dest="-", attrs={"type": "tar", "dest": "-"})
+        return OutputSpec(type="local", dest=text, attrs={"type": "local", "dest": text})
+    try:
+        fields = next(csv.reader([text]))
+    except csv.Error as exc:
+        raise OutputError(f"cannot parse output {spec!r}: {exc}") from exc
+    attrs: dict[str, str] = {}
+    for item in fields:
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if not eq or not key:
+            raise OutputError(f"invalid field {item!r} in output {spec!r}", hint="fields are key=value, comma separated")
+        if key in attrs and key != "name":
+            raise OutputError(f"{key} given twice in output {spec!r}")
+        attrs[key] = f"{attrs[key]},{value}" if key in attrs else value
+    kind = attrs.get("type")
+    if kind is None:
+        raise OutputError(f"output {spec!r} has no type",
+                          hint="start with type=oci, type=docker, type=tar, type=local or type=registry")
+    kind = kind.strip().lower()
+    if kind not in OUTPUT_TYPES:
+        raise OutputError(f"unknown output type {kind!r}", hint="use one of: oci, docker, tar, local, registry")
+    unknown = sorted(set(attrs) - _KNOWN_KEYS[kind])
+    if unknown:
+        raise OutputError(f"unknown option {unknown[0]!r} for output type {kind}",
+                          hint="valid options: " + ", ".join(sorted(_KNOWN_KEYS[kind] - {"type"})))
+    names = tuple(n.strip() for n in attrs.get("name", "").split(",") if n.strip())
+    for name in names:
+        try:
+            parse_reference(name)
+        except InvalidReference as exc:
+            raise OutputError(f"invalid image name {name!r} in output {spec!r}: {exc.message}", hint=exc.hint) from exc
+    dest = attrs.get("dest")
+    if kind in ("registry", "image"):
+        push = _bool("push", attrs["push"], spec) if "push" in attrs else kind == "registry"
+        if not names:
+            raise OutputError(f"output type {kind} needs name=<image reference>", hint="e.g. type=registry,name=localhost:5000/app:1")
+        return OutputSpec(type="registry" if push else kind, names=names, push=push, attrs=attrs)
+    if not dest:
+        raise OutputError(f"output type {kind} needs dest=<path>", hint=f"e.g. type={kind},dest=" +
+                          ("out" if kind == "local" else "image.tar"))
+    if kind == "local" and dest == "-":
+        raise OutputError("local output cannot be written to stdout", hint="use type=tar,dest=- for a tar on stdout")
+    tar = _bool("tar", attrs["tar"], spec) if "tar" in attrs else True
+    if not tar and dest == "-":
+        raise OutputError("an OCI layout directory cannot be written to stdout", hint="drop tar=false, or give a directory")
+    return OutputSpec(type=kind, dest=dest, tar=tar, names=names, attrs=attrs)
+
+
+def write_output(store: Store, manifest_digest: str, spec: OutputSpec, tags: Sequence[str] = ()) -> None:
+    """Export the image as `spec` says. Registry pushes are not done here (builder.registry does)."""
+    from builder.export.docker_archive import export_docker_archive
+    from builder.export.oci_layout import export_oci
+    from builder.export.rootfs import export_local, export_rootfs_tar
+
+    names = list(dict.fromkeys([*spec.names, *tags]))
+    if spec.type == "oci":
+        export_oci(store, manifest_digest, _dest(spec), tar=spec.tar, tags=names)
+    elif spec.type == "docker":
+        export_docker_archive(store, [(manifest_digest, names)], _dest(spec))
+    elif spec.type == "tar":
+        export_rootfs_tar(store, manifest_digest, _dest(spec))
+    elif spec.type == "local":
+        export_local(store, manifest_digest, _dest(spec))
+    elif spec.type == "image":
+        for name in names:
+            store.tag(name, manifest_digest)
+    else:
+        raise OutputError(f"output type {spec.type} is a registry push, which write_output does not do",
+                          hint="push with builder.registry")
+
+
+def _dest(spec: OutputSpec) -> Path | str:
+    assert spec.dest is not None
+    return spec.dest if spec.dest == "-" else Path(spec.dest)

@@ -1,0 +1,40 @@
+"""Export an image's final file system, layers applied in order with whiteouts honoured."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from builder.errors import OutputError
+from builder.export.tarout import CountingWriter, atomic_output_file
+from builder.image import oci
+from builder.image.layerapi import apply_layer, open_layer_stream, write_layer
+from builder.image.store import Store
+
+
+def _apply_all(store: Store, manifest_digest: str, dest_dir: Path) -> None:
+    manifest = store.read_json(manifest_digest)
+    for layer in oci.manifest_layers(manifest):
+        with store.open_blob(layer.digest) as raw:
+            apply_layer(open_layer_stream(raw), dest_dir)
+
+
+def export_local(store: Store, manifest_digest: str, dest_dir: Path | str) -> None:
+    """Write the flattened root file system into `dest_dir` (created when missing)."""
+    dest = Path(dest_dir)
+    if dest.exists() and not dest.is_dir():
+        raise OutputError(f"local output {dest} exists and is not a directory", hint="give a directory path")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create local output directory {dest}: {exc.strerror}") from exc
+    _apply_all(store, manifest_digest, dest)
+
+
+def export_rootfs_tar(store: Store, manifest_digest: str, dest: Path | str, *,
+                      source_date_epoch: int | None = None) -> None:
+    """Write the flattened root file system as one uncompressed, sorted tar at `dest` ("-": stdout)."""
+    with store.tempdir(prefix="flat-") as merged:
+        _apply_all(store, manifest_digest, merged)
+        with atomic_output_file(dest) as out:
+            write_layer(merged, CountingWriter(out), compression="uncompressed",
+                        source_date_epoch=source_date_epoch)

@@ -1,0 +1,135 @@
+"""Deterministic archive writing for exports: sorted entries, fixed mtime, numeric root owner.
+
+Entries are planned first (name + where the bytes come from) and written sorted by name, so the
+archive's bytes depend only on its contents. File contents are streamed, never held whole.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from builder.errors import OutputError
+
+_CHUNK = 1 << 20
+
+
+class CountingWriter(io.RawIOBase):
+    """Wraps an output (a file or stdout) so tarfile can ask for its position."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        super().__init__()
+        self._out = out
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        n = len(data)
+        self._out.write(data)
+        self.count += n
+        return n
+
+    def tell(self) -> int:
+        return self.count
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+@dataclass
+class _Entry:
+    name: str
+    kind: str  # "dir", "file"
+    size: int = 0
+    opener: Callable[[], BinaryIO] | None = None
+    data: bytes | None = None
+
+
+class TarPlan:
+    """Collects entries, then writes them sorted. Parent dirs are added automatically."""
+
+    def __init__(self, *, mtime: int = 0) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self.mtime = mtime
+
+    def _add_parents(self, name: str) -> None:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            parent = "/".join(parts[:i])
+            self._entries.setdefault(parent, _Entry(parent, "dir"))
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self._add_parents(name)
+        self._entries[name] = _Entry(name, "file", len(data), data=data)
+
+    def add_file(self, name: str, size: int, opener: Callable[[], BinaryIO]) -> None:
+        """`opener` is called at write time and must give exactly `size` bytes."""
+        self._add_parents(name)
+        self._entries[name] = _Entry(name, "file", size, opener=opener)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def write(self, out: BinaryIO) -> None:
+        sink = CountingWriter(out)
+        with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[arg-type]
+            for name in sorted(self._entries):
+                entry = self._entries[name]
+                info = tarfile.TarInfo(name)
+                info.mtime = self.mtime
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if entry.kind == "dir":
+                    info.type = tarfile.DIRTYPE
+                    info.mode = 0o755
+                    tar.addfile(info)
+                    continue
+                info.type = tarfile.REGTYPE
+                info.mode = 0o644
+                info.size = entry.size
+                if entry.data is not None:
+                    tar.addfile(info, io.BytesIO(entry.data))
+                else:
+                    assert entry.opener is not None
+                    with entry.opener() as stream:
+                        tar.addfile(info, stream)
+        sink.flush()
+
+
+@contextmanager
+def atomic_output_file(dest: Path | str) -> Iterator[BinaryIO]:
+    """Write `dest` via a temp file beside it, renamed into place on success; "-" is stdout."""
+    if str(dest) == "-":
+        import sys
+
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    path = Path(dest)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"output {path} is a directory, but a file is to be written there",
+                          hint="give a file name, e.g. dest=image.tar")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write output {path}: {exc.strerror}") from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f  # type: ignore[misc]
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
