@@ -1,0 +1,42 @@
+"""Snapshotters: a writable rootfs over a stack of layer dirs for one RUN, and its diff.
+
+    snap = prepare(layer_dirs, work_dir, kind="auto")   # "overlay", "copy" or "auto"
+    ... builder.sandbox.run(snap, argv, ...) ...
+    snap.diff(layer_dir)                                 # the changes, overlay-upper format
+    snap.cleanup()
+
+Both snapshotters give byte-identical layer dirs for the same command.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from builder.errors import SandboxError
+from builder.snapshot.base import ActiveSnapshot, OverlayMount
+from builder.snapshot.copy import CopySnapshot
+from builder.snapshot.overlay import OverlaySnapshot, overlay_supported
+from builder.snapshot.view import LayeredView, flatten
+
+KINDS = ("overlay", "copy", "auto")
+
+
+def prepare(layer_dirs: Sequence[Path], work_dir: Path, kind: str = "auto") -> ActiveSnapshot:
+    """A writable rootfs over `layer_dirs` (lowest first) using the empty private `work_dir`."""
+    if kind not in KINDS:
+        raise SandboxError(f"unknown snapshotter {kind!r}", hint="use overlay, copy or auto")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if any(work_dir.iterdir()):
+        raise SandboxError(f"snapshot work dir {work_dir} is not empty")
+    if kind == "auto":
+        kind = "overlay" if overlay_supported(work_dir) else "copy"
+    if kind == "overlay":
+        return OverlaySnapshot(layer_dirs, work_dir)
+    return CopySnapshot(layer_dirs, work_dir)
+
+
+__all__ = [
+    "ActiveSnapshot", "CopySnapshot", "LayeredView", "OverlayMount", "OverlaySnapshot",
+    "flatten", "prepare",
+]
