@@ -1,0 +1,92 @@
+"""The step cache: reused exactly when a step could not give a different result, and says why not."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import builder
+from builder.cli import main as cli_main
+
+from helpers import write_context
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="RUN needs root for namespaces and overlayfs")
+
+BUILDFILE = (
+    "FROM busybox\n"
+    "ARG MODE=dev\n"
+    "COPY config/ /etc/app/\n"
+    "RUN cat /etc/app/* > /combined\n"
+    "COPY src/ /src/\n"
+    "RUN ls /src > /listing && echo $MODE > /mode\n"
+    "ENV DONE=1\n"
+)
+
+
+def _context(tmp_path: Path) -> Path:
+    files = {"Buildfile": BUILDFILE, "config/a.conf": "a=1\n", "config/b.conf": "b=2\n", ".dockerignore": "src/*.log\n"}
+    files.update({f"src/file{i}.txt": f"content {i}\n" for i in range(50)})
+    return write_context(tmp_path / "ctx", files)
+
+
+def _cached(result) -> list[bool]:
+    return [step.cached for step in result.steps[1:]]  # step 0 is FROM
+
+
+def test_noop_rebuild_runs_nothing_and_keeps_the_digest(tmp_path: Path, busybox_store) -> None:
+    context = _context(tmp_path)
+    first = builder.build(context, root=busybox_store.root)
+    assert _cached(first) == [False] * 6
+    second = builder.build(context, root=busybox_store.root)
+    assert _cached(second) == [True] * 6
+    assert second.image_id == first.image_id
+
+
+def test_each_input_invalidates_exactly_what_follows_it(tmp_path: Path, busybox_store) -> None:
+    context = _context(tmp_path)
+    builder.build(context, root=busybox_store.root)
+
+    (context / "src/file7.txt").write_text("changed\n")
+    result = builder.build(context, root=busybox_store.root)
+    assert _cached(result) == [True, True, True, False, False, False]
+    assert "source files changed" in result.steps[4].cache_reason
+
+    (context / "config/a.conf").write_text("a=2\n")
+    result = builder.build(context, root=busybox_store.root)
+    assert _cached(result) == [True, False, False, False, False, False]
+
+    result = builder.build(context, root=busybox_store.root, build_args={"MODE": "prod"})
+    # Docker's rule: an ARG invalidates at its first use (the RUNs), not where it is declared.
+    assert _cached(result) == [True, True, False, False, False, False]
+    assert "MODE" in result.steps[3].cache_reason
+
+    (context / "Buildfile").write_text(BUILDFILE.replace("ENV DONE=1", "ENV DONE=2"))
+    result = builder.build(context, root=busybox_store.root, build_args={"MODE": "prod"})
+    assert _cached(result) == [True, True, True, True, True, False]
+    assert "instruction changed" in result.steps[6].cache_reason
+
+
+def test_touch_and_ignored_files_keep_everything_cached(tmp_path: Path, busybox_store) -> None:
+    context = _context(tmp_path)
+    first = builder.build(context, root=busybox_store.root)
+    later = time.time() + 1000
+    for path in context.rglob("*"):
+        os.utime(path, (later, later))
+    (context / "src/debug.log").write_text("ignored by .dockerignore\n")
+    second = builder.build(context, root=busybox_store.root)
+    assert _cached(second) == [True] * 6
+    assert second.image_id == first.image_id
+
+
+def test_no_cache_and_explain_cache(tmp_path: Path, busybox_store, capsys) -> None:
+    context = _context(tmp_path)
+    builder.build(context, root=busybox_store.root)
+    result = builder.build(context, root=busybox_store.root, no_cache=True)
+    assert _cached(result) == [False] * 6
+    assert result.steps[1].cache_reason == "cache disabled (--no-cache)"
+    code = cli_main(["--root", str(busybox_store.root), "build", "--progress", "quiet", "--explain-cache", str(context)])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert err.count("CACHED") == 6
