@@ -257,7 +257,7 @@ class _AstBuilder:
         if keyword.upper() == "ONBUILD" and len(words) > 1 and local >= words[1][0]:
             keyword_start, keyword = words[1]
         keyword = keyword.upper()
-        if expected & KEYWORDS or keyword not in KEYWORDS:
+        if len(expected & KEYWORDS) > 1 or keyword not in KEYWORDS:  # an instruction was due here
             if at_end:
                 return self.error(MISSING["ONBUILD"], base + words[0][0], f"usage: {USAGE['ONBUILD']}")
             return self.error(
@@ -265,6 +265,8 @@ class _AstBuilder:
                 "instructions are FROM, RUN, COPY, ADD, ENV, ARG, ... (see the Dockerfile reference)",
             )
         hint = f"usage: {USAGE[keyword]}"
+        if at_end and keyword == "HEALTHCHECK" and "REST" in expected:
+            return self.error("HEALTHCHECK CMD requires a command", base + keyword_start, hint)
         if at_end:
             message = MISSING.get(keyword, f"{keyword} requires at least one argument")
             return self.error(message, base + keyword_start, hint)

@@ -1,0 +1,4 @@
+# escape=`
+FROM alpine
+COPY `
+  --from a b

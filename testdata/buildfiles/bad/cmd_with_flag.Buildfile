@@ -1,0 +1,2 @@
+FROM alpine
+CMD --verbose=1 echo

@@ -1,0 +1,5 @@
+FROM alpine
+RUN echo a \
+    b
+COPY \
+  --bogus=1 a b

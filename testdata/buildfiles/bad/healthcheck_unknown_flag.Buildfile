@@ -1,0 +1,2 @@
+FROM alpine
+HEALTHCHECK --every=5s CMD true

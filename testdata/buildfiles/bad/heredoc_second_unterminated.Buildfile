@@ -1,0 +1,5 @@
+FROM alpine
+RUN <<ONE cat && <<TWO cat
+1
+ONE
+2

@@ -1,0 +1,2 @@
+FROM alpine
+RUN --mounts=type=cache,target=/x true

@@ -1,0 +1,6 @@
+ARG REGISTRY=docker.io
+ARG IMAGE=library/alpine
+FROM ${REGISTRY}/${IMAGE}:latest
+ARG REGISTRY
+RUN echo $REGISTRY
+FROM ${IMAGE} AS second

@@ -1,0 +1,4 @@
+FROM alpine
+CMD echo shell form
+CMD ["echo", "exec", "form"]
+CMD ["--flag-like-arg"]

@@ -1,0 +1,3 @@
+FROM alpine
+RUN echo keep one backslash \\
+    next line joined

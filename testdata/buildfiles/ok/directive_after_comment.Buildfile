@@ -1,0 +1,5 @@
+# just a comment
+# escape=`
+FROM alpine
+RUN echo backslash still continues \
+    here

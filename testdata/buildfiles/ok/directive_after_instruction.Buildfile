@@ -1,0 +1,4 @@
+FROM alpine
+# escape=`
+RUN echo \
+    just a comment above

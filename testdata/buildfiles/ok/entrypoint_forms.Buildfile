@@ -1,0 +1,3 @@
+FROM alpine
+ENTRYPOINT ["/docker-entrypoint.sh"]
+ENTRYPOINT exec top -b

@@ -1,0 +1,3 @@
+FROM alpine
+EXPOSE 80
+EXPOSE 443/tcp 53/udp $PORT 8000-8010

@@ -1,0 +1,6 @@
+FROM alpine
+RUN <<EOF
+FROM not-an-instruction
+RUN neither \
+EOF
+CMD ["true"]

@@ -1,0 +1,4 @@
+FROM alpine
+RUN cat 3<<IN
+three
+IN

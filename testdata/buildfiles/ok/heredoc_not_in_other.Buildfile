@@ -1,0 +1,4 @@
+FROM alpine
+ENV X=<<EOF
+RUN echo "<<EOF is quoted, a word with quotes"
+RUN cat<<EOF

@@ -1,0 +1,7 @@
+FROM alpine
+RUN <<'EOF'
+echo "$NOT_EXPANDED"
+EOF
+RUN <<"DOUBLE"
+echo $ALSO_LITERAL
+DOUBLE

@@ -1,0 +1,5 @@
+FROM alpine
+RUN <<-EOF
+	echo tabs stripped
+		echo two tabs
+	EOF

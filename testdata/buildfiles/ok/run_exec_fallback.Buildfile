@@ -1,0 +1,5 @@
+FROM alpine
+RUN [echo, not json]
+RUN ["echo", 'single']
+RUN ["unterminated"
+RUN ["ok"] and more

@@ -1,0 +1,3 @@
+FROM alpine
+RUN echo hello world
+RUN   set -eux;   echo "padded"   

@@ -1,0 +1,5 @@
+FROM alpine
+VOLUME /data
+VOLUME /var/log /var/db
+VOLUME ["/json/one", "/json two"]
+VOLUME [not json]
