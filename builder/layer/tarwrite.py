@@ -231,7 +231,8 @@ def write_layer(
         raise ValueError(f"unknown layer compression {compression!r} (want one of {COMPRESSIONS})")
     blob = HashingSink(out)
     compressor = open_compressor(compression, blob, level=level, threads=threads)
-    tar_stream = HashingSink(compressor)
+    # Uncompressed: the blob is the tar, hash it once.
+    tar_stream = blob if compression == "uncompressed" else HashingSink(compressor)
     try:
         with tarfile.open(
             fileobj=tar_stream,  # type: ignore[arg-type]
