@@ -154,7 +154,7 @@ class ActiveSnapshot:
 
     def _restore_times(self, parts: tuple[str, ...]) -> None:
         base = self.write_base
-        for depth in range(len(parts) - 1, 0, -1):
+        for depth in range(len(parts) - 1, -1, -1):  # the root too
             prefix = parts[:depth]
             found = self.view.entry(prefix)
             target = base.joinpath(*prefix)
