@@ -1,11 +1,25 @@
 """Print a Plan: `--print-plan` (text) and `--print-plan=dot` (Graphviz)."""
 from __future__ import annotations
 
+from builder.parse import ast
 from builder.plan.planner import Plan, Stage
 
 
-def _one_line(source: str) -> str:
-    return " ".join(part.strip() for part in source.splitlines() if part.strip())
+def summary(instruction: ast.Instruction) -> str:
+    """One line for an instruction, as progress and plans show it: continuation lines joined,
+    comment lines inside them dropped; for a heredoc instruction only its first line."""
+    lines = instruction.source.splitlines()
+    if getattr(instruction, "heredocs", ()):
+        return lines[0].strip()
+    parts: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if not text or (parts and text.startswith("#")):
+            continue
+        if text.endswith(("\\", "`")):
+            text = text[:-1].rstrip()
+        parts.append(text)
+    return " ".join(part for part in parts if part)
 
 
 def _base_text(plan: Plan, stage: Stage) -> str:
@@ -37,7 +51,7 @@ def render_text(plan: Plan) -> str:
         if stage.copy_from_images:
             lines.append("  copies from images: " + ", ".join(stage.copy_from_images))
         for number, instruction in enumerate(stage.instructions, start=1):
-            lines.append(f"  {number:>3}. [{instruction.pos.line}] {_one_line(instruction.source)}")
+            lines.append(f"  {number:>3}. [{instruction.pos.line}] {summary(instruction)}")
     return "\n".join(lines) + "\n"
 
 
@@ -52,7 +66,7 @@ def render_dot(plan: Plan) -> str:
         style = "" if stage.index in plan.order else ", style=dashed"
         if stage.index == plan.target:
             style += ", penwidth=2"
-        steps = "\\l".join(_one_line(i.source).replace('"', '\\"')[:60] for i in stage.instructions)
+        steps = "\\l".join(summary(i).replace('"', '\\"')[:60] for i in stage.instructions)
         label = f"{stage.label}\\n{steps}\\l" if steps else stage.label
         lines.append(f'  s{stage.index} [label="{label}"{style}];')
         external = [] if stage.base_stage is not None else [stage.base]

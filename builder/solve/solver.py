@@ -19,6 +19,7 @@ from builder.image.store import Store
 from builder.parse import ast
 from builder.parse.expand import expand_word
 from builder.plan.planner import SCRATCH, Plan, Stage
+from builder.plan.render import summary
 from builder.plan.platforms import PROXY_ARGS, platform_args
 from builder.progress import Event
 from builder.solve import cache as cache_keys
@@ -95,7 +96,7 @@ class Solver:
         state = self._base_state(session, stage)
         runner = StepRunner(session, stage)
         number = session.next_step_number()
-        from_text = _one_line(stage.from_instruction.source)
+        from_text = summary(stage.from_instruction)
         session.emit(Event("step-start", stage.label, number, session.steps_total, from_text))
         session.emit(Event("step-done", stage.label, number, session.steps_total, from_text, 0.0))
         with session.lock:
@@ -164,7 +165,7 @@ class Solver:
             raise ImageNotFound(
                 f"base image {stage.base!r} is not in the store",
                 pos=stage.from_instruction.pos,
-                source_line=_one_line(stage.from_instruction.source),
+                source_line=summary(stage.from_instruction),
                 hint="add it with `builder import ROOTFS.tar NAME`, `builder load -i FILE` or `builder pull NAME`",
             )
         try:
@@ -172,7 +173,7 @@ class Solver:
         except BuildError as error:
             if error.pos is None:
                 error.pos = stage.from_instruction.pos
-                error.source_line = _one_line(stage.from_instruction.source)
+                error.source_line = summary(stage.from_instruction)
             raise
 
     # --- one step -----------------------------------------------------------------------------
@@ -187,7 +188,7 @@ class Solver:
         number: int,
         cmd_set_in_stage: list[bool],
     ) -> None:
-        text = _one_line(instruction.source)
+        text = summary(instruction)
         session.emit(Event("step-start", stage.label, number, session.steps_total, text))
         started = time.monotonic()
         expand = self._expander(state, instruction, session.plan)
@@ -281,8 +282,6 @@ def _history_text(created_by: str) -> str:
     return created_by
 
 
-def _one_line(source: str) -> str:
-    return " ".join(part.strip() for part in source.splitlines() if part.strip())
 
 
 def _layers_of(manifest: dict[str, Any], config: dict[str, Any]) -> list[LayerRef]:
