@@ -449,3 +449,9 @@ def write_oci_layout(directory: Path, image: HandMadeImage, tag: str) -> None:
         ],
     }
     (directory / "index.json").write_text(json.dumps(index))
+
+
+def push_raw(client, repository: str, image, tag: str, chunk_size: int | None = None) -> str:
+    for digest, data in image.blobs.items():
+        client.upload_blob(repository, digest, len(data), lambda data=data: io.BytesIO(data), chunk_size)
+    return client.put_manifest(repository, tag, image.manifest, image.media_type)

@@ -15,13 +15,7 @@ from builder.registry.auth import Credentials, lookup_credentials, parse_challen
 from builder.registry.client import RegistryClient
 from builder.registry.platform import parse_platform, select_manifest
 from builder.registry.transport import TransientError, uses_plain_http
-from registry_helpers import PASSWORD, USERNAME, make_image, sha256
-
-
-def push_raw(client: RegistryClient, repository: str, image, tag: str, chunk_size: int | None = None) -> str:
-    for digest, data in image.blobs.items():
-        client.upload_blob(repository, digest, len(data), lambda data=data: io.BytesIO(data), chunk_size)
-    return client.put_manifest(repository, tag, image.manifest, image.media_type)
+from registry_helpers import PASSWORD, USERNAME, make_image, push_raw, sha256
 
 
 def test_push_then_read_back_byte_for_byte(registry):

@@ -11,8 +11,7 @@ import pytest
 from builder.errors import ImageNotFound, RegistryError
 from builder.image.store import Store
 from builder.registry import RegistryClient, pull, push
-from registry_helpers import PASSWORD, USERNAME, make_image, write_oci_layout
-from test_client import push_raw
+from registry_helpers import PASSWORD, USERNAME, make_image, push_raw, write_oci_layout
 
 
 @pytest.fixture

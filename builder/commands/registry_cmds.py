@@ -1,0 +1,59 @@
+"""`pull` and `push`: move images between the local store and a registry."""
+from __future__ import annotations
+
+import argparse
+
+from builder.errors import BuildError
+from builder.image.reference import parse_reference
+from builder.image.store import Store
+from builder.registry import pull, push
+
+
+def _insecure(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(getattr(args, "insecure_registry", None) or ())
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    store = Store.open(getattr(args, "root", None))
+    reference = parse_reference(args.reference)
+    if not reference.tag and not reference.digest:
+        print("Using default tag: latest")
+    full = reference if (reference.tag or reference.digest) else reference.with_tag("latest")
+    try:
+        before: str | None = store.resolve(full.familiar())
+    except BuildError:
+        before = None
+    record = pull(store, args.reference, platform=args.platform, insecure=_insecure(args))
+    print(f"Digest: {record.manifest_digest}")
+    status = "Image is up to date" if before == record.manifest_digest else "Downloaded newer image"
+    print(f"Status: {status} for {full.familiar()}")
+    print(str(full))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    store = Store.open(getattr(args, "root", None))
+    destination = args.destination or args.reference
+    target = parse_reference(destination)
+    digest = push(store, args.reference, destination, insecure=_insecure(args))
+    size = store.blob_path(digest).stat().st_size if store.has_blob(digest) else 0
+    print(f"The push refers to repository [{target.name}]")
+    print(f"{target.tag_or_latest()}: digest: {digest} size: {size}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    pull_parser = subparsers.add_parser("pull", help="pull an image from a registry into the store")
+    pull_parser.add_argument("reference", metavar="NAME[:TAG|@DIGEST]")
+    pull_parser.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image")
+    pull_parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                             help="allow plain HTTP to this registry")
+    pull_parser.set_defaults(handler=cmd_pull)
+
+    push_parser = subparsers.add_parser("push", help="push an image from the store to a registry")
+    push_parser.add_argument("reference", metavar="NAME[:TAG]")
+    push_parser.add_argument("destination", nargs="?", metavar="DEST",
+                             help="push under this name instead (HOST/REPO[:TAG])")
+    push_parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                             help="allow plain HTTP to this registry")
+    push_parser.set_defaults(handler=cmd_push)
