@@ -1,0 +1,80 @@
+"""Snapshot dirs: unpacked layers in overlay-upper format, shared, adopted, verified."""
+import os
+import stat
+
+import pytest
+
+from builder.errors import StoreError
+from builder.image import oci
+
+from storehelpers import build_image, make_tree, opaque, whiteout
+
+
+def test_snapshot_dirs_hold_layers_in_upper_format(store, three_layer_image):
+    dirs = store.snapshot_dirs("app:1")
+    assert [d.parent for d in dirs] == [store.snapshots_dir] * 3
+    assert len({d.name for d in dirs}) == 3
+    l1, l2, l3 = dirs
+    assert (l1 / "a").read_text() == "one\n" and (l1 / "dir/x").read_text() == "x\n"
+    st = os.lstat(l2 / "gone")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
+    assert os.getxattr(l2 / "dir", "trusted.overlay.opaque") == b"y"
+    assert sorted(os.listdir(l2 / "dir")) == ["z"]
+    assert sorted(os.listdir(l3)) == ["a"] and (l3 / "a").read_text() == "three\n"
+    # Unpacked once: asking again (or through the diff_id) gives the same dir.
+    diff_ids = three_layer_image.config["rootfs"]["diff_ids"]
+    assert store.snapshot_dir(diff_ids[1]) == l2
+    assert store.snapshot_dirs(three_layer_image.config_digest[7:19]) == dirs
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_snapshot_shared_between_images_with_same_layer(store, tmp_path):
+    base = make_tree(tmp_path / "base", {"etc/os": "same\n"})
+    a = build_image(store, [base], "a", labels={"x": "a"})
+    b = build_image(store, [base, make_tree(tmp_path / "b", {"b": "b"})], "b", labels={"x": "b"})
+    assert store.snapshot_dirs("a")[0] == store.snapshot_dirs("b")[0]
+    assert a.manifest["layers"][0] == b.manifest["layers"][0]
+
+
+def test_put_layer_from_dir_adopt_moves_dir_in(store, tmp_path):
+    upper = make_tree(tmp_path / "upper", {"new": "file\n"})
+    whiteout(upper / "old")
+    digests = store.put_layer_from_dir(upper, adopt=True, source_date_epoch=0)
+    assert not upper.exists()
+    snap = store.snapshot_dir(digests.diff_id)
+    assert (snap / "new").read_text() == "file\n"
+    assert stat.S_ISCHR(os.lstat(snap / "old").st_mode)
+    # A second dir with the same content is not adopted: the existing snapshot is kept.
+    again = make_tree(tmp_path / "again", {"new": "file\n"})
+    whiteout(again / "old")
+    assert store.put_layer_from_dir(again, adopt=True, source_date_epoch=0) == digests
+    assert again.exists()
+    assert store.snapshot_dir(digests.diff_id) == snap
+    assert store.layer_blobs(digests.diff_id) == [(digests.digest, oci.OCI_LAYER_GZIP, digests.size)]
+
+
+def test_same_diff_id_two_compressions(store, tmp_path):
+    tree = make_tree(tmp_path / "t", {"f": "data\n"})
+    gz = store.put_layer_from_dir(tree, compression="gzip", source_date_epoch=0)
+    zs = store.put_layer_from_dir(tree, compression="zstd", source_date_epoch=0)
+    plain = store.put_layer_from_dir(tree, compression="uncompressed", source_date_epoch=0)
+    assert gz.diff_id == zs.diff_id == plain.diff_id == plain.digest
+    assert len({gz.digest, zs.digest, plain.digest}) == 3
+    snap = store.snapshot_dir(gz.diff_id, zs.digest)
+    assert (snap / "f").read_text() == "data\n"
+
+
+def test_snapshot_of_corrupt_or_unknown_layer(store, tmp_path):
+    with pytest.raises(StoreError) as info:
+        store.snapshot_dir("sha256:" + "6" * 64)
+    assert "no layer blob" in info.value.message
+    tree = make_tree(tmp_path / "t", {"f": "data\n"})
+    digests = store.put_layer_from_dir(tree, compression="uncompressed")
+    other = store.put_layer_from_dir(make_tree(tmp_path / "u", {"g": "other\n"}), compression="uncompressed")
+    # Asking for diff_id A with the blob of B: the unpacked bytes do not hash to A, nothing published.
+    with pytest.raises(StoreError) as info:
+        store.snapshot_dir(digests.diff_id, other.digest)
+    assert "unpacks to" in info.value.message
+    assert list(store.snapshots_dir.iterdir()) == []
+    assert list(store.tmp_dir.iterdir()) == []
+    assert (store.snapshot_dir(digests.diff_id) / "f").read_text() == "data\n"
