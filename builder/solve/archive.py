@@ -135,8 +135,11 @@ def extract_tar(
             with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:  # type: ignore[arg-type]
                 for member in tar:
                     _extract_member(tar, member, staging, dest_dir, chown, archive, pos, extracted)
-    except ArchiveError:
-        raise
+    except ArchiveError as exc:
+        if exc.pos is not None or f'"{archive}"' in exc.message:
+            raise
+        # a decoder failure from the layer reader: say which ADD source it was
+        raise ArchiveError(f'archive "{archive}": {exc.message}', pos=pos, hint=exc.hint) from None
     except (tarfile.TarError, EOFError) as exc:
         raise ArchiveError(f'archive "{archive}" is corrupt: {exc}', pos=pos) from None
     except ValueError as exc:  # the staging tree refused a path (symlink in the way)
