@@ -221,8 +221,9 @@ class Fault:
 class FaultProxy:
     """A threaded HTTP proxy in front of a registry that misbehaves as told."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, bind: str = "127.0.0.1") -> None:
         self.upstream_port = upstream_port
+        self.bind = bind
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
@@ -308,13 +309,13 @@ class FaultProxy:
             def handle_error(self, request, client_address) -> None:  # noqa: ANN001
                 pass  # injected faults break connections on purpose
 
-        self._server = QuietServer(("127.0.0.1", 0), Handler)
+        self._server = QuietServer((bind, 0), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.bind}:{self.port}"
 
     def inject(self, method: str, path_part: str, kind: str, times: int = 1) -> Fault:
         fault = Fault(method, path_part, kind, times)
