@@ -287,3 +287,17 @@ def test_dest_through_a_link_written_by_the_same_copy_is_refused(tmp_path, stagi
     with pytest.raises(ContextError):
         copy(ctx, ["d", "e"], "/t/", staging)
     assert list(sentinel.iterdir()) == []
+
+
+def test_result_does_not_depend_on_umask(ctx, tmp_path):
+    listings = []
+    for mask in (0o000, 0o077):
+        out = tmp_path / f"staging-{mask:o}"
+        out.mkdir()
+        old = os.umask(mask)
+        try:
+            copy(ctx, ["src", "<<EOF"], "/app/x/", out, heredocs={"EOF": "doc"})
+        finally:
+            os.umask(old)
+        listings.append(tree_listing(out))
+    assert listings[0] == listings[1]

@@ -170,3 +170,14 @@ def test_parents_pivot(ctx):
     assert sel.relpath == "src/util/x.txt"
     assert sel.parents_path == "util/x.txt"
     assert ctx.select(["src/util/x.txt"])[0].parents_path == "src/util/x.txt"
+
+
+def test_ignored_buildfile_and_ignore_file_are_invisible_to_copy(tmp_path: Path):
+    # Docker: they are still sent to the daemon, "but the ADD and COPY instructions do not copy them"
+    root = make_tree(tmp_path / "ctx", {"Buildfile": "FROM scratch\n", "app.py": "x"})
+    (root / ".dockerignore").write_text("Buildfile\n.dockerignore\n")
+    ctx = BuildContext(root, IgnoreMatcher.load(root, root / "Buildfile"))
+    assert rels(ctx.select(["*"])) == ["app.py"]
+    for name in ["Buildfile", ".dockerignore"]:
+        with pytest.raises(ContextError):
+            ctx.select([name])
