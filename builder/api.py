@@ -1,11 +1,12 @@
 """The library call: `builder.build(...)`. The CLI is a thin layer over this."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from builder.errors import BuildError, ContextError, OutputError
+from builder.errors import BuildError, ContextError, OutputError, StoreError
 from builder.image.store import Store
 from builder.parse import parse_buildfile
 from builder.plan.planner import Plan, make_plan
@@ -164,20 +165,20 @@ def build(
     )
     store = Store.open(root)
     solver = Solver(store, the_plan, options, escape=buildfile.escape)
-    final_state, steps = solver.solve()
-    created = (
-        _format_epoch(source_date_epoch)
-        if source_date_epoch is not None
-        else (final_state.history[-1]["created"] if final_state.history else _format_epoch(0))
-    )
-    config_digest, config, manifest_digest, manifest = assemble_image(store, final_state, options, created)
-    for tag in tags:
-        store.tag(tag, manifest_digest)
-    for spec in output_specs:
-        try:
+    try:
+        final_state, steps = solver.solve()
+        created = (
+            _format_epoch(source_date_epoch)
+            if source_date_epoch is not None
+            else (final_state.history[-1]["created"] if final_state.history else _format_epoch(0))
+        )
+        config_digest, config, manifest_digest, manifest = assemble_image(store, final_state, options, created)
+        for tag in tags:
+            store.tag(tag, manifest_digest)
+        for spec in output_specs:
             write_output(store, manifest_digest, spec, list(tags))
-        except OSError as error:
-            raise OutputError(f"cannot write output {spec}: {error.strerror or error}", hint="check the destination path") from None
+    except OSError as error:
+        raise _os_error_as_build_error(error, store.root) from None
     if on_event is not None:
         on_event(Event("build-done", text=f"image {config_digest}" + "".join(f"\nnamed {tag}" for tag in tags)))
     return BuildResult(
@@ -188,6 +189,16 @@ def build(
         tags=tuple(tags),
         steps=tuple(steps),
     )
+
+
+def _os_error_as_build_error(error: OSError, store_root: Path) -> BuildError:
+    if error.errno == errno.ENOSPC:
+        return StoreError(
+            f"no space left on the device holding the store ({store_root})",
+            hint="free some space (`builder prune`), or put the store elsewhere with --root",
+        )
+    where = f" ({error.filename})" if error.filename else ""
+    return BuildError(f"{error.strerror or error}{where}", hint="a file system error stopped the build")
 
 
 def _format_epoch(epoch: int) -> str:
