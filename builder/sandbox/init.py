@@ -1,20 +1,21 @@
-"""The sandbox's init: runs as pid 1 of fresh mount/PID/UTS/IPC(/net) namespaces made by
-`unshare`, builds the container's mounts, then becomes the command.
+"""The sandbox's init: started by `unshare` in fresh mount/PID/UTS/IPC(/net) namespaces, it forks
+pid 1 of the new PID namespace, which builds the container's mounts and becomes the command;
+the supervisor waits and reports the exact exit status.
 
 Run as `python3 -I -S init.py SPEC_FD STATUS_FD` (or `-m builder.sandbox.init`); it imports only
 the standard library so it starts fast and needs no install. The JSON spec is read from SPEC_FD.
-On STATUS_FD it writes b"R" just before exec, or b"E" + a JSON error if setting up failed;
-the descriptor is close-on-exec, so the builder can tell a setup failure from the command's
-own exit status.
+On STATUS_FD, one JSON object per line: {"ready": true} just before exec, or {"error": ...}
+if setting up failed (the fd is close-on-exec, so a setup failure is told apart from the
+command's own exit status), then {"exit": N, "signal": S} from the supervisor.
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
 import platform
+import signal
 import socket
 import stat
 import sys
@@ -36,7 +37,9 @@ PIVOT_ROOT_SYSCALL = {
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# CDLL(None): the libc already loaded. find_library would fork a helper, and in a fresh PID
+# namespace the first child forked becomes its pid 1 and takes the namespace down on exit.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class SetupError(Exception):
@@ -202,7 +205,9 @@ def exec_command(spec: dict, status_fd: int) -> None:
             raise SetupError(f"executable file not found in $PATH: {program!r} "
                              f"(PATH={env.get('PATH', '')})", kind="exec", code=127)
         program = found
-    os.write(status_fd, b"R")
+    elif not os.path.lexists(program):
+        raise SetupError(f"cannot run {program!r}: no such file in the image", kind="exec", code=127)
+    _report(status_fd, {"ready": True})
     try:
         os.execve(program, argv, env)
     except OSError as exc:
@@ -213,31 +218,78 @@ def exec_command(spec: dict, status_fd: int) -> None:
         raise SetupError(f"cannot run {argv[0]!r}: {exc.strerror}{hint}", kind="exec", code=code) from exc
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _report(status_fd: int, message: dict) -> None:
+    try:
+        os.write(status_fd, json.dumps(message).encode() + b"\n")
+    except OSError:
+        pass
+
+
+def child(spec: dict, status_fd: int, alive_fd: int) -> int:
+    """Pid 1 of the new PID namespace: build the mounts and become the command."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The supervisor holds the other end of `alive_fd` open; EOF means it died before prctl
+    # took effect (getppid() cannot tell: the parent is outside this PID namespace).
+    os.set_blocking(alive_fd, False)
+    try:
+        if os.read(alive_fd, 1) == b"":
+            return 125
+    except BlockingIOError:
+        pass
+    os.close(alive_fd)
+    try:
+        setup(spec)
+        enter(spec)
+        exec_command(spec, status_fd)
+    except SetupError as exc:
+        _report(status_fd, {"kind": exc.kind, "error": str(exc)})
+        return exc.code
+    except OSError as exc:
+        _report(status_fd, {"kind": "setup", "error": str(exc)})
+        return 125
+    return 0  # not reached: exec replaced us
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Supervisor: fork pid 1 of the new PID namespace, wait for it, report how it ended.
+
+    unshare cannot pass on a death by SIGKILL (it tries to re-raise the signal on itself),
+    so the exact status is written on the status fd as {"exit": code, "signal": n}.
+    """
     args = sys.argv[1:] if argv is None else argv
     spec_fd, status_fd = int(args[0]), int(args[1])
     os.set_inheritable(status_fd, False)
     os.set_inheritable(spec_fd, False)
     with os.fdopen(spec_fd, "rb") as handle:
         spec = json.loads(handle.read())
-    try:
-        setup(spec)
-        enter(spec)
-        exec_command(spec, status_fd)
-    except SetupError as exc:
-        message = {"kind": exc.kind, "error": str(exc)}
+    alive_r, alive_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 125
         try:
-            os.write(status_fd, b"E" + json.dumps(message).encode())
-        except OSError:
-            pass
-        return exc.code
-    except OSError as exc:
+            os.close(alive_w)
+            code = child(spec, status_fd, alive_r)
+        finally:
+            os._exit(code)
+    os.close(alive_r)
+    while True:
         try:
-            os.write(status_fd, b"E" + json.dumps({"kind": "setup", "error": str(exc)}).encode())
-        except OSError:
-            pass
-        return 125
-    return 0  # not reached: exec replaced us
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            status = 125 << 8
+            break
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        _report(status_fd, {"exit": 128 + os.WTERMSIG(status), "signal": os.WTERMSIG(status)})
+        return 128 + os.WTERMSIG(status)
+    code = os.WEXITSTATUS(status)
+    _report(status_fd, {"exit": code, "signal": 0})
+    return code
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Run one process in a snapshot's rootfs, in new mount/PID/UTS/IPC (and net) namespaces.
 
-`unshare` (util-linux) makes the namespaces and forks init.py as their pid 1; init builds the
-mounts (overlay or bind of the copy, /proc, a minimal /dev, read-only /sys, /etc/hosts,
+`unshare` (util-linux) makes the namespaces and runs init.py, which forks pid 1 of the new PID
+namespace; that builds the mounts (overlay or bind of the copy, /proc, a minimal /dev, read-only /sys, /etc/hosts,
 /etc/resolv.conf, /etc/hostname), pivots into the rootfs, creates WORKDIR, drops to the user
 and execs the command, which thereby is pid 1.
 
-Nothing outlives the builder: `setpriv --pdeathsig KILL` kills unshare if the builder dies
-(even by SIGKILL), unshare's --kill-child then kills pid 1, and the kernel kills the rest of
-the PID namespace. Every mount lives only in the sandbox's mount namespace and goes with it.
+Nothing outlives the builder: `setpriv --pdeathsig KILL` kills init's supervisor if the builder
+dies (even by SIGKILL), pid 1 has the same death signal on the supervisor, and the kernel kills
+the rest of the PID namespace with its pid 1. Every mount lives only in the sandbox's mount namespace and goes with it.
 """
 from __future__ import annotations
 
@@ -70,8 +70,7 @@ def _tool(name: str) -> str:
 def build_command(network: str) -> list[str]:
     """The host command that makes the namespaces and starts init (spec/status fds appended)."""
     command = [_tool("setpriv"), "--pdeathsig", "KILL",
-               _tool("unshare"), "--mount", "--pid", "--uts", "--ipc", "--fork", "--kill-child",
-               "--propagation", "private"]
+               _tool("unshare"), "--mount", "--pid", "--uts", "--ipc", "--propagation", "private"]
     if network == "none":
         command.append("--net")
     command += ["--", sys.executable, "-I", "-S", str(INIT_SCRIPT)]
@@ -142,7 +141,8 @@ def run(
             "workdir": workdir,
             "uid": ids.uid,
             "gid": ids.gid,
-            "groups": list(ids.additional_gids),
+            # The primary group is in the supplementary list too, as runc sets it.
+            "groups": [ids.gid] + [g for g in ids.additional_gids if g != ids.gid],
             "env": full_env,
             "argv": list(argv),
         }
@@ -191,22 +191,18 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
         if process.stdout is not None:
             process.stdout.close()
     with os.fdopen(status_r, "rb") as handle:
-        status = handle.read()
-    if not status:
-        raise SandboxError(f"the sandbox did not start (unshare exited with status {returncode})",
-                           hint="the builder needs root (or CAP_SYS_ADMIN) and namespaces")
-    if status.startswith(b"E"):
-        try:
-            error = json.loads(status[1:].decode())
-        except ValueError:
-            error = {"error": status[1:].decode(errors="replace")}
-        hint = None
-        if error.get("kind") == "exec":
-            hint = "install it in an earlier step or use a base image that has it"
-        raise SandboxError(error.get("error", "sandbox setup failed"), hint=hint)
-    if returncode < 0:
-        return 128 + -returncode
-    return returncode
+        messages = [json.loads(line) for line in handle.read().splitlines() if line.strip()]
+    for message in messages:
+        if "error" in message:
+            hint = None
+            if message.get("kind") == "exec":
+                hint = "install it in an earlier step or use a base image that has it"
+            raise SandboxError(message["error"], hint=hint)
+    for message in messages:
+        if "exit" in message:
+            return int(message["exit"])
+    raise SandboxError(f"the sandbox did not start (unshare exited with status {returncode})",
+                       hint="the builder needs root (or CAP_SYS_ADMIN), util-linux and namespaces")
 
 
 def _kill(process: subprocess.Popen) -> None:

@@ -6,7 +6,6 @@ make it opaque) from the one that was there before, even when the file system re
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 
@@ -16,7 +15,9 @@ STATX_BTIME = 0x800
 _STATX_SIZE = 256
 _BTIME_OFFSET = 80  # struct statx: stx_btime after 5 fields + atime (same on every arch)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# CDLL(None): the libc already loaded. find_library would fork a helper, and in a fresh PID
+# namespace the first child forked becomes its pid 1 and takes the namespace down on exit.
+_libc = ctypes.CDLL(None, use_errno=True)
 _statx = getattr(_libc, "statx", None)
 
 
