@@ -37,6 +37,9 @@ DEFAULT_TOKEN_LIFETIME = 60
 class Credentials:
     username: str
     password: str
+    # An OAuth2 refresh token (`identitytoken` in the config, or a helper's `<token>` user):
+    # exchanged at the realm with a POST instead of sending user and password.
+    identity_token: str | None = None
 
     def basic_header(self) -> str:
         raw = f"{self.username}:{self.password}".encode()
@@ -95,12 +98,17 @@ def _run_helper(helper: str, server: str) -> Credentials | None:
         raise RegistryError(f"credential helper {program} failed for {server}: {message or result.returncode}")
     try:
         answer = json.loads(result.stdout)
-        return Credentials(str(answer["Username"]), str(answer["Secret"]))
+        username, secret = str(answer["Username"]), str(answer["Secret"])
     except (ValueError, KeyError, TypeError) as exc:
         raise RegistryError(f"credential helper {program} gave an unreadable answer: {exc}") from exc
+    if username == "<token>":
+        return Credentials("", "", identity_token=secret)
+    return Credentials(username, secret)
 
 
 def _decode_auth_entry(entry: dict, key: str) -> Credentials | None:
+    if entry.get("identitytoken"):
+        return Credentials(str(entry.get("username") or ""), "", identity_token=str(entry["identitytoken"]))
     if entry.get("auth"):
         try:
             decoded = base64.b64decode(entry["auth"], validate=False).decode()
@@ -188,7 +196,7 @@ class Authenticator:
         if self.challenge is None:
             return None
         if self.challenge.scheme == "basic":
-            if self.credentials is None:
+            if self.credentials is None or self.credentials.identity_token:
                 raise RegistryError(
                     f"registry {self.registry} requires a login",
                     hint=f"add credentials for {self.registry} to {docker_config_path()}",
@@ -208,32 +216,44 @@ class Authenticator:
         realm = self.challenge.params.get("realm")
         if not realm:
             raise RegistryError(f"registry {self.registry}: bearer challenge without a realm")
-        query: list[tuple[str, str]] = []
-        if self.challenge.params.get("service"):
-            query.append(("service", self.challenge.params["service"]))
-        query.extend(("scope", scope) for scope in scopes)
-        url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
-        realm_host = urllib.parse.urlsplit(realm).netloc
-        realm_scheme = urllib.parse.urlsplit(realm).scheme
-        if realm_scheme == "http" and not uses_plain_http(realm_host, self.insecure) and not uses_plain_http(
-            self.registry, self.insecure
+        service = self.challenge.params.get("service")
+        realm_parts = urllib.parse.urlsplit(realm)
+        creds = self.credentials
+        if (
+            creds is not None
+            and realm_parts.scheme == "http"
+            and not uses_plain_http(realm_parts.netloc, self.insecure)
+            and not uses_plain_http(self.registry, self.insecure)
         ):
-            raise RegistryError(f"registry {self.registry} sends credentials to plain-HTTP realm {realm}")
+            raise RegistryError(f"registry {self.registry} wants credentials sent to plain-HTTP realm {realm}")
+        transport = Transport(realm_parts.netloc, plain_http=realm_parts.scheme == "http")
         headers = {"Accept": "application/json"}
-        if self.credentials is not None:
-            headers["Authorization"] = self.credentials.basic_header()
-        transport = Transport(realm_host, plain_http=realm_scheme == "http")
         self.token_requests += 1
-        with transport.request("GET", url, headers) as response:
+        if creds is not None and creds.identity_token:
+            # OAuth2 refresh-token grant, as the docker CLI does with an identity token.
+            form = [("grant_type", "refresh_token"), ("refresh_token", creds.identity_token),
+                    ("client_id", "builder"), ("scope", " ".join(scopes))]
+            if service:
+                form.append(("service", service))
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            response = transport.request("POST", realm, headers, urllib.parse.urlencode(form).encode(), retry=True)
+        else:
+            query: list[tuple[str, str]] = [("service", service)] if service else []
+            query.extend(("scope", scope) for scope in scopes)
+            url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
+            if creds is not None:
+                headers["Authorization"] = creds.basic_header()
+            response = transport.request("GET", url, headers)
+        with response:
             body = response.read_limited(TOKEN_LIMIT, "token answer")
             if response.status in (401, 403):
                 hint = (
                     f"check the credentials for {self.registry} in {docker_config_path()}"
-                    if self.credentials
+                    if creds
                     else f"log in: add credentials for {self.registry} to {docker_config_path()}"
                 )
                 raise RegistryError(
-                    f"token server {realm_host} refused access to {', '.join(scopes) or 'the registry'}"
+                    f"token server {realm_parts.netloc} refused access to {', '.join(scopes) or 'the registry'}"
                     f" (HTTP {response.status})",
                     hint=hint,
                 )

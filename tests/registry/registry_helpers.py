@@ -23,6 +23,7 @@ from pathlib import Path
 REGISTRY_BIN = "/usr/bin/docker-registry"
 USERNAME = "tester"
 PASSWORD = "s3cret-pass"
+REFRESH_TOKEN = "refresh-token-for-tester"
 
 
 def free_port() -> int:
@@ -166,9 +167,20 @@ class TokenServer:
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
                 scopes = query.get("scope", [])
                 authorization = self.headers.get("Authorization", "")
-                owner.requests.append({"scopes": scopes, "authorization": authorization})
+                owner.requests.append({"method": "GET", "scopes": scopes, "authorization": authorization})
                 expected = "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
-                if authorization != expected:
+                self._answer(scopes, "token", authorization == expected)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                scopes = " ".join(form.get("scope", [])).split()
+                owner.requests.append({"method": "POST", "scopes": scopes, "form": form})
+                valid = form.get("grant_type") == ["refresh_token"] and form.get("refresh_token") == [REFRESH_TOKEN]
+                self._answer(scopes, "access_token", valid)
+
+            def _answer(self, scopes: list[str], field_name: str, allowed: bool) -> None:
+                if not allowed:
                     self.send_response(401)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
@@ -187,7 +199,8 @@ class TokenServer:
                     ["openssl", "dgst", "-sha256", "-sign", str(owner.key)],
                     input=signing_input.encode(), capture_output=True, check=True,
                 ).stdout
-                body = json.dumps({"token": signing_input + "." + _b64url(signature), "expires_in": 300}).encode()
+                token = signing_input + "." + _b64url(signature)
+                body = json.dumps({field_name: token, "expires_in": 300}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -214,7 +227,7 @@ class Fault:
 
     method: str
     path_part: str
-    kind: str  # "status500", "truncate", "corrupt", "wrong_length", "huge_manifest", "reset"
+    kind: str  # "status500", "truncate", "corrupt", "wrong_length", "huge_manifest", "reset", "redirect"
     times: int = 1
 
 
@@ -257,6 +270,13 @@ class FaultProxy:
                     proxy.log.append((self.command, self.path, 0))
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if fault and fault.kind == "redirect":
+                    proxy.log.append((self.command, self.path, 307))
+                    self.send_response(307)
+                    self.send_header("Location", f"http://127.0.0.1:{proxy.upstream_port}{self.path}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 if fault and fault.kind == "huge_manifest":
                     payload = b'{"schemaVersion": 2, "pad": "' + b"x" * (5 * 1024 * 1024) + b'"}'

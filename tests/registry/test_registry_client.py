@@ -15,7 +15,7 @@ from builder.registry.auth import Credentials, lookup_credentials, parse_challen
 from builder.registry.client import RegistryClient
 from builder.registry.platform import parse_platform, select_manifest
 from builder.registry.transport import TransientError, uses_plain_http
-from registry_helpers import PASSWORD, USERNAME, make_image, push_raw, sha256
+from registry_helpers import PASSWORD, REFRESH_TOKEN, USERNAME, make_image, push_raw, sha256
 
 
 def test_push_then_read_back_byte_for_byte(registry):
@@ -150,6 +150,22 @@ def test_token_auth_push_pull_and_token_cache(token_registry, token_server, isol
     assert last["authorization"].startswith("Basic ")
 
 
+def test_token_auth_with_identity_token(token_registry, token_server, isolated_docker_config):
+    write_docker_config(isolated_docker_config,
+                        {"auths": {token_registry.host: {"identitytoken": REFRESH_TOKEN}}})
+    image = make_image("identity-token")
+    client = RegistryClient(token_registry.host)
+    push_raw(client, "test/identity", image, "v1")
+    assert client.get_manifest("test/identity", "v1").data == image.manifest
+    post = token_server.requests[-1]
+    assert post["method"] == "POST"
+    assert post["form"]["grant_type"] == ["refresh_token"]
+    assert post["form"]["service"] == [token_server.service]
+    write_docker_config(isolated_docker_config, {"auths": {token_registry.host: {"identitytoken": "wrong"}}})
+    with pytest.raises(RegistryError, match="refused access"):
+        RegistryClient(token_registry.host).get_manifest("test/identity", "v1")
+
+
 def test_token_auth_without_credentials(token_registry):
     with pytest.raises(RegistryError, match="refused access") as err:
         RegistryClient(token_registry.host).get_manifest("test/token", "v1")
@@ -173,6 +189,8 @@ def test_credential_helper(tmp_path, monkeypatch, isolated_docker_config):
     write_docker_config(isolated_docker_config, {"credsStore": "fake"})
     assert lookup_credentials("reg.example:5000") == Credentials("helper-user", "helper-pass")
     assert lookup_credentials("nowhere.example") is None
+    helper.write_text("#!/bin/sh\nread server\necho '{\"Username\":\"<token>\",\"Secret\":\"refresh-xyz\"}'\n")
+    assert lookup_credentials("any.example") == Credentials("", "", identity_token="refresh-xyz")
     write_docker_config(isolated_docker_config, {"credsStore": "not-installed"})
     with pytest.raises(RegistryError, match="docker-credential-not-installed is not installed"):
         lookup_credentials("reg.example:5000")
@@ -283,3 +301,20 @@ def test_huge_manifest(fault_proxy, pushed):
     fault_proxy.inject("GET", "/manifests/", "huge_manifest", times=1)
     with pytest.raises(RegistryError, match="more than the 4194304 byte limit"):
         RegistryClient(fault_proxy.host).get_manifest("test/faults", "v1")
+
+
+def test_blob_redirect_is_followed(fault_proxy, pushed, registry):
+    layer = layer_of(pushed)
+    fault_proxy.inject("GET", layer, "redirect", times=1)
+    sink = io.BytesIO()
+    RegistryClient(fault_proxy.host).fetch_blob("test/faults", layer, sink, len(pushed.blobs[layer]))
+    assert sink.getvalue() == pushed.blobs[layer]
+    assert [s for (m, p, s) in fault_proxy.log if layer in p] == [307]
+
+
+def test_unreachable_registry(tmp_path):
+    from registry_helpers import free_port
+
+    client = RegistryClient(f"127.0.0.1:{free_port()}", backoff=0.01)
+    with pytest.raises(RegistryError, match="failed after 4 attempt.*(refused|Connection)"):
+        client.get_manifest("test/x", "v1")
