@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "builder.commands.registry_cmds",
     "builder.commands.run",
     "builder.commands.maintenance",
+    "builder.commands.diff",
 )
 
 
