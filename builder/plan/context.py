@@ -464,7 +464,13 @@ class BuildContext:
         """Merkle sha256 of everything the selection would copy; see module `content_digest`."""
         top = hashlib.sha256(b"builder-context-digest-v1\n")
         for item in selected:
-            node = self._node_digest(item.path, item.relpath, stat_cache)
+            try:
+                node = self._node_digest(item.path, item.relpath, stat_cache)
+            except OSError as exc:
+                raise ContextError(
+                    f'cannot read "{exc.filename or item.relpath}" in the {self.label}: {exc.strerror or exc}',
+                    hint="make the files readable (or exclude them) and do not change them during the build",
+                ) from None
             top.update(f"{item.relpath}\0{node}\n".encode("utf-8", "surrogateescape"))
         if stat_cache is not None:
             stat_cache.flush()

@@ -570,6 +570,14 @@ def stage_copy(
                 _stage_selected(opts, item, dest_clean, dir_mode, parents, is_add)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ContextError(f"cannot copy to {dest}: {exc}", pos=pos) from None
+    except OSError as exc:
+        # A source that vanished or turned unreadable mid-copy, or a full disk: a message, not a trace.
+        where = f": {exc.filename}" if exc.filename else ""
+        raise ContextError(
+            f"{'ADD' if is_add else 'COPY'} failed: {exc.strerror or exc}{where}",
+            pos=pos,
+            hint="make sure the sources are readable and do not change during the build",
+        ) from None
     staging.finish()
     return CopyResult(sorted(staging.written))
 
