@@ -395,6 +395,16 @@ def unpack_layer(stream: BinaryIO, dest_dir: Path) -> None:
     _extract(stream, dest_dir, upper=True)
 
 
-def apply_layer(stream: BinaryIO, merged_dir: Path) -> None:
-    """Apply a (possibly compressed) layer tar onto a flattened tree: whiteouts delete."""
+def apply_layer(stream: BinaryIO | Path, merged_dir: Path) -> None:
+    """Apply a (possibly compressed) layer tar onto a flattened tree: whiteouts delete, opaque
+    markers empty the directory of earlier content, other entries replace what is there.
+
+    A path instead of a stream is taken as a layer dir in overlay-upper format
+    (see apply_layer_dir).
+    """
+    if isinstance(stream, (str, os.PathLike)):
+        from .applydir import apply_layer_dir  # applydir builds on this module
+
+        apply_layer_dir(Path(stream), merged_dir)
+        return
     _extract(stream, merged_dir, upper=False)

@@ -179,3 +179,15 @@ def test_apply_layer_dir_opaque_root_and_stacking(tmp_path: Path) -> None:
     apply_layer_dir(upper, merged)
     assert (merged / "etc/passwd").read_text() == "recreated"
     assert (merged / "etc/group").read_text() == "group"
+
+
+def test_apply_layer_takes_a_layer_dir_path_too(tmp_path: Path) -> None:
+    merged = _merged_base(tmp_path / "merged")
+    layer = tmp_path / "layer"
+    (layer / "etc").mkdir(parents=True)
+    os.mknod(layer / "etc/removed", stat.S_IFCHR, os.makedev(0, 0))
+    (layer / "new").write_text("new")
+    apply_layer(layer, merged)
+    assert not os.path.lexists(merged / "etc/removed")
+    assert (merged / "new").read_text() == "new"
+    assert (merged / "etc/passwd").read_text() == "old passwd"
