@@ -21,8 +21,8 @@ Why not pathspec: pathspec implements gitignore, which differs from Docker in wa
 results, so using it would be wrong, not just different:
   - gitignore matches a slash-less pattern (`*.o`) at any depth; Docker anchors every pattern at
     the context root (`*.o` does not match `a/b.o`, you need `**/*.o`);
-  - gitignore cannot re-include a file whose parent directory is excluded; Docker can
-    (`dir` then `!dir/keep` keeps `dir/keep`);
+  - git cannot re-include a file whose parent directory is excluded; Docker can
+    (`dir` then `!dir/keep` keeps `dir/keep`), and the walk must know it (`may_contain_exceptions`);
   - gitignore gives a trailing `/` meaning ("directories only"); Docker cleans it away.
 Each of these is checked in tests/context/test_dockerignore.py.
 
@@ -171,33 +171,46 @@ def _compile(text: str, exclusion: bool) -> _Pattern:
 
 
 def _check_go_pattern_syntax(text: str) -> None:
-    """The syntax errors Go's `filepath.Match` reports: unclosed `[`, empty class, trailing `\\` in a class."""
-    i = 0
+    """Raise ValueError where Go's `filepath.Match` reports ErrBadPattern (patternmatcher calls it
+    on every pattern): unclosed `[`, an empty or malformed class (`[]a]`, `[-x]`, `[x-]`,
+    `[a-b-c]`), a trailing `\\`."""
     n = len(text)
+
+    def class_char(i: int) -> int:
+        # Go's getEsc: one (possibly escaped) character of a class, never `-` or `]` unescaped
+        if i >= n or text[i] in "-]":
+            raise ValueError("syntax error in pattern")
+        if text[i] == "\\":
+            i += 1
+            if i >= n:
+                raise ValueError("syntax error in pattern")
+        i += 1
+        if i >= n:
+            raise ValueError("syntax error in pattern")
+        return i
+
+    i = 0
     while i < n:
         ch = text[i]
         if ch == "\\":
+            if i + 1 >= n:
+                raise ValueError("syntax error in pattern")
             i += 2
-            continue
-        if ch == "[":
+        elif ch == "[":
             i += 1
             if i < n and text[i] == "^":
                 i += 1
-            count = 0
+            ranges = 0
             while True:
-                if i >= n:
-                    raise ValueError("syntax error in pattern")
-                if text[i] == "]" and count > 0:
-                    break
-                if text[i] == "\\":
+                if i < n and text[i] == "]" and ranges > 0:
                     i += 1
-                    if i >= n:
-                        raise ValueError("syntax error in pattern")
-                i += 1
-                count += 1
+                    break
+                i = class_char(i)
+                if text[i] == "-":
+                    i = class_char(i + 1)
+                ranges += 1
+        else:
             i += 1
-            continue
-        i += 1
 
 
 class IgnoreMatcher:

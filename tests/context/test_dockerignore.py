@@ -93,6 +93,65 @@ CASES = [
 ]
 
 
+# moby/patternmatcher's own table (TestMatches, MatchesOrParentMatches): pattern, path, matched?
+PATTERNMATCHER_TABLE = [
+    ("**", "file", True), ("**/", "file", True), ("**", "dir/file", True), ("**/**", "dir/file", True),
+    ("dir/**", "dir/file", True), ("dir/**", "dir/dir2/file", True), ("**/dir", "dir", True),
+    ("**/dir", "dir/file", True), ("**/dir2/*", "dir/dir2/file", True), ("**/dir2/*", "dir/dir2/file/", True),
+    ("**/dir2/**", "dir/dir2/dir3/file", True), ("**file", "file", True), ("**file", "dir/file", True),
+    ("**/file", "dir/file", True), ("**file", "dir/dir/file", True), ("**/file", "dir/dir/file", True),
+    ("**/file*", "dir/dir/file", True), ("**/file*", "dir/dir/file.txt", True),
+    ("**/file*txt", "dir/dir/file.txt", True), ("**/file*.txt", "dir/dir/file.txt", True),
+    ("**/file*.txt*", "dir/dir/file.txt", True), ("**/**/*.txt", "dir/dir/file.txt", True),
+    ("**/**/*.txt2", "dir/dir/file.txt", False), ("**/*.txt", "file.txt", True),
+    ("**/**/*.txt", "file.txt", True), ("a**/*.txt", "a/file.txt", True), ("a**/*.txt", "a/dir/file.txt", True),
+    ("a**/*.txt", "a/dir/dir/file.txt", True), ("a/*.txt", "a/dir/file.txt", False),
+    ("a/*.txt", "a/file.txt", True), ("a/*.txt**", "a/file.txt", True), ("a[b-d]e", "ae", False),
+    ("a[b-d]e", "ace", True), ("a[b-d]e", "aae", False), ("a[^b-d]e", "aze", True), (".*", ".foo", True),
+    (".*", "foo", False), ("abc.def", "abcdef", False), ("abc.def", "abc.def", True),
+    ("abc.def", "abcZdef", False), ("abc?def", "abcZdef", True), ("abc?def", "abcdef", False),
+    ("**/foo/bar", "foo/bar", True), ("**/foo/bar", "dir/foo/bar", True),
+    ("**/foo/bar", "dir/dir2/foo/bar", True), ("abc/**", "abc", False), ("abc/**", "abc/def", True),
+    ("abc/**", "abc/def/ghi", True), ("**/.foo", ".foo", True), ("**/.foo", "bar.foo", False),
+    ("a(b)c/def", "a(b)c/def", True), ("a(b)c/def", "a(b)c/xyz", False), ("a.|)$(}+{bc", "a.|)$(}+{bc", True),
+    ("dist/*.whl", "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", True),
+    ("a\\\\", "a\\", True), ("a\\*b", "a*b", True),
+    # Go's filepath.Match table as patternmatcher reuses it
+    ("*c", "abc", True), ("a*", "ab/c", True), ("a*/b", "abc/b", True), ("a*/b", "a/c/b", False),
+    ("a*b*c*d*e*/f", "axbxcxdxe/f", True), ("a*b*c*d*e*/f", "axbxcxdxe/xxx/f", False),
+    ("a*b?c*x", "abxbbxdbxebxczzx", True), ("a*b?c*x", "abxbbxdbxebxczzy", False),
+    ("ab[^c]", "abc", False), ("ab[^e-g]", "abc", True), ("a\\*b", "ab", False), ("a?b", "a\u263ab", True),
+    ("a[^a]b", "a\u263ab", True), ("a???b", "a\u263ab", False), ("[a-\u03b6]*", "\u03b1", True),
+    ("*[a-\u03b6]", "A", False), ("a?b", "a/b", False), ("a*b", "a/b", False), ("[\\]a]", "]", True),
+    ("[\\-]", "-", True), ("[x\\-]", "-", True), ("[x\\-]", "z", False), ("[\\-x]", "x", True), ("*x", "xxx", True),
+]
+MULTI_TABLE = [
+    (["**", "!util/docker/web"], "util/docker/web/foo", False),
+    (["**", "!util/docker/web", "util/docker/web/foo"], "util/docker/web/foo", True),
+    (["**", "!dist/*.whl"], "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl", False),
+    (["!fileutils.go", "*.go"], "fileutils.go", True),
+    (["docs/*", "!docs/README.md"], "docs/README.md", False),
+]
+
+
+@pytest.mark.parametrize("pattern,path,expected", PATTERNMATCHER_TABLE)
+def test_patternmatcher_table(pattern, path, expected):
+    assert IgnoreMatcher.from_lines([pattern]).ignored(path) is expected
+
+
+@pytest.mark.parametrize("patterns,path,expected", MULTI_TABLE)
+def test_patternmatcher_multi_table(patterns, path, expected):
+    assert IgnoreMatcher.from_lines(patterns).ignored(path) is expected
+
+
+@pytest.mark.parametrize(
+    "bad", ["[]a]", "[-]", "[x-]", "[-x]", "\\", "[a-b-c]", "[", "[^", "[^bc", "a[", "!"]
+)
+def test_go_bad_patterns(bad):
+    with pytest.raises(ContextError):
+        IgnoreMatcher.from_lines([bad])
+
+
 @pytest.mark.parametrize("patterns,path,expected", CASES)
 def test_docker_semantics(patterns, path, expected):
     assert IgnoreMatcher.from_lines(patterns).ignored(path) is expected
