@@ -190,7 +190,10 @@ class Transport:
                 last_error = RegistryError(f"{method} {url}: HTTP {response.status}")
                 continue
             return response
-        raise TransientError(
+        # Retries spent: a plain RegistryError so callers do not multiply the attempts. A
+        # request that was not retried here stays transient: its caller may start over.
+        error_type = RegistryError if retryable else TransientError
+        raise error_type(
             f"{method} {self.url(url)} failed after {attempts} attempt(s): {last_error}",
             hint="the registry or the network is unstable; try again",
         )

@@ -238,3 +238,11 @@ def test_pull_faults_leave_nothing_visible(fault_proxy, faulty, store, kind, pat
     # Once the registry behaves again the same store completes the pull.
     fault_proxy.clear()
     assert pull(store, f"{fault_proxy.host}/test/faulty:v1").manifest_digest == faulty.manifest_digest
+
+
+def test_persistent_blob_500_is_not_retried_forever(fault_proxy, faulty, store):
+    fault_proxy.inject("GET", layers_of(faulty)[0], "status500", times=100)
+    with pytest.raises(RegistryError, match="cannot get blob .*: HTTP 500"):
+        pull(store, f"{fault_proxy.host}/test/faulty:v1")
+    assert len([1 for (m, p, s) in fault_proxy.log if layers_of(faulty)[0] in p]) == 4
+    assert store.images() == [] and not store.has_blob(layers_of(faulty)[0])
