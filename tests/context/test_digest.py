@@ -216,3 +216,34 @@ def test_unwritable_stat_cache_location(tmp_path: Path):
     root = make_tree(tmp_path / "ctx", {"a": "1"})
     ctx = BuildContext(root, IgnoreMatcher.empty())
     assert digest_of(ctx, cache=cache) == digest_of(ctx)
+
+
+def test_two_processes_share_one_stat_cache(tmp_path: Path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "ctx"
+    for i in range(300):
+        make_tree(root, {f"d{i % 7}/f{i}": f"{i}\n"})
+    db = tmp_path / "shared.db"
+    script = (
+        "import sys; from pathlib import Path;"
+        "from builder.plan.context import BuildContext, content_digest;"
+        "from builder.plan.dockerignore import IgnoreMatcher;"
+        "from builder.plan.statcache import StatCache;"
+        "ctx = BuildContext(Path(sys.argv[1]), IgnoreMatcher.empty());"
+        "cache = StatCache(Path(sys.argv[2]));"
+        "print(content_digest(ctx.select(['.']), cache)); cache.close()"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(root), str(db)], stdout=subprocess.PIPE, env=env)
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=60)[0].decode().strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    expected = digest_of(BuildContext(root, IgnoreMatcher.empty()))
+    assert outputs == [expected] * 3
+    with StatCache(db) as cache:
+        assert cache.lookup(os.lstat(root / "d0/f0")) is not None
