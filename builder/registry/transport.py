@@ -193,6 +193,11 @@ class Transport:
         # Retries spent: a plain RegistryError so callers do not multiply the attempts. A
         # request that was not retried here stays transient: its caller may start over.
         error_type = RegistryError if retryable else TransientError
+        if isinstance(last_error, ConnectionRefusedError):
+            raise error_type(
+                f"cannot reach registry {self.host}: connection refused (failed after {attempts} attempt(s))",
+                hint=f"is a registry listening at {self.base_url}?",
+            )
         raise error_type(
             f"{method} {self.url(url)} failed after {attempts} attempt(s): {last_error}",
             hint="the registry or the network is unstable; try again",
