@@ -544,9 +544,12 @@ class Store:
     def snapshot_dir(self, diff_id: str, blob_digest: str | None = None) -> Path:
         """The unpacked layer (overlay-upper format) for `diff_id`, unpacked once and shared."""
         _check_digest(diff_id)
-        n = self._snapshot_row(diff_id)
-        if n is not None and (self.snapshots_dir / str(n)).is_dir():
-            return self.snapshots_dir / str(n)
+        row = self._db().execute("SELECT n, last_used FROM snapshots WHERE diff_id=?", (diff_id,)).fetchone()
+        if row is not None and (self.snapshots_dir / str(row[0])).is_dir():
+            if time.time() - row[1] > 600:  # coarse last-use mark, so gc's min_age spares dirs in use
+                with self._tx() as tx:
+                    tx.execute("UPDATE snapshots SET last_used=? WHERE n=?", (time.time(), row[0]))
+            return self.snapshots_dir / str(row[0])
         with self._lock("snap-" + diff_id.removeprefix("sha256:")):
             n = self._snapshot_row(diff_id)
             if n is not None and (self.snapshots_dir / str(n)).is_dir():
