@@ -69,7 +69,12 @@ def go_clean(path: str) -> str:
 
 def clean_ignore_lines(lines: Iterable[str]) -> list[str]:
     """`ignorefile.ReadAll`: comments, blanks, trimming, Clean, leading `/` stripped."""
-    cleaned: list[str] = []
+    return [pattern for _, pattern in _clean_numbered(lines)]
+
+
+def _clean_numbered(lines: Iterable[str]) -> list[tuple[int, str]]:
+    """The cleaned patterns with the 1-based line each came from (for error positions)."""
+    cleaned: list[tuple[int, str]] = []
     for index, raw in enumerate(lines):
         line = raw.rstrip("\r\n")
         if index == 0 and line.startswith("\ufeff"):
@@ -86,7 +91,7 @@ def clean_ignore_lines(lines: Iterable[str]) -> list[str]:
             line = go_clean(line)
             if len(line) > 1 and line.startswith("/"):
                 line = line[1:]
-        cleaned.append("!" + line if invert else line)
+        cleaned.append((index + 1, "!" + line if invert else line))
     return cleaned
 
 
@@ -216,11 +221,14 @@ def _check_go_pattern_syntax(text: str) -> None:
 class IgnoreMatcher:
     """Decides which context paths are invisible to COPY/ADD."""
 
-    def __init__(self, patterns: list[str], *, source: str | None = None) -> None:
+    def __init__(
+        self, patterns: list[str], *, source: str | None = None, line_numbers: list[int] | None = None
+    ) -> None:
         self.patterns: tuple[str, ...] = tuple(patterns)
         self.source = source
         self._compiled: list[_Pattern] = []
-        for number, pattern in enumerate(patterns, start=1):
+        numbers = line_numbers or list(range(1, len(patterns) + 1))
+        for number, pattern in zip(numbers, patterns):
             text = pattern.strip()
             if not text:
                 continue
@@ -236,11 +244,12 @@ class IgnoreMatcher:
                 raise self._error(f"invalid pattern {pattern!r}: {exc}", number) from None
 
     def _error(self, message: str, number: int) -> ContextError:
-        where = Pos(self.source, 1) if self.source else None
+        where = Pos(self.source, number) if self.source else None
         return ContextError(
             message,
             pos=where,
-            hint=f"fix pattern #{number} in {self.source or 'the ignore patterns'}",
+            hint=f"fix line {number} of {self.source or 'the ignore patterns'}"
+            " (Go filepath.Match syntax: * ? [a-z] [^a] \\x)",
         )
 
     # construction -------------------------------------------------------------------------
@@ -251,7 +260,8 @@ class IgnoreMatcher:
 
     @classmethod
     def from_lines(cls, lines: Iterable[str], *, source: str | None = None) -> "IgnoreMatcher":
-        return cls(clean_ignore_lines(lines), source=source)
+        numbered = _clean_numbered(lines)
+        return cls([p for _, p in numbered], source=source, line_numbers=[n for n, _ in numbered])
 
     @classmethod
     def load(cls, context_dir: Path, buildfile: Path | None = None) -> "IgnoreMatcher":

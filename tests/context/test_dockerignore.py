@@ -176,6 +176,14 @@ def test_invalid_patterns_are_context_errors(bad):
     assert ".dockerignore" in info.value.render()
 
 
+def test_bad_pattern_error_points_at_its_line():
+    with pytest.raises(ContextError) as info:
+        IgnoreMatcher.from_lines(["# c", "ok", "", "bad[", "x"], source="ctx/.dockerignore")
+    assert info.value.pos is not None and info.value.pos.line == 4
+    assert info.value.pos.file == "ctx/.dockerignore"
+    assert "bad[" in info.value.message
+
+
 def test_may_contain_exceptions_lets_a_walk_skip_dirs():
     matcher = IgnoreMatcher.from_lines(["node_modules", "build", "!build/keep.txt"])
     assert matcher.may_contain_exceptions("node_modules") is False
