@@ -232,3 +232,29 @@ def test_import_rootfs_adopts_snapshot_and_changes(store, busybox_tar):
     with pytest.raises(BuildError) as info:
         import_rootfs(store, busybox_tar, changes=["RUN rm -rf /"])
     assert "unsupported change" in info.value.message
+
+
+def test_oci_layout_holding_docker_manifest_is_rebuilt_as_oci(target, store, archives, tmp_path):
+    """A layout whose manifest is Docker schema2: config bytes and layer blobs kept, manifest made OCI."""
+    record = archives["record"]
+    layout = tmp_path / "layout"
+    export_oci(store, record.manifest_digest, layout, tar=False)
+    docker_manifest = {
+        "schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST,
+        "config": {"mediaType": oci.DOCKER_CONFIG, "digest": record.config_digest,
+                   "size": len(store.read_blob(record.config_digest))},
+        "layers": [dict(layer, mediaType=oci.DOCKER_LAYER_GZIP) for layer in record.manifest["layers"]],
+    }
+    data = json.dumps(docker_manifest, indent=2).encode()
+    digest = oci.sha256_digest(data)
+    (layout / "blobs/sha256" / digest[7:]).write_bytes(data)
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": oci.DOCKER_MANIFEST, "digest": digest, "size": len(data),
+                                                "annotations": {"org.opencontainers.image.ref.name": "reg.io/x/y:z"}}]}
+    (layout / "index.json").write_text(json.dumps(index))
+    [(tag, manifest_digest)] = load_archive(target, layout)
+    assert tag == "reg.io/x/y:z"
+    image = target.load_image(tag)
+    assert manifest_digest == record.manifest_digest  # rebuilt canonically, it is the manifest we exported
+    assert image.manifest["mediaType"] == oci.OCI_MANIFEST
+    assert image.config_digest == record.config_digest
+    assert [layer["mediaType"] for layer in image.manifest["layers"]] == [oci.OCI_LAYER_GZIP] * 3
