@@ -21,7 +21,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from builder.errors import RegistryError
 
@@ -175,12 +175,24 @@ class Authenticator:
     """Gives the Authorization header for a set of scopes on one registry."""
 
     registry: str
-    credentials: Credentials | None
+    # Credentials, or a callable giving them: looked up only when a registry asks for a login,
+    # so anonymous registries never run a credential helper.
+    credentials_source: Credentials | None | Callable[[], Credentials | None]
     insecure: tuple[str, ...] = ()
     challenge: Challenge | None = None
     token_requests: int = 0  # counted so tests can see the cache working
     _tokens: dict[tuple[str, ...], _Token] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loaded: bool = False
+    _credentials: Credentials | None = None
+
+    @property
+    def credentials(self) -> Credentials | None:
+        if not self._loaded:
+            source = self.credentials_source
+            self._credentials = source() if callable(source) else source
+            self._loaded = True
+        return self._credentials
 
     def learn(self, www_authenticate: str | None) -> Challenge:
         if not www_authenticate:

@@ -96,8 +96,8 @@ class RegistryClient:
         self.transport = Transport(
             host, plain_http=uses_plain_http(host, self.insecure), retries=retries, backoff=backoff, timeout=timeout
         )
-        creds = lookup_credentials(registry) if credentials is _USE_DOCKER_CONFIG else credentials
-        self.auth = Authenticator(registry, creds, self.insecure)  # type: ignore[arg-type]
+        source = (lambda: lookup_credentials(registry)) if credentials is _USE_DOCKER_CONFIG else credentials
+        self.auth = Authenticator(registry, source, self.insecure)  # type: ignore[arg-type]
         self.chunk_size = chunk_size
         self._pinged = False
 

@@ -318,3 +318,11 @@ def test_unreachable_registry(tmp_path):
     client = RegistryClient(f"127.0.0.1:{free_port()}", backoff=0.01)
     with pytest.raises(RegistryError, match=r"cannot reach registry 127.0.0.1:[0-9]+: connection refused \(failed after 4 attempt"):
         client.get_manifest("test/x", "v1")
+
+
+def test_credentials_looked_up_only_when_asked(registry, isolated_docker_config):
+    """A broken credsStore does not matter to a registry that wants no login."""
+    write_docker_config(isolated_docker_config, {"credsStore": "not-installed"})
+    image = make_image("no-login-needed")
+    push_raw(RegistryClient(registry.host), "test/no-login", image, "v1")
+    assert RegistryClient(registry.host).get_manifest("test/no-login", "v1").data == image.manifest
