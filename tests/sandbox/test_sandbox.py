@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -110,24 +111,37 @@ def test_exit_status_is_propagated(busybox_layer, tmp_path, script, status):
     assert run_in([busybox_layer], tmp_path / "w", sh(script))[0] == status
 
 
+def _sandbox_pid1_with(marker: bytes) -> int | None:
+    """Host pid of a process whose cmdline holds `marker` and that is pid 1 of its namespace."""
+    for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if marker in cmdline and nspid[-1:] == ["1"]:
+            return int(pid)
+    return None
+
+
 def test_pid1_killed_by_a_signal_gives_128_plus_signal(busybox_layer, tmp_path):
-    marker = f"sleep 31.{os.getpid()}"
+    marker = f"31.{os.getpid()}"
     killed = []
 
     def on_output(chunk: bytes) -> None:
-        if b"ready" in chunk and not killed:
-            for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                except OSError:
-                    continue
-                if cmdline.startswith(b"/bin/sh -c echo ready"):
-                    os.kill(int(pid), 15 if killed else 9)
-                    killed.append(pid)
+        deadline = time.monotonic() + 5
+        while not killed and time.monotonic() < deadline:
+            pid = _sandbox_pid1_with(marker.encode())
+            if pid is not None:
+                os.kill(pid, 9)
+                killed.append(pid)
+            time.sleep(0.01)
 
     snap = prepare([busybox_layer], tmp_path / "w", "overlay")
     try:
-        status = run(snap, sh(f"echo ready; {marker}"), env={}, workdir="/", user=None, on_output=on_output)
+        status = run(snap, sh(f"echo ready; sleep {marker}"), env={}, workdir="/", user=None,
+                     on_output=on_output)
     finally:
         snap.cleanup()
     assert killed
