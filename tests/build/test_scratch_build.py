@@ -61,12 +61,13 @@ def test_hello_example_builds_and_exports_everywhere(tmp_path: Path, store_root:
     assert config["config"]["WorkingDir"] == "/app"
     assert config["config"]["User"] == "1000:1000"
     assert config["config"]["ExposedPorts"] == {"8080/tcp": {}}
-    assert config["config"]["Cmd"] == ["/app/hello.txt"]
+    assert config["config"]["Volumes"] == {"/app/data": {}}
+    assert config["config"]["StopSignal"] == "SIGTERM"
     assert config["config"]["Labels"]["org.opencontainers.image.title"] == "hello"
     assert config["created"] == "2023-11-14T22:13:20Z"
     history = config["history"]
     assert [entry.get("empty_layer", False) for entry in history] == [
-        True, True, True, True, False, False, False, True, True, True
+        True, True, True, True, False, False, False, True, True, True, True
     ]
     assert len(config["rootfs"]["diff_ids"]) == 3
 
