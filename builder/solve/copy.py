@@ -492,13 +492,20 @@ def stage_copy(
     heredocs: Mapping[str, object] | None = None,
     checksum: str | None = None,
     image_dir_meta: Callable[[str], DirMeta | None] | None = None,
+    resolve_image_path: Callable[[str], str] | None = None,
     download_dir: Path | None = None,
 ) -> CopyResult:
     """Write what one COPY/ADD adds into the empty `staging_dir`; see the module docstring.
 
     `sources` are expanded words; a heredoc source is its `<<NAME` word with the body in
     `heredocs[NAME]` (a str, a tuple of str pieces, or an ast.Heredoc). Returns the image paths
-    written."""
+    written.
+
+    `image_dir_meta(path)` gives the metadata of a directory that exists in the parent image (so
+    the layer repeats it unchanged); `resolve_image_path(path)` resolves symlinks of the parent
+    image in a destination path, chroot-like, keeping missing components as written (so
+    `COPY x /bin/` lands in /usr/bin when /bin -> usr/bin). `view_dir_meta(view)` and
+    `view_resolver(view)` build both from a builder.snapshot.view.LayeredView."""
     heredocs = heredocs or {}
     if not sources:
         raise ContextError("COPY/ADD needs at least one source and a destination", pos=pos)
@@ -557,6 +564,16 @@ def stage_copy(
                 plan.append(("path", item))
     path_items = [item for kind, item in plan if kind == "path"]
     dir_mode = trailing or dest_exists_dir or len(sources) > 1 or len(path_items) > 1
+    if resolve_image_path is not None and dest_clean != "/":
+        fills_dest = dir_mode or any(
+            item.kind == "dir" or (is_add and item.kind == "file" and is_tar_archive(item.path))  # type: ignore[union-attr]
+            for item in path_items
+        )
+        if fills_dest:
+            dest_clean = go_clean(resolve_image_path(dest_clean))
+        else:  # a file replaces whatever the last component is, link included; its parents resolve
+            parent = go_clean(resolve_image_path(posixpath.dirname(dest_clean)))
+            dest_clean = posixpath.join(parent, posixpath.basename(dest_clean))
 
     try:
         for kind, item in plan:
@@ -643,3 +660,33 @@ def _stage_url(
         mtime = got.mtime_ns if got.mtime_ns is not None else invented_ns
         os.utime(host, ns=(mtime, mtime))
         staging.record(target)
+
+
+# adapters for the parent image ------------------------------------------------------------------
+
+
+def view_resolver(view) -> Callable[[str], str]:
+    """`resolve_image_path` from a LayeredView-like object (`resolve(path, follow=True)`)."""
+
+    def resolve(path: str) -> str:
+        parts = [p for p in path.split("/") if p]
+        for cut in range(len(parts), -1, -1):
+            resolved = view.resolve("/" + "/".join(parts[:cut]), follow=True)
+            if resolved is not None:
+                rest = parts[cut:]
+                return go_clean("/".join([resolved.rstrip("/"), *rest]) or "/")
+        return path
+
+    return resolve
+
+
+def view_dir_meta(view) -> Callable[[str], DirMeta | None]:
+    """`image_dir_meta` from a LayeredView-like object (`lookup(path) -> stat or None`)."""
+
+    def meta(path: str) -> DirMeta | None:
+        st = view.lookup(path)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return None
+        return DirMeta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
+
+    return meta

@@ -301,3 +301,33 @@ def test_result_does_not_depend_on_umask(ctx, tmp_path):
             os.umask(old)
         listings.append(tree_listing(out))
     assert listings[0] == listings[1]
+
+
+def test_destination_follows_parent_image_symlinks(ctx, staging, tmp_path):
+    from builder.snapshot.view import LayeredView
+    from builder.solve.copy import view_dir_meta, view_resolver
+
+    layer = make_tree(tmp_path / "base-layer", {"usr/bin": None, "bin": ("link", "usr/bin"), "srv": None})
+    os.chown(layer / "usr/bin", 5, 6)
+    os.chmod(layer / "usr/bin", 0o711)
+    os.utime(layer / "usr/bin", (77, 77))
+    view = LayeredView([layer])
+    options = dict(
+        dest_is_dir=view.is_dir, resolve_image_path=view_resolver(view), image_dir_meta=view_dir_meta(view)
+    )
+    copy(ctx, ["tool.sh"], "/bin/", staging, **options)
+    listing = tree_listing(staging)
+    assert "/bin" not in listing  # the image's /bin symlink is not shadowed by a real dir
+    assert listing["/usr/bin"] == ("dir", 0o711, 5, 6, None)  # repeated unchanged
+    assert os.lstat(staging / "usr/bin").st_mtime == 77
+    assert listing["/usr/bin/tool.sh"][4] == b"#!/bin/sh\n"
+    # a file destination through the link: parents resolve, the name stays
+    out = tmp_path / "staging2"
+    out.mkdir()
+    copy(ctx, ["a.txt"], "/bin/renamed", out, **options)
+    assert set(tree_listing(out)) == {"/usr", "/usr/bin", "/usr/bin/renamed"}
+    # a missing tail under a resolved prefix is created
+    out3 = tmp_path / "staging3"
+    out3.mkdir()
+    copy(ctx, ["src"], "/bin/new/app", out3, **options)
+    assert "/usr/bin/new/app/main.py" in tree_listing(out3)
