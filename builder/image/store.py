@@ -155,6 +155,17 @@ def _rmtree(path: Path) -> None:
             pass
 
 
+def _io_error(exc: OSError, what: str, root: Path | None = None) -> StoreError:
+    """A StoreError for a failed store write, with the hint that usually fixes it."""
+    hint = None
+    if exc.errno == errno.ENOSPC:
+        hint = "the disk is full: free space, or prune the store"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "the store is not writable; set BUILDER_ROOT to a writable directory"
+    where = f" in {root}" if root else ""
+    return StoreError(f"{what}{where}: {exc.strerror or exc}", hint=hint)
+
+
 def _check_digest(digest: str) -> str:
     if not isinstance(digest, str) or not oci.is_digest(digest):
         raise StoreError(f"invalid blob digest {digest!r}", hint="digests look like sha256:<64 lowercase hex>")
@@ -178,7 +189,10 @@ class BlobWriter(io.RawIOBase):
 
     def __init__(self, tmp_dir: Path, expected_digest: str | None) -> None:
         super().__init__()
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
+        try:
+            fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
+        except OSError as exc:
+            raise _io_error(exc, "cannot create a temp file", tmp_dir.parent) from exc
         fcntl.flock(fd, fcntl.LOCK_EX)  # tells gc a live writer owns this temp file
         self.temp_path = Path(name)
         self._fd = fd
@@ -205,18 +219,24 @@ class BlobWriter(io.RawIOBase):
         return self.size
 
     def _drain(self) -> None:
-        with memoryview(self._buffer) as whole:
-            view = whole
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            view.release()
+        try:
+            with memoryview(self._buffer) as whole:
+                view = whole
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                view.release()
+        except OSError as exc:
+            raise _io_error(exc, "cannot write a blob", self.temp_path.parent.parent) from exc
         self._buffer.clear()
 
     def finish(self) -> str:
         """Flush and fsync the temp file; check the digest. Returns the digest."""
         self._drain()
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise _io_error(exc, "cannot write a blob", self.temp_path.parent.parent) from exc
         self.digest = "sha256:" + self._hash.hexdigest()
         if self.expected_digest is not None and self.digest != self.expected_digest:
             raise DigestMismatch(
@@ -350,13 +370,28 @@ class Store:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; IMMEDIATE takes the write lock up front so it never deadlocks."""
         conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot update the store index {self.db_path}: {exc}",
+                             hint="another process may hold it locked for too long, or the disk is full") from exc
         try:
             yield conn
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"cannot update the store index {self.db_path}: {exc}") from exc
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise StoreError(f"cannot update the store index {self.db_path}: {exc}",
+                             hint="the disk may be full") from exc
 
     def _init_db(self) -> None:
         conn = self._db()

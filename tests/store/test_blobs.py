@@ -134,3 +134,20 @@ def test_gc_keeps_temp_file_of_live_writer(store):
         assert store.gc(min_age=0).removed_tmp == []
         assert writer.temp_path.exists()
     assert store.has_blob(sha(b"in progress"))
+
+
+def test_full_disk_is_a_store_error_and_leaves_no_blob(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        store = Store.open(mnt / "store")
+        small, _ = store.put_blob(b"fits")
+        with pytest.raises(StoreError) as info:
+            store.put_blob(iter([b"z" * 65536] * 40))  # 2.5 MiB
+        assert "disk is full" in info.value.hint
+        assert [p.name for p in store.blobs_dir.iterdir()] == [small[7:]]
+        assert list(store.tmp_dir.iterdir()) == []
+        assert store.fsck() == []
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
