@@ -166,3 +166,11 @@ def test_fsck_finds_corruption_and_dangling_references(store, tmp_path):
     problems = store.fsck()
     assert "stray entry in blobs/sha256: not-a-digest" in problems
     assert "snapshot dir s/99 has no index entry" in problems
+
+
+def test_unusable_root_is_store_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    with pytest.raises(StoreError) as info:
+        Store.open(blocker / "store")
+    assert "cannot create the store" in info.value.message and "BUILDER_ROOT" in info.value.hint

@@ -78,3 +78,46 @@ def test_snapshot_of_corrupt_or_unknown_layer(store, tmp_path):
     assert list(store.snapshots_dir.iterdir()) == []
     assert list(store.tmp_dir.iterdir()) == []
     assert (store.snapshot_dir(digests.diff_id) / "f").read_text() == "data\n"
+
+
+_KILLED_UNPACKER = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import builder.image.layerapi as layerapi
+from builder.image.store import Store
+real = layerapi.unpack_layer
+def slow(stream, dest):
+    real(stream, dest)
+    print("unpacked into temp", flush=True)
+    time.sleep(60)  # killed here: unpacked but not yet published
+layerapi.unpack_layer = slow
+Store.open({root!r}).snapshot_dir({diff_id!r})
+"""
+
+
+def test_sigkill_while_unpacking_then_next_caller_publishes(store, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    record = build_image(store, [make_tree(tmp_path / "l", {"f": "data\n"})], "one")
+    diff_id = record.config["rootfs"]["diff_ids"][0]
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_UNPACKER.format(
+        repo=str(repo), root=str(store.root), diff_id=diff_id)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "unpacked into temp"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(store.snapshots_dir.iterdir()) == []  # nothing half-published
+    assert store.fsck() == []
+    snap = store.snapshot_dir(diff_id)
+    assert (snap / "f").read_text() == "data\n"
+    stale = list(store.tmp_dir.iterdir())
+    assert len(stale) == 1 and stale[0].name.startswith("snap-")
+    old = time.time() - 3600
+    os.utime(stale[0], (old, old))
+    assert store.gc(min_age=3600).removed_tmp == [stale[0].name]
+    assert list(store.tmp_dir.iterdir()) == [] and store.fsck() == []
+    assert store.snapshot_dirs("one") == [snap]
