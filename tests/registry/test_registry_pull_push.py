@@ -1,7 +1,6 @@
 """pull/push between the local store and a real docker-registry, skopeo interop, faults."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
