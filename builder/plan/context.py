@@ -362,9 +362,16 @@ class BuildContext:
         base = self._resolve_dir(parts[:wild_at], pattern, pos)
         matches: list[Selected] = []
         if base is not None:
-            regexes = [
-                _go_match_regex(part) if contains_wildcards(part) else None for part in parts[wild_at:]
-            ]
+            try:
+                regexes = [
+                    _go_match_regex(part) if contains_wildcards(part) else None for part in parts[wild_at:]
+                ]
+            except ContextError as exc:
+                raise ContextError(
+                    f'invalid wildcard in source "{pattern}": {exc.message}',
+                    pos=pos,
+                    hint="wildcards follow Go filepath.Match: * ? [a-z] [^a] and \\ to escape",
+                ) from None
             literal = [_unescape(part) for part in parts[wild_at:]]
             self._glob(base, parts[:wild_at], regexes, literal, pattern, pivot, matches)
         if not matches and not allow_missing_wildcard:

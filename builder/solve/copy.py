@@ -576,6 +576,10 @@ def stage_copy(
             dest_clean = posixpath.join(parent, posixpath.basename(dest_clean))
 
     try:
+        if not plan:
+            # BuildKit makes the destination's directory before matching, so a wildcard that
+            # matched nothing still leaves it (fsutil Copy's ensureDstPath).
+            staging.ensure_dir(dest_clean if dir_mode else posixpath.dirname(dest_clean))
         for kind, item in plan:
             if kind == "heredoc":
                 name, text = item  # type: ignore[misc]

@@ -331,3 +331,15 @@ def test_destination_follows_parent_image_symlinks(ctx, staging, tmp_path):
     out3.mkdir()
     copy(ctx, ["src"], "/bin/new/app", out3, **options)
     assert "/usr/bin/new/app/main.py" in tree_listing(out3)
+
+
+def test_wildcard_matching_nothing_still_makes_the_destination_dir(ctx, staging):
+    result = copy(ctx, ["*.nothing"], "/opt/app/", staging)
+    assert result.paths == ["/opt", "/opt/app"]
+    assert tree_listing(staging)["/opt/app"] == ("dir", 0o755, 0, 0, None)
+
+
+def test_bad_wildcard_is_a_positioned_error(ctx, staging):
+    with pytest.raises(ContextError) as info:
+        copy(ctx, ["src/[abc"], "/x/", staging)
+    assert info.value.pos == POS and "invalid wildcard" in info.value.message
