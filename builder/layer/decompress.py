@@ -19,9 +19,12 @@ _MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"\xfd7zXZ\x00", "xz"),
 )
 _MAGIC_LEN = max(len(magic) for magic, _ in _MAGICS)
-# zstd input is fed in small pieces because one piece can expand ~32000x (runs of zeros) and
-# the decompressobj API cannot cap its output: 2 KiB in -> at most ~64 MiB out.
-_ZSTD_INPUT_CHUNK = 2048
+# zstd input is fed in adaptive pieces because the decompressobj API cannot cap its output and
+# one byte of a run of zeros can expand to ~32 KiB: the piece size follows the observed ratio so
+# each call yields about _ZSTD_TARGET_OUTPUT bytes (a few MiB at most for all-zero data).
+_ZSTD_TARGET_OUTPUT = 1 << 20
+_ZSTD_MIN_INPUT = 128
+_ZSTD_MAX_INPUT = 1 << 16
 _DECODE_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError, ValueError)
 
 
@@ -89,6 +92,7 @@ class _ZstdReader(io.RawIOBase):
         self._decomp = zstandard.ZstdDecompressor().decompressobj()
         self._pending = b""
         self._offset = 0  # read position in _pending (slicing bytes would copy the rest)
+        self._input_size = 1024
         self._eof = False
 
     def readable(self) -> bool:
@@ -102,7 +106,7 @@ class _ZstdReader(io.RawIOBase):
                 chunk = self._decomp.unused_data
                 self._decomp = zstandard.ZstdDecompressor().decompressobj()
             else:
-                chunk = self._source.read(_ZSTD_INPUT_CHUNK)
+                chunk = self._source.read(self._input_size)
                 if not chunk:
                     self._eof = True
                     if not self._decomp.eof:
@@ -110,8 +114,12 @@ class _ZstdReader(io.RawIOBase):
                     break
                 if self._decomp.eof:
                     self._decomp = zstandard.ZstdDecompressor().decompressobj()
+            self._pending = b""  # drop the old buffer before making the next one
             self._pending = self._decomp.decompress(chunk)
             self._offset = 0
+            ratio = len(self._pending) / len(chunk)
+            wanted = int(_ZSTD_TARGET_OUTPUT / ratio) if ratio else _ZSTD_MAX_INPUT
+            self._input_size = min(max(wanted, _ZSTD_MIN_INPUT), _ZSTD_MAX_INPUT)
         n = min(len(view), len(self._pending) - self._offset)
         view[:n] = self._pending[self._offset : self._offset + n]
         self._offset += n
