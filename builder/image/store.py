@@ -469,16 +469,31 @@ class Store:
         final = self.blobs_dir / writer.digest.removeprefix("sha256:")
         writer.release()
         if final.exists():
-            # Same content is already there (another build wrote it): keep the existing file.
+            # Same content is already there (another build wrote it): keep the existing file, and
+            # refresh its mtime so gc's min_age protects it until our image references it.
             writer.temp_path.unlink(missing_ok=True)
+            try:
+                os.utime(final)
+            except FileNotFoundError:  # gc removed it just now: publish ours after all
+                return self._publish_again(writer)
         else:
             os.chmod(writer.temp_path, 0o444)
             os.rename(writer.temp_path, final)
 
+    def _publish_again(self, writer: BlobWriter) -> None:
+        raise StoreError(f"blob {writer.digest} was removed by a concurrent prune while being written",
+                         hint="run the command again")
+
     def put_blob(self, data: bytes | BinaryIO | Iterable[bytes], expected_digest: str | None = None) -> tuple[str, int]:
         if expected_digest is not None and self.has_blob(expected_digest):
-            # Still consume nothing: the content is addressed by its digest, so it is the same.
-            return expected_digest, self.blob_path(expected_digest).stat().st_size
+            # Nothing to write: the content is addressed by its digest, so it is the same. The
+            # mtime is refreshed so gc's min_age protects it until an image references it.
+            path = self.blob_path(expected_digest)
+            try:
+                os.utime(path)
+                return expected_digest, path.stat().st_size
+            except FileNotFoundError:
+                pass  # pruned just now: write it again below
         with self.blob_writer(expected_digest) as writer:
             _copy_into(data, writer)
         assert writer.digest is not None
