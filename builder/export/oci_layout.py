@@ -44,15 +44,20 @@ def index_descriptors(store: Store, manifest_digest: str, tags: Sequence[str]) -
                             variant=config.get("variant") or None)
     if not tags:
         return [oci.Descriptor(media_type, manifest_digest, size, platform=platform)]
-    descriptors = []
-    for tag in tags:
+    parsed_tags = []
+    for tag in dict.fromkeys(tags):
         try:
-            full = normalize_tag(tag)
-            parsed = parse_reference(full)
+            parsed_tags.append(parse_reference(normalize_tag(tag)))
         except InvalidReference as exc:
             raise OutputError(f"invalid image name {tag!r} for the OCI layout: {exc.message}", hint=exc.hint) from exc
+    # ref.name is the tag alone (what `oci:DIR:TAG` looks up), unless two names share a tag:
+    # then each gets its full name so every entry stays addressable.
+    tag_parts = [p.tag_or_latest() for p in parsed_tags]
+    unique = len(set(tag_parts)) == len(tag_parts)
+    descriptors = []
+    for parsed in parsed_tags:
         annotations = {
-            oci.ANNOTATION_REF_NAME: parsed.tag_or_latest(),
+            oci.ANNOTATION_REF_NAME: parsed.tag_or_latest() if unique else parsed.familiar(),
             oci.ANNOTATION_CONTAINERD_NAME: str(parsed.with_tag(parsed.tag_or_latest())),
         }
         descriptors.append(oci.Descriptor(media_type, manifest_digest, size, annotations=annotations,

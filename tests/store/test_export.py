@@ -221,3 +221,14 @@ def test_write_output_each_type(store, three_layer_image, tmp_path):
     check_flattened(tmp_path / "loc")
     with pytest.raises(OutputError):
         write_output(store, digest, parse_output_spec("type=registry,name=localhost:5000/a"))
+
+
+def test_oci_ref_names_stay_unique(store, three_layer_image, tmp_path):
+    layout = tmp_path / "layout"
+    export_oci(store, three_layer_image.manifest_digest, layout, tar=False, tags=["a:1", "b:1", "a:1"])
+    refs = [m["annotations"]["org.opencontainers.image.ref.name"]
+            for m in json.loads((layout / "index.json").read_text())["manifests"]]
+    assert refs == ["a:1", "b:1"]
+    assert json.loads(run("skopeo", "inspect", f"oci:{layout}:b:1"))["Digest"] == three_layer_image.manifest_digest
+    other = Store.open(tmp_path / "other")
+    assert [t for t, _ in load_archive(other, layout)] == ["a:1", "b:1"]
