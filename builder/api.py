@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from builder.errors import BuildError, ContextError, OutputError, StoreError
+from builder.errors import BuildError, ContextError, StoreError
 from builder.image.store import Store
 from builder.parse import parse_buildfile
 from builder.plan.planner import Plan, make_plan

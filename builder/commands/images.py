@@ -10,57 +10,20 @@ holder, so a killed build never leaves an image stuck "in use".
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
 import sys
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import Sequence, TextIO
 
 from builder.errors import BuildError, ImageNotFound, StoreError
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference, split_tag
+from builder.image.inuse import image_in_use
 from builder.image.store import ImageRecord, Store
 
 NONE = "<none>"
 CREATED_BY_WIDTH = 45
-
-
-# --- the "in use" marker ------------------------------------------------------------------------------
-
-
-def _lock_path(store: Store, manifest_digest: str) -> Path:
-    return Path(store.root) / "locks" / manifest_digest
-
-
-@contextmanager
-def hold_image(store: Store, manifest_digest: str) -> Iterator[None]:
-    """Mark an image as in use (by a build) while the block runs; see the module docstring."""
-    path = _lock_path(store, manifest_digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
-
-
-def image_in_use(store: Store, manifest_digest: str) -> bool:
-    path = _lock_path(store, manifest_digest)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops our probe lock too
-    return False
 
 
 # --- formatting ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ the threads spend their time waiting.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -14,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.errors import BuildError, ImageNotFound, PlanError
+from builder.errors import BuildError, ImageNotFound
+from builder.image.inuse import hold_image
 from builder.image.store import Store
 from builder.parse import ast
 from builder.parse.expand import expand_word
 from builder.plan.planner import SCRATCH, Plan, Stage
 from builder.plan.render import summary
-from builder.plan.platforms import PROXY_ARGS, platform_args
+from builder.plan.platforms import platform_args
 from builder.progress import Event
 from builder.solve import cache as cache_keys
 from builder.solve.metadata import apply_metadata
@@ -50,6 +52,8 @@ class BuildSession:
     stage_states: dict[int, ImageState] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     step_counter: int = 0
+    # Images this build reads stay "in use" until it ends, so `rmi` cannot delete them under it.
+    held_images: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def emit(self, event: Event) -> None:
         if self.options.on_event is not None:
@@ -59,6 +63,10 @@ class BuildSession:
         with self.lock:
             self.step_counter += 1
             return self.step_counter
+
+    def hold(self, manifest_digest: str) -> None:
+        with self.lock:
+            self.held_images.enter_context(hold_image(self.store, manifest_digest))
 
     def created(self) -> str:
         if self.options.source_date_epoch is not None:
@@ -75,8 +83,8 @@ class Solver:
 
     def solve(self) -> tuple[ImageState, list[StepResult]]:
         total = sum(1 + len(self.plan.stages[index].instructions) for index in self.plan.order)
-        with self.store.tempdir("b") as work_dir:
-            session = BuildSession(self.store, self.plan, self.options, Path(work_dir), total)
+        with self.store.tempdir("b") as work_dir, contextlib.ExitStack() as held_images:
+            session = BuildSession(self.store, self.plan, self.options, Path(work_dir), total, held_images=held_images)
             futures: dict[int, Future[ImageState]] = {}
             with ThreadPoolExecutor(max_workers=max(1, min(4, len(self.plan.order)))) as pool:
                 for index in self.plan.order:
@@ -135,7 +143,8 @@ class Solver:
         if stage.base.lower() == SCRATCH:
             state.chain = cache_keys.step_key("scratch", {"platform": str(target)})
         else:
-            record = self._load_base(stage)
+            record = self._load_base(stage, target)
+            session.hold(record.manifest_digest)
             config = record.config
             state.config = dict(config.get("config") or {})
             state.history = list(config.get("history") or [])
@@ -150,7 +159,7 @@ class Solver:
         state.args = {}
         return state
 
-    def _load_base(self, stage: Stage):
+    def _load_base(self, stage: Stage, platform):
         try:
             if self.options.pull:
                 raise ImageNotFound("pull requested")
@@ -169,7 +178,7 @@ class Solver:
                 hint="add it with `builder import ROOTFS.tar NAME`, `builder load -i FILE` or `builder pull NAME`",
             )
         try:
-            return pull(self.store, stage.base, insecure=self.options.insecure_registries)
+            return pull(self.store, stage.base, platform=str(platform), insecure=self.options.insecure_registries)
         except BuildError as error:
             if error.pos is None:
                 error.pos = stage.from_instruction.pos

@@ -87,7 +87,7 @@ class StepRunner:
         source_root, from_identity = self._source_root(instruction, from_value)
         file_sources = [source for source in sources if not _is_heredoc_word(source, heredoc_names)]
         local_sources = [source for source in file_sources if not _is_url(source)]
-        context = BuildContext(source_root, self._ignore() if from_value is None else IgnoreMatcher.from_lines([]))
+        context = BuildContext(source_root, self._ignore()) if from_value is None else BuildContext.for_rootfs(source_root)
         if local_sources:
             selected = context.select(local_sources, pos=instruction.pos)
             sources_digest = context.content_digest(selected, self._stat_cache()) if from_identity is None else from_identity
@@ -156,6 +156,7 @@ class StepRunner:
                 source_state = self.session.stage_states[referenced]
             return self._flattened(f"stage{referenced}", source_state.layers), "stage:" + source_state.chain
         record = self._load_image(from_value, instruction)
+        self.session.hold(record.manifest_digest)
         from builder.solve.solver import _layers_of
 
         layers = _layers_of(record.manifest, record.config)
@@ -176,7 +177,8 @@ class StepRunner:
                     source_line=instruction.source.splitlines()[0],
                     hint="name an earlier stage, or load the image into the store first",
                 ) from None
-            return pull(self.store, name, insecure=self.options.insecure_registries)
+            platform = self.stage.platform or self.session.plan.target_platform
+            return pull(self.store, name, platform=str(platform), insecure=self.options.insecure_registries)
 
     def _flattened(self, name: str, layers: list[LayerRef]) -> Path:
         from builder.snapshot.view import flatten
@@ -262,7 +264,7 @@ class StepRunner:
 
     def _execute_copy(self, instruction: ast.Copy | ast.Add, state: ImageState, work: Path) -> Path:
         from builder.snapshot.view import LayeredView
-        from builder.solve.copy import stage_copy
+        from builder.solve.copy import stage_copy, view_dir_meta, view_resolver
 
         pending = self._pending.pop(id(instruction))
         lower = self._lower_dirs(state)
@@ -286,6 +288,8 @@ class StepRunner:
             is_add=isinstance(instruction, ast.Add),
             heredocs=pending["heredocs"],
             checksum=getattr(instruction, "checksum", None),
+            resolve_image_path=view_resolver(view),
+            image_dir_meta=view_dir_meta(view),
         )
         return staging
 

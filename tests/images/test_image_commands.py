@@ -8,7 +8,8 @@ import tarfile
 
 import pytest
 
-from builder.commands.images import hold_image, human_duration, human_size
+from builder.commands.images import human_duration, human_size
+from builder.image.inuse import hold_image
 from image_cmd_helpers import add_image
 
 
