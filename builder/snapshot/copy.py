@@ -9,19 +9,24 @@ upper dir:
 - a directory made where the parent image had an entry (e.g. `rm -rf d && mkdir d`) is opaque,
   as overlay marks a directory created over a whiteout;
 - the parent directories of included entries are included with their current metadata.
-Known limit: overlay also copies a file up when it is merely opened for writing; a copy
-cannot see an open that changed nothing.
+Known limits: overlay also copies a file up when it is merely opened for writing; a copy
+cannot see an open that changed nothing. Times: entries that are only copied up (a chmod, the
+parents of a changed file) keep their exact mtimes in both snapshotters; a directory whose
+entries the command changed gets the time of that change, which differs between two runs of
+the same command whichever snapshotter runs it (the layer writer clamps it to
+SOURCE_DATE_EPOCH when one is set, which makes layers reproducible).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 from typing import Sequence
 
 from builder.errors import SandboxError
-from builder.snapshot.base import ActiveSnapshot, prepare_dest
+from builder.snapshot.base import ActiveSnapshot, coarse_clock_after, prepare_dest
 from builder.snapshot.btime import birth_time_ns
 from builder.snapshot.view import OPAQUE_XATTR, LayeredView, copy_metadata, flatten, image_xattrs
 
@@ -38,6 +43,9 @@ class CopySnapshot(ActiveSnapshot):
                 dir_inodes=self.dir_inodes)
         if not self.lower_dirs:
             os.chmod(self._rootfs, 0o755)
+        # Changes are told by ctime: everything the copy itself did must be older than this.
+        self.started_ns = time.time_ns()
+        coarse_clock_after(self.started_ns)
 
     @property
     def rootfs(self) -> Path:
@@ -66,6 +74,7 @@ class _DiffWriter:
         self.same_fs = False
         self.made_dirs: list[tuple[str, ...]] = []  # dest dirs, to fix metadata at the end
         self.opaque: set[tuple[str, ...]] = set()
+        self.copied_inodes: dict[int, Path] = {}  # keeps hardlink groups when copying across file systems
 
     def run(self) -> None:
         self.dest.mkdir()
@@ -162,6 +171,12 @@ class _DiffWriter:
             # A link keeps content, metadata and hardlink groups at no cost (the rootfs goes away).
             os.link(host, target, follow_symlinks=False)
             return
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            first = self.copied_inodes.get(st.st_ino)
+            if first is not None:
+                os.link(first, target, follow_symlinks=False)
+                return
+            self.copied_inodes[st.st_ino] = target
         if stat.S_ISREG(st.st_mode):
             shutil.copyfile(host, target, follow_symlinks=False)
         elif stat.S_ISLNK(st.st_mode):

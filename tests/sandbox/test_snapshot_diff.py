@@ -184,3 +184,44 @@ def test_lower_whiteouts_and_opaque_dirs_are_respected(runner, tmp_path, busybox
     for diff in run_both(runner, [busybox_layer, data_layer, top], script):
         assert (diff / "listing").read_text() == "only\n"
         assert stat.S_ISCHR(entry(diff, "data/sub/only").st_mode)
+
+
+def test_diff_without_a_run_is_empty(tmp_path, busybox_layer, data_layer):
+    from builder.snapshot import prepare
+
+    for kind in ("overlay", "copy"):
+        snap = prepare([busybox_layer, data_layer], tmp_path / f"w-{kind}", kind)
+        try:
+            snap.diff(tmp_path / f"d-{kind}")
+        finally:
+            snap.cleanup()
+        assert names(tmp_path / f"d-{kind}") == set()
+
+
+def test_diff_to_another_file_system(tmp_path, busybox_layer, data_layer):
+    """The diff can be written across file systems (here tmpfs) with the same result."""
+    import shutil
+    import tempfile
+
+    from builder.sandbox import run
+    from builder.snapshot import prepare
+
+    script = ("rm -rf /data/sub && mkdir /data/sub && echo a > /data/sub/a && ln /data/sub/a /data/sub/b"
+              " && rm /data/keep.txt && chmod 600 /data/mode.txt")
+    other = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        results = {}
+        for kind in ("overlay", "copy"):
+            snap = prepare([busybox_layer, data_layer], tmp_path / f"w-{kind}", kind)
+            try:
+                assert run(snap, ["/bin/sh", "-c", script], env={}, workdir="/", user=None,
+                           on_output=lambda b: None) == 0
+                snap.diff(other / kind)
+                results[kind] = listing(other / kind, since_ns=snap.started_ns)
+            finally:
+                snap.cleanup()
+        assert results["overlay"] == results["copy"]
+        assert os.getxattr(other / "overlay/data/sub", "trusted.overlay.opaque") == b"y"
+        assert os.lstat(other / "copy/data/sub/a").st_ino == os.lstat(other / "copy/data/sub/b").st_ino
+    finally:
+        shutil.rmtree(other)
