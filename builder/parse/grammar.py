@@ -15,8 +15,9 @@ from lark import Lark
 
 GRAMMAR_FILE = "buildfile.lark"
 
-# The single definition the backtick escape mode swaps out (see the grammar's comment on _ESC).
+# The two definitions the backtick escape mode swaps (see the grammar's comment on _ESC).
 _ESC_DEFINITION = re.compile(r'^_ESC: "\\\\"$', re.MULTILINE)
+_OTHER_ESC_DEFINITION = re.compile(r'^_OTHER_ESC: "`"$', re.MULTILINE)
 
 _parsers: dict[str, Lark] = {}
 _lock = threading.Lock()
@@ -35,10 +36,11 @@ def _grammar_for_escape(escape: str) -> str:
     text = grammar_text()
     if escape == "\\":
         return text
-    replaced, count = _ESC_DEFINITION.subn(lambda _m: '_ESC: "`"', text)
-    if count != 1:  # the grammar and this loader have drifted apart: a bug, not a user error
-        raise RuntimeError("grammar/buildfile.lark must define _ESC exactly once as \"\\\\\"")
-    return replaced
+    text, swapped_escape = _ESC_DEFINITION.subn(lambda _m: '_ESC: "`"', text)
+    text, swapped_other = _OTHER_ESC_DEFINITION.subn(lambda _m: '_OTHER_ESC: "\\\\"', text)
+    if (swapped_escape, swapped_other) != (1, 1):  # grammar and loader drifted apart: a bug
+        raise RuntimeError("grammar/buildfile.lark must define _ESC and _OTHER_ESC exactly once")
+    return text
 
 
 def get_parser(escape: str = "\\") -> Lark:

@@ -152,6 +152,8 @@ def parse_duration(text: str) -> int | None:
             return None
         total += float(match.group(1)) * _NANOS[match.group(2)]
         position = match.end()
+    if total >= 2**63:  # Go's time.Duration is an int64: larger is "invalid duration"
+        return None
     return int(sign * total)
 
 
@@ -337,7 +339,7 @@ class _AstBuilder:
         if text.startswith("["):
             try:
                 decoded = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON (or absurdly nested): shell form
                 decoded = None
             if isinstance(decoded, list):  # a JSON array, but not of strings only
                 raise self.error(
@@ -345,6 +347,13 @@ class _AstBuilder:
                     token.start_pos, 'quote every element, e.g. ["echo", "1"]',
                 )
         return ast.ShellCommand(text)
+
+    def json_list(self, token: Token) -> list[str]:
+        """A JSON_ARRAY token's strings (the grammar only lets a flat list of JSON strings through)."""
+        try:
+            return json.loads(str(token))
+        except ValueError as failure:
+            raise self.error(f"invalid JSON: {failure}", token.start_pos, 'write a JSON list of strings: ["a", "b"]') from None
 
     # ---- handlers, one per keyword ------------------------------------------------------
 
@@ -428,7 +437,7 @@ class _AstBuilder:
 
     def file_args(self, tree: Tree, keyword: Token) -> tuple[tuple[str, ...], str, bool]:
         if tree.data == "json_files":
-            items = json.loads(str(tree.children[0]))
+            items = self.json_list(tree.children[0])
             if len(items) < 2:
                 raise self.error(MISSING[keyword.type], keyword.start_pos, f"usage: {USAGE[keyword.type]}")
             return tuple(items[:-1]), items[-1], True
@@ -461,7 +470,7 @@ class _AstBuilder:
     def _volume(self, tree, keyword, flags, common):
         tokens = tree.children[2:]
         if len(tokens) == 1 and tokens[0].type == "JSON_ARRAY":
-            paths = tuple(json.loads(str(tokens[0])))
+            paths = tuple(self.json_list(tokens[0]))
             if not paths:
                 raise self.error("VOLUME requires at least one argument", keyword.start_pos, f"usage: {USAGE['VOLUME']}")
         else:
@@ -533,7 +542,7 @@ class _AstBuilder:
         return ast.Healthcheck(**common, command=self.command(tree.children[3]), retries=retries, **durations)
 
     def _shell(self, tree, keyword, flags, common):
-        argv = tuple(json.loads(str(tree.children[2])))
+        argv = tuple(self.json_list(tree.children[2]))
         if not argv:
             raise self.error("SHELL requires at least one argument", keyword.start_pos, f"usage: {USAGE['SHELL']}")
         return ast.Shell(**common, argv=argv)
