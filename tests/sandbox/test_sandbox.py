@@ -237,3 +237,30 @@ def test_stdin_is_empty_by_default(busybox_layer, tmp_path):
 def test_unknown_network_mode(busybox_layer, tmp_path):
     with pytest.raises(SandboxError):
         run_in([busybox_layer], tmp_path / "w", ["true"], network="bridge")
+
+
+def test_file_bind(busybox_layer, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret\n")
+    snap = prepare([busybox_layer], tmp_path / "w", "copy")
+    chunks: list[bytes] = []
+    try:
+        status = run(snap, ["cat", "/run/secrets/token"], env={}, workdir="/", user=None,
+                     on_output=chunks.append, extra_binds=[Bind(secret, "/run/secrets/token")])
+        snap.diff(tmp_path / "diff")
+    finally:
+        snap.cleanup()
+    assert (status, b"".join(chunks)) == (0, b"s3cret\n")
+    assert os.listdir(tmp_path / "diff") == []  # neither the file nor /run made for it
+
+
+def test_parallel_sandboxes(busybox_layer, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(index: int) -> tuple[int, str]:
+        return run_in([busybox_layer], tmp_path / f"w{index}", sh(f"sleep 0.2; echo {index}; hostname"),
+                      "overlay" if index % 2 else "copy", hostname=f"h{index}")
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(4)))
+    assert results == [(0, f"{i}\nh{i}\n") for i in range(4)]
