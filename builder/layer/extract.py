@@ -128,8 +128,10 @@ class _Target:
                     os.setxattr(target, key, value)
                 else:
                     os.setxattr(target, key, value, follow_symlinks=False)
-            except PermissionError:
-                if self._is_root:
+            except OSError as err:
+                # As Docker does: file systems without (user) xattrs, and symlinks, which
+                # refuse user.* xattrs, lose them rather than failing the whole layer.
+                if err.errno not in (errno.ENOTSUP, errno.EPERM):
                     raise
 
     def _meta_on_fd(self, fd: int, meta: EntryMeta) -> None:
@@ -342,6 +344,8 @@ def _extract_member(target: _Target, info: tarfile.TarInfo, content: BinaryIO | 
     if base == OPAQUE_MARKER:
         target.opaque(parts[:-1])
         return
+    if any(part.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX) for part in parts):
+        return  # other `.wh..wh.` names are aufs bookkeeping (e.g. `.wh..wh..plnk/`): no content
     if base.startswith(WHITEOUT_PREFIX):
         name = base[len(WHITEOUT_PREFIX) :]
         if not name or name in (".", ".."):

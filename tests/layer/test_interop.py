@@ -81,3 +81,15 @@ def test_huge_sizes_go_into_pax_records() -> None:
     assert b" size=9663676416\n" in header
     parsed = tarfile.TarInfo.frombuf(header[512 * 2 : 512 * 3], "utf-8", "surrogateescape")
     assert parsed.name == "big"
+
+
+def test_aufs_metadata_entries_are_skipped_and_symlink_user_xattrs_tolerated(tmp_path: Path) -> None:
+    link = member("link", tarfile.SYMTYPE, linkname="target")
+    link.pax_headers = {"SCHILY.xattr.user.note": "x"}  # Linux refuses user.* on symlinks
+    blob = make_tar([
+        (member(".wh..wh..plnk/", tarfile.DIRTYPE, mode=0o700), None),
+        (member(".wh..wh..plnk/123.456"), b"aufs"),
+        (link, None),
+    ])
+    unpack_layer(io.BytesIO(blob), tmp_path)
+    assert os.listdir(tmp_path) == ["link"]
