@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import re
 import shlex
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
@@ -510,30 +510,53 @@ def apply_changes(config: dict, changes: Sequence[str]) -> None:
             runtime["StopSignal"] = value
 
 
+def _newest_mtime(root: Path) -> int:
+    """The latest mtime below `root` (its own is not part of a layer): depends only on the rootfs."""
+    newest = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            try:
+                newest = max(newest, int(os.lstat(os.path.join(dirpath, name)).st_mtime))
+            except FileNotFoundError:
+                continue
+    return newest
+
+
 def import_rootfs(store: Store, source: Path | str, ref: str | None = None, *, changes: Sequence[str] = (),
                   message: str | None = None, platform: oci.Platform | None = None,
                   compression: str = "gzip", source_date_epoch: int | None = None) -> ImageRecord:
-    """Like `docker import`: a rootfs tar (any compression) or directory becomes a one-layer image."""
+    """Like `docker import`: a rootfs tar (any compression) or directory becomes a one-layer image.
+
+    Deterministic: the layer goes through write_layer, and the image's `created` time is
+    SOURCE_DATE_EPOCH when set, else the newest mtime in the rootfs (not the time of the import),
+    so importing the same rootfs twice gives the same image digest."""
     source = Path(source)
     if source_date_epoch is None:
         source_date_epoch = oci.source_date_epoch_from_env()
-    created = oci.format_time(source_date_epoch if source_date_epoch is not None else time.time())
+
+    def config_for(root: Path, diff_id: str) -> dict:
+        when = source_date_epoch if source_date_epoch is not None else _newest_mtime(root)
+        created = oci.format_time(when)
+        return oci.make_image_config(
+            platform=platform, created=created, diff_ids=[diff_id],
+            history=[oci.history_entry("", created=created, comment=message or f"Imported from {source.name}")],
+        )
+
     if source.is_dir():
         digests = store.put_layer_from_dir(source, compression=compression, source_date_epoch=source_date_epoch)
+        config = config_for(source, digests.diff_id)
     elif source.is_file():
         with store.tempdir(prefix="import-") as work:
             root = work / "rootfs"
             root.mkdir(mode=0o755)
             with open(source, "rb") as f:
                 unpack_layer(f, root)
+            config = config_for(root, "")
             digests = store.put_layer_from_dir(root, compression=compression,
                                                source_date_epoch=source_date_epoch, adopt=True)
+            config["rootfs"]["diff_ids"] = [digests.diff_id]
     else:
         raise ArchiveError(f"cannot import {source}: no such file or directory")
-    config = oci.make_image_config(
-        platform=platform, created=created, diff_ids=[digests.diff_id],
-        history=[oci.history_entry("", created=created, comment=message or f"Imported from {source.name}")],
-    )
     apply_changes(config, changes)
     layer = oci.Descriptor(digests.media_type, digests.digest, digests.size)
     record = store.save_image(oci.make_manifest_for_config(config, [layer]), config)

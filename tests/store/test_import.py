@@ -258,3 +258,13 @@ def test_oci_layout_holding_docker_manifest_is_rebuilt_as_oci(target, store, arc
     assert image.manifest["mediaType"] == oci.OCI_MANIFEST
     assert image.config_digest == record.config_digest
     assert [layer["mediaType"] for layer in image.manifest["layers"]] == [oci.OCI_LAYER_GZIP] * 3
+
+
+def test_import_without_epoch_is_still_deterministic(busybox_tar, tmp_path):
+    """created comes from the rootfs (newest mtime), not from the clock."""
+    from fixtures.busybox import FIXED_MTIME
+
+    a = import_rootfs(Store.open(tmp_path / "a"), busybox_tar, "bb")
+    b = import_rootfs(Store.open(tmp_path / "b"), busybox_tar, "bb")
+    assert a.manifest_digest == b.manifest_digest
+    assert a.config["created"] == oci.format_time(FIXED_MTIME)
