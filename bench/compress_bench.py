@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -98,14 +100,9 @@ def _write_layer(src: Path, compression: str, threads: int) -> int:
 
 
 def _pipeline(src: Path, compressor: str) -> int:
-    cmd = f"tar -C {shlex_quote(str(src))} -cf - . | {compressor} | wc -c"
+    cmd = f"tar -C {shlex.quote(str(src))} -cf - . | {compressor} | wc -c"
     result = subprocess.run(cmd, shell=True, capture_output=True, text=True, check=True)
     return int(result.stdout.strip())
-
-
-def shlex_quote(text: str) -> str:
-    import shlex
-    return shlex.quote(text)
 
 
 def main() -> int:
@@ -126,8 +123,8 @@ def main() -> int:
         generate(src, args.size_mib)
     try:
         # Warm the page cache and measure the tar size once.
-        tar_seconds, tar_size = _time(lambda: _write_layer(src, "uncompressed", 1))
-        runs: list[tuple[str, str, callable]] = [
+        _, tar_size = _time(lambda: _write_layer(src, "uncompressed", 1))
+        runs: list[tuple[str, str, Callable[[], int]]] = [
             ("write_layer uncompressed", "1", lambda: _write_layer(src, "uncompressed", 1)),
             ("write_layer gzip -6", "1", lambda: _write_layer(src, "gzip", 1)),
             ("write_layer gzip -6", str(cores), lambda: _write_layer(src, "gzip", cores)),

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.layer import apply_layer, apply_layer_dir, unpack_layer, write_layer
+from builder.layer import apply_layer, apply_layer_dir, unpack_layer
 
-from .conftest import CAPABILITY, EPOCH, OLD_MTIME, build_tree, layer_bytes, requires_root
+from .conftest import CAPABILITY, EPOCH, OLD_MTIME, layer_bytes, requires_root
 
 pytestmark = requires_root
 

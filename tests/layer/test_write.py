@@ -21,7 +21,7 @@ from builder.layer import (
     write_layer,
 )
 
-from .conftest import CAPABILITY, EPOCH, LONG_DIR, LONG_FILE, OLD_MTIME, build_tree, entries_of, layer_bytes, requires_root
+from .conftest import CAPABILITY, EPOCH, LONG_DIR, LONG_FILE, OLD_MTIME, entries_of, layer_bytes, requires_root
 
 pytestmark = requires_root
 
