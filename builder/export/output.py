@@ -121,8 +121,17 @@ def write_output(store: Store, manifest_digest: str, spec: OutputSpec, tags: Seq
         for name in names:
             store.tag(name, manifest_digest)
     else:
-        raise OutputError(f"output type {spec.type} is a registry push, which write_output does not do",
-                          hint="push with builder.registry")
+        _push(store, manifest_digest, spec)
+
+
+def _push(store: Store, manifest_digest: str, spec: OutputSpec) -> None:
+    """type=registry: push to every name= (the other names/tags of the build are not pushed)."""
+    from builder.registry.push import push_image
+
+    insecure = _bool("insecure", spec.attrs["insecure"], "output") if "insecure" in spec.attrs else False
+    for name in spec.names:
+        hosts = [parse_reference(name).registry] if insecure else []
+        push_image(store, manifest_digest, name, insecure=hosts)
 
 
 def _dest(spec: OutputSpec) -> Path | str:

@@ -219,8 +219,6 @@ def test_write_output_each_type(store, three_layer_image, tmp_path):
     assert [m.name for m in members(tmp_path / "r.tar")] == ["a", "b", "dir", "dir/z"]
     write_output(store, digest, parse_output_spec(str(tmp_path / "loc")))
     check_flattened(tmp_path / "loc")
-    with pytest.raises(OutputError):
-        write_output(store, digest, parse_output_spec("type=registry,name=localhost:5000/a"))
 
 
 def test_oci_ref_names_stay_unique(store, three_layer_image, tmp_path):
@@ -232,3 +230,11 @@ def test_oci_ref_names_stay_unique(store, three_layer_image, tmp_path):
     assert json.loads(run("skopeo", "inspect", f"oci:{layout}:b:1"))["Digest"] == three_layer_image.manifest_digest
     other = Store.open(tmp_path / "other")
     assert [t for t, _ in load_archive(other, layout)] == ["a:1", "b:1"]
+
+
+def test_write_output_registry_pushes(store, three_layer_image, local_registry):
+    spec = parse_output_spec(f"type=registry,name={local_registry}/team/app:1,insecure=true")
+    write_output(store, three_layer_image.manifest_digest, spec, ["app:1"])
+    pushed = json.loads(run("skopeo", "inspect", "--tls-verify=false", f"docker://{local_registry}/team/app:1"))
+    assert pushed["Digest"] == three_layer_image.manifest_digest
+    assert pushed["Layers"] == layer_digests(three_layer_image)
