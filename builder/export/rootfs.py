@@ -1,7 +1,6 @@
 """Export an image's final file system, layers applied in order with whiteouts honoured."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from builder.errors import OutputError

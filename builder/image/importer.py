@@ -16,7 +16,7 @@ import shlex
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Sequence
+from typing import Any, BinaryIO, Sequence
 
 from builder.errors import ArchiveError, BuildError, StoreError
 from builder.image import oci

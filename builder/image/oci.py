@@ -11,7 +11,7 @@ import json
 import os
 import platform as _platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -341,11 +341,3 @@ def manifest_layers(manifest: Mapping[str, Any]) -> list[Descriptor]:
 def manifest_config(manifest: Mapping[str, Any]) -> Descriptor:
     return Descriptor.from_json(manifest["config"])
 
-
-@dataclass
-class LayerInfo:
-    """A layer as the store knows it: compressed blob descriptor plus uncompressed diff_id."""
-
-    descriptor: Descriptor
-    diff_id: str
-    extra: dict[str, Any] = field(default_factory=dict)

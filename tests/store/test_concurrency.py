@@ -1,5 +1,4 @@
 """Several builder processes on one store at once."""
-import json
 import subprocess
 import sys
 import textwrap

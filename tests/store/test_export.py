@@ -1,7 +1,6 @@
 """Exports: OCI layout (dir/tar), docker-archive, flattened tar and dir; checked with skopeo/umoci."""
 import hashlib
 import json
-import os
 import subprocess
 import tarfile
 from pathlib import Path

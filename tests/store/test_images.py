@@ -1,6 +1,5 @@
 """Image records, tags, lookups, the step cache, gc and fsck."""
 import os
-from pathlib import Path
 
 import pytest
 

@@ -7,7 +7,7 @@ import pytest
 from builder.errors import StoreError
 from builder.image import oci
 
-from storehelpers import build_image, make_tree, opaque, whiteout
+from storehelpers import build_image, make_tree, whiteout
 
 
 def test_snapshot_dirs_hold_layers_in_upper_format(store, three_layer_image):
