@@ -1,0 +1,84 @@
+"""The grammar ships in the wheel: build it, install it in a fresh venv, parse from outside the repo."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from builder.parse import parse_buildfile
+from builder.parse.dump import ast_to_data
+
+from ._data import REPO
+
+BUILDFILE = """# escape=`
+FROM --platform=linux/amd64 alpine:3.19 AS base
+RUN --mount=type=cache,target=/var/cache/apk `
+    apk add curl
+COPY <<EOF /etc/motd
+hello
+EOF
+HEALTHCHECK --interval=5s CMD ["true"]
+"""
+
+PROBE = """
+import json, sys
+import builder.parse
+from builder.parse import parse_buildfile
+from builder.parse.dump import ast_to_data
+text = open("Buildfile", encoding="utf-8").read()
+print(json.dumps({"module": builder.parse.__file__, "ast": ast_to_data(parse_buildfile(text))}))
+"""
+
+
+def _run(args, **kwargs):
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600, **kwargs)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _pyproject_packages_grammar() -> bool:
+    """Whether pyproject.toml lists builder.grammar (packages.find cannot discover it)."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = config.get("tool", {}).get("setuptools", {}).get("packages", [])
+    return isinstance(packages, list) and "builder.grammar" in packages
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_parses_outside_the_repo(tmp_path, request):
+    if not _pyproject_packages_grammar():
+        # Known packaging gap, reported to the integrator: until pyproject.toml lists
+        # builder.grammar, the wheel has no grammar and this must fail (strict xfail).
+        request.applymarker(pytest.mark.xfail(strict=True, reason="pyproject.toml does not package builder.grammar"))
+
+    source = tmp_path / "src"  # build from a copy so the checkout gets no build/ or egg-info
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for name in ("builder", "grammar"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    python = str(venv / "bin" / "python")
+    has_wheel = subprocess.run([python, "-c", "import wheel"], capture_output=True).returncode == 0
+    if not has_wheel:  # setuptools needs the `wheel` package for bdist_wheel
+        _run([python, "-m", "pip", "install", "--quiet", "wheel"])
+
+    dist = tmp_path / "dist"
+    _run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)])
+    wheels = list(dist.glob("builder-*.whl"))
+    assert len(wheels) == 1
+    _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheels[0])])
+
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    (workdir / "Buildfile").write_text(BUILDFILE, encoding="utf-8")
+    result = _run([python, "-c", PROBE], cwd=workdir)
+    reported = json.loads(result.stdout)
+    assert reported["module"].startswith(str(venv))  # the installed copy, not the checkout
+    assert reported["ast"] == ast_to_data(parse_buildfile(BUILDFILE))
+    assert reported["ast"]["escape"] == "`"
