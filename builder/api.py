@@ -110,6 +110,7 @@ def build(
     network: str = "host",
     pull: bool = False,
     insecure_registries: Sequence[str] = (),
+    secrets: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> BuildResult:
     """Build an image from a Buildfile and a context directory.
 
@@ -161,6 +162,7 @@ def build(
         network=network,
         pull=pull,
         insecure_registries=tuple(insecure_registries),
+        secrets={name: Path(path) for name, path in (secrets or {}).items()},
         on_event=on_event,
     )
     store = Store.open(root)

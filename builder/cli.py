@@ -61,6 +61,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pull", action="store_true", help="pull base images even when the store has them")
     parser.add_argument("--push", action="store_true", help="push every tag after the build")
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]", help="allow plain HTTP to this registry")
+    parser.add_argument("--secret", action="append", default=[], metavar="id=ID,src=PATH",
+                        help="a file RUN --mount=type=secret can read; never stored in the image or cache")
     parser.add_argument("--print-plan", nargs="?", const="text", choices=["text", "dot"], help="print the plan and stop")
     parser.add_argument("--print-ast", action="store_true", help="print the parsed Buildfile as JSON and stop")
 
@@ -80,6 +82,7 @@ def _parse_pairs(values: Sequence[str], what: str, from_env: bool = False) -> di
 def run_build(args: argparse.Namespace) -> int:
     from builder import api
     from builder.progress import make_progress
+    from builder.solve.mounts import parse_secret_spec
 
     context = Path(args.context)
     buildfile_text = None
@@ -127,6 +130,7 @@ def run_build(args: argparse.Namespace) -> int:
         network=args.network,
         pull=args.pull,
         insecure_registries=args.insecure_registry,
+        secrets=dict(parse_secret_spec(spec) for spec in args.secret),
     )
     pushed = _push_results(args, result, [spec for spec in outputs if spec.startswith("type=registry")])
     if args.explain_cache:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import re
 import sys
 
@@ -80,8 +82,25 @@ def prune_cache(store: Store, *, everything: bool, keep_storage: int | None) -> 
                 counted |= own
     for key in doomed:
         store.cache_delete(key)
+    _remove_idle_step_locks(store)
     result = store.gc(min_age=0)
     return len(doomed), result.freed_bytes
+
+
+def _remove_idle_step_locks(store: Store) -> None:
+    """Step locks (one per step a build ran) are kept while some build may wait on them."""
+    for path in store.locks_dir.glob("step-*"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+        except BlockingIOError:
+            continue
+        finally:
+            os.close(fd)
 
 
 def disk_usage(store: Store) -> dict[str, dict[str, int]]:

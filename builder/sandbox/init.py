@@ -161,6 +161,9 @@ def setup(spec: dict) -> None:
 def enter(spec: dict) -> None:
     workdir = spec.get("workdir") or "/"
     uid, gid = spec.get("uid", 0), spec.get("gid", 0)
+    # The container's umask is Docker's 0022 whatever the builder's is: layers must not
+    # depend on the umask of whoever ran the build.
+    os.umask(0o022)
     if not os.path.isdir(workdir):
         try:
             make_workdir(workdir, uid, gid)

@@ -84,6 +84,8 @@ class OverlaySnapshot(ActiveSnapshot):
         root = self.view.entry(())
         if root is not None:
             copy_metadata(root[0], self.upper, root[1])
+        else:
+            os.chmod(self.upper, 0o755)  # not the builder's umask
 
     @property
     def rootfs(self) -> Path:

@@ -28,6 +28,7 @@ class BuildOptions:
     network: str = "host"  # default network mode of RUN steps
     pull: bool = False
     insecure_registries: tuple[str, ...] = ()
+    secrets: dict[str, Path] = field(default_factory=dict)  # RUN --mount=type=secret sources by id
     on_event: EventCallback | None = None
 
 

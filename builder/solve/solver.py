@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -221,9 +223,37 @@ class Solver:
         key = cache_keys.step_key(parent_chain, {k: v for k, v in components.items() if k != "config"})
         lineage = cache_keys.lineage_key(str(self.options.buildfile_name), stage.label, step_index)
         no_cache = self.options.no_cache or (stage.name or "") in self.options.no_cache_filter or str(stage.index) in self.options.no_cache_filter
-        cached = None if no_cache else self.store.cache_get(key)
+        cached = None if no_cache else self._cached(key)
+        step_lock: int | None = None
+        if cached is None and not no_cache:
+            # Another build may be running this very step: wait for it, then take its result.
+            step_lock = self._lock_step(key)
+            cached = self._cached(key)
+        try:
+            self._finish_step(session, runner, stage, state, instruction, number, text, started, components,
+                              created_by, parent_chain, key, lineage, no_cache, cached)
+        finally:
+            if step_lock is not None:
+                os.close(step_lock)
+
+    def _cached(self, key: str) -> dict | None:
+        cached = self.store.cache_get(key)
         if cached is not None and not all(self.store.has_blob(layer["digest"]) for layer in cached["state"]["layers"]):
-            cached = None
+            return None
+        return cached
+
+    def _lock_step(self, key: str) -> int:
+        path = self.store.locks_dir / ("step-" + key.removeprefix("sha256:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _finish_step(
+        self, session: BuildSession, runner: StepRunner, stage: Stage, state: ImageState,
+        instruction: ast.Instruction, number: int, text: str, started: float, components: dict[str, Any],
+        created_by: str, parent_chain: str, key: str, lineage: str, no_cache: bool, cached: dict | None,
+    ) -> None:
         if cached is not None:
             state.restore_json(cached["state"])
             state.chain = key

@@ -17,6 +17,7 @@ from builder.plan.dockerignore import IgnoreMatcher
 from builder.plan.platforms import PROXY_ARGS
 from builder.progress import Event
 from builder.solve.metadata import command_argv, json_list
+from builder.solve.mounts import MountSetup, plan_mounts
 from builder.solve.state import ImageState, LayerRef
 
 if TYPE_CHECKING:
@@ -25,6 +26,21 @@ if TYPE_CHECKING:
 
 Expand = Callable[[str], str]
 OUTPUT_TAIL_LINES = 15
+
+
+class Source:
+    """A place files are read from; `identity` stands for its content in cache keys (None for the
+    context, whose selected files are hashed instead), `context()` gives it as a BuildContext."""
+
+    def __init__(self, identity: str | None, make_context: Callable[[], BuildContext]) -> None:
+        self.identity = identity
+        self._make_context = make_context
+        self._context: BuildContext | None = None
+
+    def context(self) -> BuildContext:
+        if self._context is None:
+            self._context = self._make_context()
+        return self._context
 
 
 class StepRunner:
@@ -40,11 +56,11 @@ class StepRunner:
     # --- cache components -----------------------------------------------------------------
     def components(self, instruction: ast.Instruction, state: ImageState, expand: Expand) -> dict[str, Any]:
         if isinstance(instruction, ast.Run):
-            return self._run_components(instruction, state)
+            return self._run_components(instruction, state, expand)
         assert isinstance(instruction, (ast.Copy, ast.Add))
         return self._copy_components(instruction, state, expand)
 
-    def _run_components(self, instruction: ast.Run, state: ImageState) -> dict[str, Any]:
+    def _run_components(self, instruction: ast.Run, state: ImageState, expand: Expand) -> dict[str, Any]:
         argv = run_argv(instruction, state.shell())
         env = state.run_env()
         network = instruction.network or self.options.network
@@ -60,6 +76,14 @@ class StepRunner:
         used_args = {name: value for name, value in state.args.items() if name not in PROXY_ARGS and name not in state.env()}
         prefix = f"|{len(used_args)} " + " ".join(f"{k}={v}" for k, v in sorted(used_args.items())) + " " if used_args else ""
         created_by = f"RUN {prefix}{' '.join(argv) if isinstance(instruction.command, ast.ShellCommand) else json_list(argv)} # buildkit"
+        mounts = plan_mounts(
+            instruction,
+            expand=expand,
+            workdir=state.workdir(),
+            source_for=lambda from_value: self._source(instruction, from_value),
+            stat_cache=self._stat_cache(),
+            secrets=self.options.secrets,
+        )
         components = {
             "created_by": created_by,
             "instruction": ["RUN", argv],
@@ -67,10 +91,11 @@ class StepRunner:
             "user": state.user(),
             "workdir": state.workdir(),
             "network": network,
-            "mounts": [[mount.type, list(mount.options)] for mount in instruction.mounts],
+            "mounts": [mount.key for mount in mounts],
         }
-        self._pending[id(instruction)] = {"argv": argv, "env": env, "network": network}
+        self._pending[id(instruction)] = {"argv": argv, "env": env, "network": network, "mounts": mounts}
         return components
+
 
     def _copy_components(self, instruction: ast.Copy | ast.Add, state: ImageState, expand: Expand) -> dict[str, Any]:
         keyword = instruction.keyword
@@ -84,15 +109,16 @@ class StepRunner:
         chmod = expand(instruction.chmod) if instruction.chmod else None
         excludes = [expand(pattern) for pattern in instruction.exclude]
         from_value = expand(instruction.from_) if isinstance(instruction, ast.Copy) and instruction.from_ else None
-        source_root, from_identity = self._source_root(instruction, from_value)
-        file_sources = [source for source in sources if not _is_heredoc_word(source, heredoc_names)]
-        local_sources = [source for source in file_sources if not _is_url(source)]
-        context = BuildContext(source_root, self._ignore()) if from_value is None else BuildContext.for_rootfs(source_root)
-        if local_sources:
-            selected = context.select(local_sources, pos=instruction.pos)
-            sources_digest = context.content_digest(selected, self._stat_cache()) if from_identity is None else from_identity
+        source = self._source(instruction, from_value)
+        file_sources = [word for word in sources if not _is_heredoc_word(word, heredoc_names)]
+        local_sources = [word for word in file_sources if not _is_url(word)]
+        if source.identity is not None:
+            sources_digest = source.identity
+        elif local_sources:
+            context = source.context()
+            sources_digest = context.content_digest(context.select(local_sources, pos=instruction.pos), self._stat_cache())
         else:
-            sources_digest = from_identity or ""
+            sources_digest = ""
         urls = [source for source in file_sources if _is_url(source)]
         options = {
             "chown": chown,
@@ -105,7 +131,7 @@ class StepRunner:
         }
         created_by = f"{keyword} {' '.join(sources)} {dest} # buildkit"
         self._pending[id(instruction)] = {
-            "context": context,
+            "source": source,
             "sources": sources,
             "dest": dest,
             "heredocs": heredocs,
@@ -140,10 +166,12 @@ class StepRunner:
                     self.session.stat_cache = StatCache(self.store.root / "statcache.db")  # type: ignore[attr-defined]
         return self.session.stat_cache  # type: ignore[attr-defined]
 
-    def _source_root(self, instruction: ast.Copy | ast.Add, from_value: str | None) -> tuple[Path, str | None]:
-        """The directory sources are read from, and an identity for the cache when it is not the context."""
+    def _source(self, instruction: ast.Instruction, from_value: str | None) -> "Source":
+        """Where COPY/ADD or a bind mount reads from: the context, a stage, or an image.
+
+        A stage or image is flattened only when a step really runs, never to compute a cache key."""
         if from_value is None:
-            return self.options.context_dir, None
+            return Source(None, lambda: BuildContext(self.options.context_dir, self._ignore()))
         plan = self.session.plan
         referenced = None
         for stage in plan.stages:
@@ -154,13 +182,18 @@ class StepRunner:
         if referenced is not None:
             with self.session.lock:
                 source_state = self.session.stage_states[referenced]
-            return self._flattened(f"stage{referenced}", source_state.layers), "stage:" + source_state.chain
-        record = self._load_image(from_value, instruction)
-        self.session.hold(record.manifest_digest)
-        from builder.solve.solver import _layers_of
+            layers = list(source_state.layers)
+            name = f"stage{referenced}"
+            identity = "stage:" + source_state.chain
+        else:
+            record = self._load_image(from_value, instruction)
+            self.session.hold(record.manifest_digest)
+            from builder.solve.solver import _layers_of
 
-        layers = _layers_of(record.manifest, record.config)
-        return self._flattened("image-" + record.manifest_digest.split(":")[-1][:16], layers), "image:" + record.manifest_digest
+            layers = _layers_of(record.manifest, record.config)
+            name = "image-" + record.manifest_digest.split(":")[-1][:16]
+            identity = "image:" + record.manifest_digest
+        return Source(identity, lambda: BuildContext.for_rootfs(self._flattened(name, layers)))
 
     def _load_image(self, name: str, instruction: ast.Instruction):
         from builder.errors import ImageNotFound
@@ -223,6 +256,8 @@ class StepRunner:
         from builder.snapshot import prepare
 
         pending = self._pending.pop(id(instruction))
+        mount_setup = MountSetup(self.store.root, work)
+        binds = mount_setup.binds(pending["mounts"], self.options.secrets)
         snapshot = prepare(self._lower_dirs(state), work / "w", kind=self.options.snapshotter)
         tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
         partial = [""]
@@ -244,6 +279,7 @@ class StepRunner:
                 user=state.user() or None,
                 network=pending["network"],
                 on_output=on_output,
+                extra_binds=binds,
             )
             if partial[0]:
                 tail.append(partial[0])
@@ -261,6 +297,7 @@ class StepRunner:
             return diff_dir
         finally:
             snapshot.cleanup()
+            mount_setup.close()
 
     def _execute_copy(self, instruction: ast.Copy | ast.Add, state: ImageState, work: Path) -> Path:
         from builder.snapshot.view import LayeredView
@@ -273,7 +310,7 @@ class StepRunner:
         staging = work / "layer"
         staging.mkdir()
         stage_copy(
-            pending["context"],
+            pending["source"].context(),
             pending["sources"],
             pending["dest"],
             workdir=state.workdir(),

@@ -264,3 +264,12 @@ def test_parallel_sandboxes(busybox_layer, tmp_path):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(one, range(4)))
     assert results == [(0, f"{i}\nh{i}\n") for i in range(4)]
+
+
+def test_umask_is_docker_default_whatever_the_builders(busybox_layer, tmp_path, kind):
+    old = os.umask(0o077)
+    try:
+        status, out = run_in([busybox_layer], tmp_path / "w", sh("umask; touch /tmp/f; stat -c %a /tmp/f"), kind)
+    finally:
+        os.umask(old)
+    assert out.split() == ["0022", "644"]

@@ -1,0 +1,165 @@
+"""RUN --mount: bind, cache, tmpfs and secret mounts, prepared as host dirs bound into the sandbox.
+
+What a mount contributes to the step's cache key: a bind mount its source's content digest (or
+the source stage's chain id); a cache or tmpfs mount only its options, as BuildKit does; a
+secret mount only its id, never its content, which also never reaches a layer or the history.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import posixpath
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from builder.errors import BuildError, PlanError
+from builder.parse import ast
+
+MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret")
+
+
+@dataclass
+class PreparedMount:
+    kind: str
+    target: str
+    options: dict[str, str]
+    source: Any = None  # bind: a steps.Source to read from
+    source_path: str = "."
+    key: Any = None  # what this mount adds to the cache key
+
+
+def _error(instruction: ast.Instruction, message: str, hint: str) -> PlanError:
+    return PlanError(message, pos=instruction.pos, source_line=instruction.source.splitlines()[0], hint=hint)
+
+
+def _absolute_target(target: str, workdir: str) -> str:
+    return posixpath.normpath(posixpath.join(workdir, target))
+
+
+def plan_mounts(
+    instruction: ast.Run,
+    *,
+    expand: Callable[[str], str],
+    workdir: str,
+    source_for: Callable[[str | None], Any],
+    stat_cache,
+    secrets: dict[str, Path],
+) -> list[PreparedMount]:
+    """Check each --mount and compute its cache-key part; no file system changes yet."""
+    prepared: list[PreparedMount] = []
+    for mount in instruction.mounts:
+        options = {name: expand(value) for name, value in mount.options}
+        kind = mount.type
+        if kind not in MOUNT_TYPES:
+            raise _error(instruction, f"RUN --mount=type={kind} is not supported", "use type=bind, cache, tmpfs or secret")
+        if kind == "secret":
+            secret_id = options.get("id") or posixpath.basename(options.get("target", options.get("dst", "")))
+            if not secret_id:
+                raise _error(instruction, "a secret mount needs id=", "e.g. --mount=type=secret,id=token")
+            target = options.get("target") or options.get("dst") or options.get("destination") or f"/run/secrets/{secret_id}"
+            if secret_id not in secrets and options.get("required", "false") in ("true", "1", ""):
+                raise _error(instruction, f"secret {secret_id!r} is required but was not given", f"pass --secret id={secret_id},src=FILE")
+            prepared.append(PreparedMount(kind, _absolute_target(target, workdir), {**options, "id": secret_id}, key=["secret", secret_id, target]))
+            continue
+        target = options.get("target") or options.get("dst") or options.get("destination")
+        if not target:
+            raise _error(instruction, f"a {kind} mount needs target=", "e.g. --mount=type=" + kind + ",target=/path")
+        target = _absolute_target(target, workdir)
+        if kind == "bind":
+            origin = source_for(options.get("from"))
+            source = options.get("source") or options.get("src") or "."
+            identity = origin.identity
+            if identity is None:
+                context = origin.context()
+                identity = context.content_digest(context.select([source], pos=instruction.pos), stat_cache)
+            prepared.append(PreparedMount(kind, target, options, origin, source, key=["bind", target, source, identity, options.get("rw") or options.get("readwrite")]))
+        elif kind == "cache":
+            key_options = {name: value for name, value in sorted(options.items())}
+            prepared.append(PreparedMount(kind, target, options, key=["cache", key_options]))
+        else:
+            prepared.append(PreparedMount(kind, target, options, key=["tmpfs", target]))
+    return prepared
+
+
+class MountSetup:
+    """Host dirs for one RUN's mounts; `close()` releases cache locks."""
+
+    def __init__(self, store_root: Path, work: Path) -> None:
+        self.store_root = store_root
+        self.work = work
+        self.locks: list[int] = []
+
+    def binds(self, prepared: list[PreparedMount], secrets: dict[str, Path]):
+        from builder.sandbox import Bind
+        from builder.solve.copy import stage_copy
+
+        binds = []
+        for index, mount in enumerate(prepared):
+            if mount.kind == "bind":
+                staging = self.work / f"m{index}"
+                staging.mkdir()
+                stage_copy(
+                    mount.source.context(), [mount.source_path], "/m", workdir="/", staging_dir=staging,
+                    dest_is_dir=lambda _path: False, chown=None, chmod=None,
+                )
+                readonly = (mount.options.get("rw") or mount.options.get("readwrite")) not in ("true", "", "1")
+                if "rw" not in mount.options and "readwrite" not in mount.options:
+                    readonly = True
+                binds.append(Bind(staging / "m", mount.target, readonly=readonly))
+            elif mount.kind == "cache":
+                binds.append(Bind(self._cache_dir(mount), mount.target, readonly=mount.options.get("readonly") in ("true", "")))
+            elif mount.kind == "tmpfs":
+                scratch = self.work / f"t{index}"
+                scratch.mkdir(mode=0o1777)
+                binds.append(Bind(scratch, mount.target, readonly=False))
+            else:
+                source = secrets.get(mount.options["id"])
+                if source is None:
+                    continue  # optional secret not given: Docker skips the mount
+                copy = self.work / f"secret{index}"
+                shutil.copyfile(source, copy)
+                os.chmod(copy, int(mount.options.get("mode", "0400"), 8))
+                os.chown(copy, int(mount.options.get("uid", "0")), int(mount.options.get("gid", "0")))
+                binds.append(Bind(copy, mount.target, readonly=True))
+        return binds
+
+    def _cache_dir(self, mount: PreparedMount) -> Path:
+        cache_id = mount.options.get("id") or mount.target
+        name = hashlib.sha256(cache_id.encode()).hexdigest()[:20]
+        directory = self.store_root / "cache-mounts" / name
+        if not directory.exists():
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(str(directory) + f".{os.getpid()}.tmp")
+            partial.mkdir(mode=int(mount.options.get("mode", "0755"), 8), exist_ok=True)
+            os.chown(partial, int(mount.options.get("uid", "0")), int(mount.options.get("gid", "0")))
+            try:
+                partial.rename(directory)
+            except OSError:
+                shutil.rmtree(partial, ignore_errors=True)  # another build created it first
+        if mount.options.get("sharing", "shared") in ("locked", "private"):
+            # `private` would want a fresh dir per concurrent user; a lock gives the same safety.
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.locks.append(fd)
+        return directory
+
+    def close(self) -> None:
+        for fd in self.locks:
+            os.close(fd)
+        self.locks.clear()
+
+
+def parse_secret_spec(text: str) -> tuple[str, Path]:
+    """`id=NAME,src=PATH` (also `source=`), as `docker build --secret` takes it."""
+    fields = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+    secret_id = fields.get("id")
+    source = fields.get("src") or fields.get("source")
+    if not secret_id or not source:
+        raise BuildError(f"invalid --secret {text!r}", hint="write --secret id=NAME,src=PATH")
+    path = Path(source)
+    if not path.is_file():
+        raise BuildError(f"secret file {source!r} not found", hint="check the src= path of --secret")
+    return secret_id, path
