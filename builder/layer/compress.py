@@ -35,18 +35,36 @@ class ByteSink(Protocol):
     def write(self, data: bytes) -> int: ...
 
 
+class OutputWriteError(Exception):
+    """Writing to the caller's `out` failed (e.g. disk full); `error` is the original OSError.
+
+    Kept apart from errors reading the source dir, so write_layer can re-raise it unchanged for
+    the caller (the store) to report as its own failure.
+    """
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class HashingSink:
     """Forwards bytes to `out` while counting them and hashing them with sha256."""
 
-    def __init__(self, out: ByteSink) -> None:
+    def __init__(self, out: ByteSink, *, is_output: bool = False) -> None:
         self._out = out
         self._hash = hashlib.sha256()
+        self._is_output = is_output
         self.size = 0
 
     def write(self, data: bytes) -> int:
         if data:
             self._hash.update(data)
-            self._out.write(data)
+            try:
+                self._out.write(data)
+            except OSError as err:
+                if self._is_output:
+                    raise OutputWriteError(err) from err
+                raise
             self.size += len(data)
         return len(data)
 

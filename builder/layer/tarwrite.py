@@ -16,7 +16,7 @@ from typing import BinaryIO, Iterator
 
 from builder.errors import ArchiveError
 
-from .compress import HashingSink, open_compressor
+from .compress import HashingSink, OutputWriteError, open_compressor
 from .media import COMPRESSIONS, MEDIA_TYPE_BY_COMPRESSION, LayerDigests
 
 WHITEOUT_PREFIX = ".wh."
@@ -229,8 +229,11 @@ def write_layer(
     """Stream the layer tar of `src_dir` into `out`, compressed; one pass, constant memory."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown layer compression {compression!r} (want one of {COMPRESSIONS})")
-    blob = HashingSink(out)
-    compressor = open_compressor(compression, blob, level=level, threads=threads)
+    blob = HashingSink(out, is_output=True)
+    try:
+        compressor = open_compressor(compression, blob, level=level, threads=threads)
+    except OutputWriteError as err:  # the gzip header already goes out
+        raise err.error from None
     # Uncompressed: the blob is the tar, hash it once.
     tar_stream = blob if compression == "uncompressed" else HashingSink(compressor)
     try:
@@ -248,13 +251,19 @@ def write_layer(
                     continue
                 with _open_content(member.content_path, member.info.size) as content:
                     tar.addfile(member.info, content)
+    except OutputWriteError as err:
+        compressor.abort()
+        raise err.error from None  # the caller's own output failed (disk full...): its error
     except OSError as err:
         compressor.abort()
         raise ArchiveError(f"cannot write layer from {src_dir}: {err}") from err
     except BaseException:
         compressor.abort()
         raise
-    compressor.close()
+    try:
+        compressor.close()
+    except OutputWriteError as err:
+        raise err.error from None
     return LayerDigests(
         diff_id=tar_stream.digest(),
         digest=blob.digest(),

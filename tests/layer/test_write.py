@@ -237,3 +237,20 @@ def test_iter_layer_entries_reads_every_compression(tree: Path) -> None:
     names = {c: [e.name for e in iter_layer_entries(io.BytesIO(layer_bytes(tree, compression=c)[0]))]
              for c in ("gzip", "zstd", "uncompressed")}
     assert names["gzip"] == names["zstd"] == names["uncompressed"] == EXPECTED_ORDER
+
+
+class _FullDisk(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "uncompressed"])
+def test_output_errors_reach_the_caller_unchanged(tree: Path, compression: str) -> None:
+    # The store turns its own disk-full into a StoreError; it must not look like a bad archive.
+    with pytest.raises(OSError) as caught:
+        write_layer(tree, _FullDisk(), compression=compression)
+    assert not isinstance(caught.value, ArchiveError)
+    assert caught.value.errno == 28
