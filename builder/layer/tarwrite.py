@@ -23,6 +23,9 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
+# Labels the host's SELinux policy puts on every file: they describe the build machine, not the
+# image, and would make layers differ between hosts.
+_HOST_XATTRS = frozenset({"security.selinux"})
 _COPY_BUFSIZE = 1 << 20
 # Mode of the synthetic whiteout and opaque-marker entries (as Docker writes them).
 _MARKER_MODE = 0o600
@@ -39,7 +42,8 @@ def is_whiteout(st: os.stat_result) -> bool:
 
 
 def read_xattrs(path: bytes | str, *, skip_overlay: bool = True) -> dict[str, bytes]:
-    """All xattrs of a path (not following symlinks), sorted by name; overlay's own omitted."""
+    """All xattrs of a path (not following symlinks), sorted by name; overlay's own and host
+    SELinux labels omitted."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as err:
@@ -48,7 +52,7 @@ def read_xattrs(path: bytes | str, *, skip_overlay: bool = True) -> dict[str, by
         raise
     result: dict[str, bytes] = {}
     for name in sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape")):
-        if skip_overlay and name.startswith(OVERLAY_XATTR_PREFIX):
+        if skip_overlay and (name.startswith(OVERLAY_XATTR_PREFIX) or name in _HOST_XATTRS):
             continue
         try:
             result[name] = os.getxattr(path, name, follow_symlinks=False)
