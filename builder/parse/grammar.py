@@ -2,7 +2,8 @@
 
 The grammar ships inside the wheel as package data of `builder.grammar` (pyproject maps the
 top-level grammar/ dir there); from a source tree it is read from <repo>/grammar/.
-Compiling is deferred to the first parse so `import builder` stays fast.
+Compiling is deferred to the first parse so `import builder` stays fast, and done once per
+process and escape character.
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def get_parser(escape: str = "\\") -> Lark:
                 lexer="contextual",
                 propagate_positions=False,
                 maybe_placeholders=False,
-                cache=True,  # the grammar text (so the escape mode) is part of Lark's cache key
+                # No cache=True: Lark would unpickle a file from the shared temp dir, which another
+                # local user could plant; compiling takes ~0.1 s once per process and escape mode.
             )
             _parsers[escape] = parser
     return parser

@@ -267,6 +267,8 @@ class _AstBuilder:
                 "instructions are FROM, RUN, COPY, ADD, ENV, ARG, ... (see the Dockerfile reference)",
             )
         hint = f"usage: {USAGE[keyword]}"
+        if at_end and keyword == "FROM" and len(words) >= 3:
+            return self.error("FROM ... AS requires a stage name", base + words[-1][0], hint)
         if at_end and keyword == "HEALTHCHECK" and "REST" in expected:
             return self.error("HEALTHCHECK CMD requires a command", base + keyword_start, hint)
         if at_end:
@@ -322,7 +324,7 @@ class _AstBuilder:
                         f"expecting boolean value for flag --{name}, not: {value}", token.start_pos,
                         f"use --{name}, --{name}=true or --{name}=false",
                     )
-            elif value is None or (value == "" and name != "network"):
+            elif not value:
                 raise self.error(f"missing a value on flag --{name}", token.start_pos, f"write --{name}=<value>")
             found.append(ast.Flag(name=name, value=value, pos=self.pos(token.start_pos)))
             offsets.append(token.start_pos)

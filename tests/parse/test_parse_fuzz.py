@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +21,8 @@ PIECES = [
     "EOF", "X", "\\\n", "`\n", "\n", "\r\n", "\t", " ", "#", "# escape=`\n", "# syntax=a\n",
     '["a", "b"]', "[", "]", '"', "'", "=", "$", "${A:-b}", "\ufeff", "\x00", "é",
 ]
-SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# PARSE_FUZZ_EXAMPLES raises the count for a longer hunt; the default keeps the suite fast.
+SETTINGS = settings(max_examples=int(os.environ.get("PARSE_FUZZ_EXAMPLES", "250")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _check(text: str) -> None:
