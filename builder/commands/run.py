@@ -87,12 +87,13 @@ def run_image(
             snapshot.cleanup()
 
 
-def _env_item(text: str) -> tuple[str, str]:
+def _env_item(text: str) -> tuple[str, str | None]:
     name, sep, value = text.partition("=")
     if not name:
         raise argparse.ArgumentTypeError(f"-e {text!r} needs a name: NAME=VALUE")
     if not sep:
-        value = os.environ.get(name, "")  # docker run -e NAME passes the caller's value
+        # docker run -e NAME passes the caller's value, and nothing if the caller has none.
+        return name, os.environ.get(name)
     return name, value
 
 
@@ -106,7 +107,7 @@ def handler(args: argparse.Namespace) -> int:
             store,
             args.image,
             args.command,
-            env=args.env,
+            env=[(name, value) for name, value in args.env if value is not None],
             workdir=args.workdir,
             user=args.user,
             network=args.network,
