@@ -29,6 +29,8 @@ are SOURCE_DATE_EPOCH or 0, never "now", so the same inputs give the same layer.
 """
 from __future__ import annotations
 
+import errno
+
 import hashlib
 import os
 import posixpath
@@ -592,7 +594,9 @@ def stage_copy(
     except ValueError as exc:
         raise ContextError(f"cannot copy to {dest}: {exc}", pos=pos) from None
     except OSError as exc:
-        # A source that vanished or turned unreadable mid-copy, or a full disk: a message, not a trace.
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # the store's disk is full, not the sources' fault: the build reports it as such
+        # A source that vanished or turned unreadable mid-copy: a message, not a trace.
         where = f": {exc.filename}" if exc.filename else ""
         raise ContextError(
             f"{'ADD' if is_add else 'COPY'} failed: {exc.strerror or exc}{where}",
