@@ -75,6 +75,7 @@ class _Target:
                         raise
                     os.mkdir(part, 0o755, dir_fd=fd)
                     next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    os.chmod(next_fd, 0o755)  # whatever the umask
                 except OSError as err:
                     if err.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise ArchiveError(
@@ -294,6 +295,7 @@ class _Target:
                 if st is None or not stat.S_ISDIR(st.st_mode):
                     self._remove(parent_fd, dir_parts[-1])
                     os.mkdir(dir_parts[-1], 0o755, dir_fd=parent_fd)
+                    os.chmod(dir_parts[-1], 0o755, dir_fd=parent_fd)  # whatever the umask
             finally:
                 os.close(parent_fd)
         fd = self.open_dir(dir_parts, create=True)

@@ -93,3 +93,14 @@ def test_aufs_metadata_entries_are_skipped_and_symlink_user_xattrs_tolerated(tmp
     ])
     unpack_layer(io.BytesIO(blob), tmp_path)
     assert os.listdir(tmp_path) == ["link"]
+
+
+def test_implicit_parent_dirs_are_0755_whatever_the_umask(tmp_path: Path) -> None:
+    blob = make_tar([(member("no/parents/here"), b"x"), (member("opq/.wh..wh..opq"), b"")])
+    old = os.umask(0o077)
+    try:
+        unpack_layer(io.BytesIO(blob), tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("no", "no/parents", "opq"):
+        assert stat.S_IMODE(os.lstat(tmp_path / name).st_mode) == 0o755
