@@ -11,6 +11,7 @@ import json
 import re
 from bisect import bisect_right
 from dataclasses import dataclass
+from typing import Any
 
 from lark import Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
@@ -195,6 +196,7 @@ class _AstBuilder:
         self.escape = prepared.escape
         self.bases: list[int] = []
         self.line: LogicalLine | None = None
+        self.joined = ""  # all logical lines, each ending in "\n": what Lark parsed
         self._top_level = True  # False while building an ONBUILD trigger (no heredocs there)
 
     # ---- positions and errors -----------------------------------------------------------
@@ -225,6 +227,7 @@ class _AstBuilder:
             self.bases.append(offset)
             offset += len(line.text) + 1
         joined = "".join(line.text + "\n" for line in lines)
+        self.joined = joined
         try:
             tree = get_parser(self.escape).parse(joined)
         except UnexpectedInput as failure:
@@ -350,6 +353,22 @@ class _AstBuilder:
                 )
         return ast.ShellCommand(text)
 
+    def refuse_non_string_json(self, tokens: list[Token]) -> None:
+        """Whitespace-split arguments that are really a JSON array with non-strings: Docker refuses them."""
+        first, last = tokens[0], tokens[-1]
+        if not str(first).startswith("["):
+            return
+        text = self.joined[first.start_pos : last.end_pos]
+        try:
+            decoded = json.loads(text)
+        except (ValueError, RecursionError):
+            return  # not JSON at all: plain words, as Docker reads them
+        if isinstance(decoded, list):
+            raise self.error(
+                "when using JSON array syntax, arrays must be comprised of strings only",
+                first.start_pos, 'quote every element, e.g. ["src", "/dest/"]',
+            )
+
     def json_list(self, token: Token) -> list[str]:
         """A JSON_ARRAY token's strings (the grammar only lets a flat list of JSON strings through)."""
         try:
@@ -359,7 +378,7 @@ class _AstBuilder:
 
     # ---- handlers, one per keyword ------------------------------------------------------
 
-    def _from(self, tree, keyword, flags, common):
+    def _from(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         tokens = [child for child in tree.children[2:] if isinstance(child, Token)]
         alias = None
         if len(tokens) == 3:
@@ -371,7 +390,7 @@ class _AstBuilder:
                 )
         return ast.From(**common, image=str(tokens[0]), platform=flags.value("platform"), alias=alias)
 
-    def _run(self, tree, keyword, flags, common):
+    def _run(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         mounts = tuple(
             self.mount(flag, offset) for flag, offset in zip(flags.items, flags.offsets) if flag.name == "mount"
         )
@@ -413,10 +432,10 @@ class _AstBuilder:
             )
         return ast.Mount(type=mount_type, options=tuple(options))
 
-    def _cmd(self, tree, keyword, flags, common):
+    def _cmd(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         return ast.Cmd(**common, command=self.command(tree.children[2]))
 
-    def _entrypoint(self, tree, keyword, flags, common):
+    def _entrypoint(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         return ast.Entrypoint(**common, command=self.command(tree.children[2]))
 
     def pairs(self, tree: Tree) -> tuple[tuple[str, str], ...]:
@@ -425,16 +444,16 @@ class _AstBuilder:
             return ((str(name), str(value)),)
         return tuple(_split_key_value(str(token), self.escape) for token in tree.children)
 
-    def _label(self, tree, keyword, flags, common):
+    def _label(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         return ast.Label(**common, pairs=self.pairs(tree.children[2]))
 
-    def _env(self, tree, keyword, flags, common):
+    def _env(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         return ast.Env(**common, pairs=self.pairs(tree.children[2]))
 
-    def _maintainer(self, tree, keyword, flags, common):
+    def _maintainer(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         return ast.Maintainer(**common, name=str(tree.children[2]))
 
-    def _expose(self, tree, keyword, flags, common):
+    def _expose(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         return ast.Expose(**common, ports=tuple(str(token) for token in tree.children[2:]))
 
     def file_args(self, tree: Tree, keyword: Token) -> tuple[tuple[str, ...], str, bool]:
@@ -443,10 +462,11 @@ class _AstBuilder:
             if len(items) < 2:
                 raise self.error(MISSING[keyword.type], keyword.start_pos, f"usage: {USAGE[keyword.type]}")
             return tuple(items[:-1]), items[-1], True
+        self.refuse_non_string_json(tree.children)
         words = [str(token) for token in tree.children]
         return tuple(words[:-1]), words[-1], False
 
-    def _add(self, tree, keyword, flags, common):
+    def _add(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         sources, dest, json_form = self.file_args(tree.children[2], keyword)
         return ast.Add(
             **common, sources=sources, dest=dest, heredocs=self.heredocs(),
@@ -455,7 +475,7 @@ class _AstBuilder:
             exclude=flags.values("exclude"), json_form=json_form,
         )
 
-    def _copy(self, tree, keyword, flags, common):
+    def _copy(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         sources, dest, json_form = self.file_args(tree.children[2], keyword)
         return ast.Copy(
             **common, sources=sources, dest=dest, heredocs=self.heredocs(),
@@ -469,23 +489,24 @@ class _AstBuilder:
             return ()
         return tuple(self.line.heredocs)
 
-    def _volume(self, tree, keyword, flags, common):
+    def _volume(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         tokens = tree.children[2:]
         if len(tokens) == 1 and tokens[0].type == "JSON_ARRAY":
             paths = tuple(self.json_list(tokens[0]))
             if not paths:
                 raise self.error("VOLUME requires at least one argument", keyword.start_pos, f"usage: {USAGE['VOLUME']}")
         else:
+            self.refuse_non_string_json(tokens)
             paths = tuple(str(token) for token in tokens)
         return ast.Volume(**common, paths=paths)
 
-    def _user(self, tree, keyword, flags, common):
+    def _user(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         return ast.User(**common, user=str(tree.children[2]))
 
-    def _workdir(self, tree, keyword, flags, common):
+    def _workdir(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         return ast.Workdir(**common, path=str(tree.children[2]))
 
-    def _arg(self, tree, keyword, flags, common):
+    def _arg(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         args: list[tuple[str, str | None]] = []
         for token in tree.children[2:]:
             name, eq, default = str(token).partition("=")
@@ -494,7 +515,7 @@ class _AstBuilder:
             args.append((name, default if eq else None))
         return ast.Arg(**common, args=tuple(args))
 
-    def _onbuild(self, tree, keyword, flags, common):
+    def _onbuild(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         trigger_tree: Tree = tree.children[1]
         trigger_keyword: Token = trigger_tree.children[0]
         refused = _TRIGGER_REFUSED.get(trigger_keyword.type)
@@ -507,10 +528,10 @@ class _AstBuilder:
             self._top_level = True
         return ast.Onbuild(**common, trigger=trigger)
 
-    def _stopsignal(self, tree, keyword, flags, common):
+    def _stopsignal(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         return ast.Stopsignal(**common, signal=str(tree.children[2]))
 
-    def _healthcheck(self, tree, keyword, flags, common):
+    def _healthcheck(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         kind: Token = tree.children[2]
         if kind.type == "NONE":
             if flags.items:
@@ -543,7 +564,7 @@ class _AstBuilder:
                 raise self.error(f"--retries cannot be negative ({retries})", flags.offset(name), "use a whole number >= 0")
         return ast.Healthcheck(**common, command=self.command(tree.children[3]), retries=retries, **durations)
 
-    def _shell(self, tree, keyword, flags, common):
+    def _shell(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         argv = tuple(self.json_list(tree.children[2]))
         if not argv:
             raise self.error("SHELL requires at least one argument", keyword.start_pos, f"usage: {USAGE['SHELL']}")
