@@ -10,7 +10,10 @@ upper dir:
   as overlay marks a directory created over a whiteout;
 - the parent directories of included entries are included with their current metadata.
 Known limits: overlay also copies a file up when it is merely opened for writing; a copy
-cannot see an open that changed nothing. Times: entries that are only copied up (a chmod, the
+cannot see an open that changed nothing. Files hardlinked in a lower layer are separate files
+in the copy, as they become in overlay once written; but overlay still shows them with one
+inode number while untouched, so e.g. `cp -a` of such files links the copies under overlay
+and not under the copy snapshotter (same contents, different link structure). Times: entries that are only copied up (a chmod, the
 parents of a changed file) keep their exact mtimes in both snapshotters; a directory whose
 entries the command changed gets the time of that change, which differs between two runs of
 the same command whichever snapshotter runs it (the layer writer clamps it to

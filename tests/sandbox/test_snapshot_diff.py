@@ -225,3 +225,16 @@ def test_diff_to_another_file_system(tmp_path, busybox_layer, data_layer):
         assert os.lstat(other / "copy/data/sub/a").st_ino == os.lstat(other / "copy/data/sub/b").st_ino
     finally:
         shutil.rmtree(other)
+
+
+@pytest.mark.parametrize("script", [
+    "mv /data/sub /data/moved",                       # overlay: EXDEV, mv copies; copy: a rename
+    "mv /data/keep.txt /data/renamed.txt",
+    "sed -i s/keep/kept/ /data/keep.txt",             # a new file renamed over the old one
+    "rm -rf /data && mkdir -p /data/sub && echo n > /data/sub/n",
+    "touch -d 2001-01-01 /data/sub/inner.txt && chown 1000:1000 /data/sub/deep",
+    "echo tmp > /data/t && rm /data/t",               # the dir changed, nothing in it did
+    "cp -a /data/sub /copied && mkfifo /data/fifo",
+])
+def test_more_commands_give_identical_layers(runner, busybox_layer, data_layer, script):
+    run_both(runner, [busybox_layer, data_layer], script)
