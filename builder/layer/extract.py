@@ -206,7 +206,7 @@ class _Target:
                 chunk = content.read(min(_CHUNK, size - written))
                 if not chunk:
                     raise ArchiveError(f"truncated tar archive: {_display(parts)!r} is short")
-                if chunk == _ZEROS[: len(chunk)]:
+                if _is_zero(chunk):
                     os.lseek(fd, len(chunk), os.SEEK_CUR)  # leave a hole: sparse stays sparse
                 else:
                     _write_all(fd, chunk)
@@ -322,6 +322,13 @@ class _Target:
                     os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
             finally:
                 os.close(fd)
+
+
+def _is_zero(chunk: bytes) -> bool:
+    # Cheap rejection first: real data almost never starts and ends with NUL bytes.
+    if chunk[0] or chunk[-1]:
+        return False
+    return chunk == (_ZEROS if len(chunk) == _CHUNK else bytes(len(chunk)))
 
 
 def _write_all(fd: int, data: bytes) -> None:
