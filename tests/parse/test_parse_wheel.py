@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 
 import pytest
 
@@ -72,6 +73,12 @@ def test_wheel_installs_and_parses_outside_the_repo(tmp_path, request):
     _run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)])
     wheels = list(dist.glob("builder-*.whl"))
     assert len(wheels) == 1
+    with zipfile.ZipFile(wheels[0]) as archive:
+        names = set(archive.namelist())
+    assert "builder/grammar/buildfile.lark" in names
+    # an explicit package list in pyproject.toml must not forget a package
+    packages = {str(path.relative_to(REPO)) for path in (REPO / "builder").rglob("__init__.py")}
+    assert packages <= names, f"not in the wheel: {sorted(packages - names)}"
     _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheels[0])])
 
     workdir = tmp_path / "elsewhere"
