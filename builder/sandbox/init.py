@@ -36,6 +36,16 @@ PIVOT_ROOT_SYSCALL = {
 }
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+# Like Docker: parts of /proc that reach the host's kernel settings are read-only, and some
+# that leak host information are hidden behind /dev/null.
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi")
+
+PR_CAPBSET_DROP = 24
+# Docker's default capability set: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID,
+# SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP. A command in a
+# RUN step cannot mount, load modules, change the clock, ... as it cannot under Docker.
+DEFAULT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
 
 # CDLL(None): the libc already loaded. find_library would fork a helper, and in a fresh PID
 # namespace the first child forked becomes its pid 1 and takes the namespace down on exit.
@@ -70,10 +80,10 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
     )
 
 
-def bind(source: str, target: str, *, readonly: bool, recursive: bool = False) -> None:
+def bind(source: str, target: str, *, readonly: bool, recursive: bool = False, nodev: bool = True) -> None:
     mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
     if readonly:
-        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | (MS_NODEV if nodev else 0))
 
 
 def pivot_root(new_root: str) -> None:
@@ -123,6 +133,31 @@ def mount_dev(dev: str) -> None:
         os.symlink(target, os.path.join(dev, name))
 
 
+def mount_proc(target: str) -> None:
+    mount("proc", target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in PROC_READ_ONLY:
+        path = os.path.join(target, name)
+        if os.path.exists(path):
+            bind(path, path, readonly=True, recursive=True)
+    for name in PROC_MASKED:
+        path = os.path.join(target, name)
+        if os.path.isdir(path):
+            mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
+        elif os.path.exists(path):
+            bind("/dev/null", path, readonly=True, nodev=False)
+
+
+def drop_capabilities() -> None:
+    """Shrink the bounding set to Docker's defaults; exec then gives root no more than that."""
+    for cap in range(64):
+        if cap in DEFAULT_CAPS:
+            continue
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == errno.EINVAL:
+                break  # past the last capability this kernel knows
+            raise SetupError(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
+
+
 def mount_sys(target: str) -> None:
     flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
     try:
@@ -144,7 +179,7 @@ def setup(spec: dict) -> None:
 
     mounts = spec.get("mounts", {})
     if mounts.get("proc"):
-        mount("proc", inside(rootfs, mounts["proc"]), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount_proc(inside(rootfs, mounts["proc"]))
     if mounts.get("dev"):
         mount_dev(inside(rootfs, mounts["dev"]))
     if mounts.get("sys"):
@@ -169,6 +204,7 @@ def enter(spec: dict) -> None:
             make_workdir(workdir, uid, gid)
         except OSError as exc:
             raise SetupError(f"cannot create working directory {workdir}: {exc.strerror}") from exc
+    drop_capabilities()
     os.setgroups(spec.get("groups", []))
     os.setgid(gid)
     os.setuid(uid)

@@ -273,3 +273,16 @@ def test_umask_is_docker_default_whatever_the_builders(busybox_layer, tmp_path, 
     finally:
         os.umask(old)
     assert out.split() == ["0022", "644"]
+
+
+def test_host_kernel_settings_are_out_of_reach(busybox_layer, tmp_path):
+    status, out = run_in([busybox_layer], tmp_path / "w", sh(
+        "(echo 1 > /proc/sys/kernel/domainname) 2>/dev/null; echo sysctl=$?; "
+        "mount -t tmpfs none /mnt 2>/dev/null; echo mount=$?; "
+        "for f in /proc/kcore /proc/timer_list /proc/sched_debug; do test -e $f && cat $f; done; echo; "
+        "grep CapBnd /proc/self/status"))
+    lines = out.split("\n")
+    assert lines[0] == "sysctl=1"
+    assert lines[1] != "mount=0"  # no CAP_SYS_ADMIN, as under Docker
+    assert lines[2] == ""  # masked: empty if they exist at all
+    assert lines[3].split()[1] == "00000000a80425fb"  # Docker's default capability set

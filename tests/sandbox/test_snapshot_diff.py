@@ -232,7 +232,7 @@ def test_diff_to_another_file_system(tmp_path, busybox_layer, data_layer):
     "mv /data/keep.txt /data/renamed.txt",
     "sed -i s/keep/kept/ /data/keep.txt",             # a new file renamed over the old one
     "rm -rf /data && mkdir -p /data/sub && echo n > /data/sub/n",
-    "touch -d 2001-01-01 /data/sub/inner.txt && chown 1000:1000 /data/sub/deep",
+    "touch -d '2001-01-01 00:00:00' /data/sub/inner.txt && chown 1000:1000 /data/sub/deep",
     "echo tmp > /data/t && rm /data/t",               # the dir changed, nothing in it did
     "cp -a /data/sub /copied && mkfifo /data/fifo",
 ])
