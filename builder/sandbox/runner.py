@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Sequence
@@ -171,6 +172,8 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
         raise SandboxError(f"cannot start the sandbox: {exc}") from exc
     os.close(spec_r)
     os.close(status_w)
+    with _LIVE_LOCK:
+        _LIVE.add(process)
     try:
         with os.fdopen(spec_w, "wb") as handle:
             handle.write(json.dumps(spec).encode())
@@ -188,6 +191,8 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
         os.close(status_r)
         raise
     finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(process)
         if process.stdout is not None:
             process.stdout.close()
     with os.fdopen(status_r, "rb") as handle:
@@ -203,6 +208,20 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
             return int(message["exit"])
     raise SandboxError(f"the sandbox did not start (unshare exited with status {returncode})",
                        hint="the builder needs root (or CAP_SYS_ADMIN), util-linux and namespaces")
+
+
+# Sandboxes running now, in any thread: Ctrl-C reaches only the main thread, which must be able
+# to take down sandboxes that worker threads are waiting on.
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_all() -> None:
+    """Kill every sandbox this process is running; their `run` calls then return or raise."""
+    with _LIVE_LOCK:
+        running = list(_LIVE)
+    for process in running:
+        _kill(process)
 
 
 def _kill(process: subprocess.Popen) -> None:

@@ -56,6 +56,7 @@ class BuildSession:
     step_counter: int = 0
     # Images this build reads stay "in use" until it ends, so `rmi` cannot delete them under it.
     held_images: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, event: Event) -> None:
         if self.options.on_event is not None:
@@ -88,7 +89,8 @@ class Solver:
         with self.store.tempdir("b") as work_dir, contextlib.ExitStack() as held_images:
             session = BuildSession(self.store, self.plan, self.options, Path(work_dir), total, held_images=held_images)
             futures: dict[int, Future[ImageState]] = {}
-            with ThreadPoolExecutor(max_workers=max(1, min(4, len(self.plan.order)))) as pool:
+            pool = ThreadPoolExecutor(max_workers=max(1, min(4, len(self.plan.order))))
+            try:
                 for index in self.plan.order:
                     stage = self.plan.stages[index]
                     dependencies = [futures[dep] for dep in stage.depends_on]
@@ -96,6 +98,15 @@ class Solver:
                 final = futures[self.plan.target].result()
                 for future in futures.values():
                     future.result()
+            except BaseException:
+                # A failed stage or Ctrl-C: stop the other stages' sandboxes instead of waiting.
+                session.cancelled.set()
+                from builder.sandbox.runner import kill_all
+
+                kill_all()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
             session.results.sort(key=lambda result: result.number)
             return final, session.results
 
@@ -116,6 +127,8 @@ class Solver:
         cmd_set_in_stage = [False]
         instructions = list(self._onbuild_triggers(state, stage)) + list(stage.instructions)
         for step_index, instruction in enumerate(instructions, start=1):
+            if session.cancelled.is_set():
+                raise BuildError("build cancelled", hint="another stage failed or the build was interrupted")
             number = session.next_step_number()
             self._run_step(session, runner, stage, state, instruction, step_index, number, cmd_set_in_stage)
         with session.lock:

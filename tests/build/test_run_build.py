@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,64 @@ def test_builder_run_executes_the_built_image(tmp_path: Path, busybox_store) -> 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == "hello world\n"
     assert _our_mounts(busybox_store.root) == []
+
+
+def test_unusual_names_and_a_sparse_gigabyte_survive_a_run_layer(tmp_path: Path, busybox_store) -> None:
+    long_name = "d" * 100 + "/" + "f" * 99
+    text = (
+        "FROM busybox\n"
+        "RUN mkdir -p '/names/with space' && echo s > '/names/with space/file name' "
+        "&& touch \"/names/new$(printf '\\nline')\" && touch \"/names/bad$(printf '\\377')byte\" "
+        f"&& mkdir -p /names/{long_name.split('/')[0]} && echo long > /names/{long_name} "
+        "&& truncate -s 1G /names/sparse\n"
+        "CMD [\"sh\", \"-c\", \"ls /names | od -c | head -3; wc -c < /names/sparse; cat /names/" + long_name + "\"]\n"
+    )
+    result = builder.build(write_context(tmp_path / "ctx", {}), buildfile_text=text, root=busybox_store.root, tags=["names"])
+    members = layer_members(busybox_store, result.manifest["layers"][-1]["digest"])
+    assert "names/with space/file name" in members
+    assert "names/new\nline" in members
+    assert "names/bad\udcffbyte" in members
+    assert members[f"names/{long_name}"].size == 5
+    assert members["names/sparse"].size == 1 << 30
+    completed = subprocess.run(
+        [sys.executable, "-m", "builder.cli", "--root", str(busybox_store.root), "run", "--rm", "names"],
+        capture_output=True, text=True, errors="replace", env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "1073741824" in completed.stdout and "long" in completed.stdout
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL])
+def test_killing_the_builder_mid_run_leaves_no_process_or_mount(tmp_path: Path, busybox_store, signal_number) -> None:
+    marker = f"sleep-marker-{signal_number}"
+    context = write_context(tmp_path / "ctx", {"Buildfile": f"FROM busybox\nRUN echo started; sleep 100; echo {marker}\n"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "builder.cli", "--root", str(busybox_store.root), "build", "--progress", "plain", str(context)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _sandbox_running(marker):
+        time.sleep(0.1)
+    assert _sandbox_running(marker), "the RUN step never started"
+    process.send_signal(signal_number)
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _sandbox_running(marker):
+        time.sleep(0.1)
+    assert not _sandbox_running(marker), "the sandboxed process outlived the builder"
+    assert _our_mounts(busybox_store.root) == []
+    assert busybox_store.fsck() == []
+    (context / "Buildfile").write_text("FROM busybox\nRUN echo fine > /ok\n")
+    assert builder.build(context, root=busybox_store.root).manifest["layers"]
+
+
+def _sandbox_running(marker: str) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    return True
+            except OSError:
+                continue
+    return False
