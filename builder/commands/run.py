@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import IO, Callable, Sequence
 
 from builder.errors import BuildError, SandboxError
@@ -141,4 +140,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handler)
 
 
-__all__ = ["handler", "image_argv", "image_env", "register", "run_image", "Path"]
+__all__ = ["handler", "image_argv", "image_env", "register", "run_image"]

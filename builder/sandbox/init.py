@@ -17,7 +17,6 @@ import os
 import platform
 import signal
 import socket
-import stat
 import sys
 
 MS_RDONLY = 1

@@ -31,7 +31,7 @@ from typing import Sequence
 from builder.errors import SandboxError
 from builder.snapshot.base import ActiveSnapshot, coarse_clock_after, prepare_dest
 from builder.snapshot.btime import birth_time_ns
-from builder.snapshot.view import OPAQUE_XATTR, LayeredView, copy_metadata, flatten, image_xattrs
+from builder.snapshot.view import OPAQUE_XATTR, LayeredView, copy_metadata, flatten
 
 
 class CopySnapshot(ActiveSnapshot):
@@ -196,4 +196,4 @@ class _DiffWriter:
         os.mknod(target, stat.S_IFCHR | 0o000, 0)
 
 
-__all__ = ["CopySnapshot", "image_xattrs"]
+__all__ = ["CopySnapshot"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import time
 from pathlib import Path
 
@@ -224,6 +223,7 @@ def test_extra_binds(busybox_layer, tmp_path):
         snap.diff(tmp_path / "diff")
     finally:
         snap.cleanup()
+    assert status == 0
     assert b"".join(chunks) == b"from host\n1\n"
     assert not (shared / "new").exists()
     assert not os.listdir(tmp_path / "diff")  # the bind's mount point is not part of the layer

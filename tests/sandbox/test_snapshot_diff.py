@@ -110,7 +110,6 @@ def test_hardlinks_across_dirs(runner, busybox_layer, data_layer):
 
 
 def test_write_to_a_lower_hardlink_breaks_it_like_overlay(runner, busybox_layer, data_layer):
-    results = {}
     for diff in run_both(runner, [busybox_layer, data_layer], "echo new > /data/hl1 && cat /data/hl2"):
         assert (diff / "data/hl1").read_text() == "new\n"
         assert not (diff / "data/hl2").exists()
