@@ -175,8 +175,11 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
     with _LIVE_LOCK:
         _LIVE.add(process)
     try:
-        with os.fdopen(spec_w, "wb") as handle:
-            handle.write(json.dumps(spec).encode())
+        try:
+            with os.fdopen(spec_w, "wb") as handle:
+                handle.write(json.dumps(spec).encode())
+        except BrokenPipeError:
+            pass  # init died before reading its spec; its status (or none) tells why
         if on_output is not None and process.stdout is not None:
             fd = process.stdout.fileno()
             while True:

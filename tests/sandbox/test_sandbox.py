@@ -286,3 +286,10 @@ def test_host_kernel_settings_are_out_of_reach(busybox_layer, tmp_path):
     assert lines[1] != "mount=0"  # no CAP_SYS_ADMIN, as under Docker
     assert lines[2] == ""  # masked: empty if they exist at all
     assert lines[3].split()[1] == "00000000a80425fb"  # Docker's default capability set
+
+
+def test_large_environment(busybox_layer, tmp_path):
+    env = {f"V{i}": "x" * 1000 for i in range(100)}  # ~100 kB: more than one pipe buffer of spec
+    status, out = run_in([busybox_layer], tmp_path / "w", sh("env | grep -c '^V'; printf %s \"$V99\" | wc -c"),
+                         env=env)
+    assert (status, out.split()) == (0, ["100", "1000"])
