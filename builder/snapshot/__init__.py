@@ -19,6 +19,7 @@ from builder.snapshot.overlay import OverlaySnapshot, overlay_supported
 from builder.snapshot.view import LayeredView, flatten
 
 KINDS = ("overlay", "copy", "auto")
+MAX_OVERLAY_LAYERS = 500  # the kernel's OVL_MAX_STACK
 
 
 def prepare(layer_dirs: Sequence[Path], work_dir: Path, kind: str = "auto") -> ActiveSnapshot:
@@ -30,7 +31,11 @@ def prepare(layer_dirs: Sequence[Path], work_dir: Path, kind: str = "auto") -> A
     if any(work_dir.iterdir()):
         raise SandboxError(f"snapshot work dir {work_dir} is not empty")
     if kind == "auto":
-        kind = "overlay" if overlay_supported(work_dir) else "copy"
+        usable = len(layer_dirs) <= MAX_OVERLAY_LAYERS and overlay_supported(work_dir)
+        kind = "overlay" if usable else "copy"
+    if kind == "overlay" and len(layer_dirs) > MAX_OVERLAY_LAYERS:
+        raise SandboxError(f"an overlay mount takes at most {MAX_OVERLAY_LAYERS} layers, the image has {len(layer_dirs)}",
+                           hint="use --snapshotter=copy or squash the base image")
     if kind == "overlay":
         return OverlaySnapshot(layer_dirs, work_dir)
     return CopySnapshot(layer_dirs, work_dir)

@@ -158,3 +158,18 @@ def test_120_layers(busybox_layer, tmp_path, kind):
     assert status == 0, chunks
     assert b"".join(chunks).split() == [b"119", b"changed", b"119"]
     assert os.listdir(tmp_path / "diff/layers") == ["f050"]
+
+
+def test_more_layers_than_overlay_takes(tmp_path):
+    from builder.snapshot import prepare
+
+    layers = [make_layer(tmp_path / "layers" / str(i), {f"f{i}": "x"}) for i in range(501)]
+    with pytest.raises(SandboxError) as caught:
+        prepare(layers, tmp_path / "w1", "overlay")
+    assert "--snapshotter=copy" in caught.value.hint
+    snap = prepare(layers, tmp_path / "w2", "auto")
+    try:
+        assert snap.kind == "copy"
+        assert len(list(snap.rootfs.iterdir())) == 501
+    finally:
+        snap.cleanup()

@@ -62,11 +62,14 @@ def names(layer: Path) -> set[str]:
 
 
 def test_rm_of_a_lower_file_is_a_whiteout(runner, busybox_layer, data_layer):
-    for diff in run_both(runner, [busybox_layer, data_layer], "rm /data/keep.txt"):
+    for diff in run_both(runner, [busybox_layer, data_layer], "rm /data/keep.txt /data/mode.txt"):
         st = entry(diff, "data/keep.txt")
         assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-        assert names(diff) == {"data", "data/keep.txt"}
+        assert stat.S_IMODE(st.st_mode) == 0 and (st.st_uid, st.st_gid) == (0, 0)
+        assert names(diff) == {"data", "data/keep.txt", "data/mode.txt"}
         assert entry(diff, "data").st_mtime_ns > OLD_MTIME * 10**9
+        # Overlay links its whiteouts to one shared inode; a layer dir has one inode each.
+        assert st.st_nlink == 1 and entry(diff, "data/mode.txt").st_ino != st.st_ino
 
 
 def test_dir_deleted_and_recreated_is_opaque(runner, busybox_layer, data_layer):
