@@ -23,11 +23,11 @@ def runner(tmp_path: Path) -> Runner:
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
     """Namespaces, overlayfs and mknod need root: mark (and without root, skip) this area's
-    sandbox and snapshot tests; the view and user tests run anywhere."""
+    sandbox and snapshot tests; the USER tests run anywhere."""
     here = Path(__file__).parent
     needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and overlayfs")
     for item in items:
         path = Path(str(item.fspath))
-        if path.parent == here and path.name not in ("test_view.py", "test_users.py"):
+        if path.parent == here and path.name != "test_users.py":
             item.add_marker(pytest.mark.root)
             item.add_marker(needs_root)
