@@ -107,7 +107,6 @@ def run_build(args: argparse.Namespace) -> int:
         return 0
     progress_mode = "quiet" if args.quiet else args.progress
     on_event = make_progress(progress_mode)
-    outputs = list(args.output)
     result = api.build(
         context,
         file=file,
@@ -117,7 +116,7 @@ def run_build(args: argparse.Namespace) -> int:
         labels=_parse_pairs(args.label, "--label"),
         target=args.target,
         platform=args.platform,
-        outputs=[spec for spec in outputs if not spec.startswith("type=registry")],
+        outputs=list(args.output),
         root=args.root,
         on_event=on_event,
         no_cache=args.no_cache,
@@ -132,7 +131,7 @@ def run_build(args: argparse.Namespace) -> int:
         insecure_registries=args.insecure_registry,
         secrets=dict(parse_secret_spec(spec) for spec in args.secret),
     )
-    pushed = _push_results(args, result, [spec for spec in outputs if spec.startswith("type=registry")])
+    pushed = _push_tags(args, result)
     if args.explain_cache:
         for step in result.steps:
             state = "CACHED" if step.cached else f"RAN ({step.cache_reason})"
@@ -157,30 +156,15 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _push_results(args: argparse.Namespace, result, registry_outputs: list[str]) -> dict[str, str]:
-    targets: list[str] = []
-    if args.push:
-        targets.extend(args.tag)
-    for spec in registry_outputs:
-        from builder.export import parse_output_spec
-
-        parsed = parse_output_spec(spec)
-        name = getattr(parsed, "name", None) or (parsed.options.get("name") if hasattr(parsed, "options") else None)
-        if not name:
-            raise BuildError(f"--output {spec!r} names no image", hint="write type=registry,name=HOST/REPO:TAG")
-        targets.extend(part for part in name.split(",") if part)
-    if not targets:
+def _push_tags(args: argparse.Namespace, result) -> dict[str, str]:
+    """`--push`: every -t name goes to its registry (type=registry outputs push during the build)."""
+    if not args.push:
         return {}
     from builder.image.store import Store
     from builder.registry import push
 
     store = Store.open(args.root)
-    pushed: dict[str, str] = {}
-    for name in targets:
-        if name not in args.tag:
-            store.tag(name, result.manifest_digest)
-        pushed[name] = push(store, name, insecure=tuple(args.insecure_registry))
-    return pushed
+    return {name: push(store, name, insecure=tuple(args.insecure_registry)) for name in args.tag}
 
 
 def build_parser(prog: str = "builder") -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:

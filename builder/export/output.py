@@ -126,7 +126,7 @@ def write_output(store: Store, manifest_digest: str, spec: OutputSpec, tags: Seq
 
 def _push(store: Store, manifest_digest: str, spec: OutputSpec) -> None:
     """type=registry: push to every name= (the other names/tags of the build are not pushed)."""
-    from builder.registry.push import push_image
+    from builder.registry.pushing import push_image
 
     insecure = _bool("insecure", spec.attrs["insecure"], "output") if "insecure" in spec.attrs else False
     for name in spec.names:

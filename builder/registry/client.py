@@ -1,7 +1,7 @@
 """OCI distribution spec client for one registry: manifests, blobs, uploads, mounts.
 
 `RegistryClient` speaks the protocol; `pull` and `push` (bottom of this file, logic in
-pull.py / push.py) move images between a registry and the local store.
+pulling.py / pushing.py) move images between a registry and the local store.
 
 Every blob read is checked against its digest and size while it streams; a manifest is read
 whole but never more than 4 MiB. Authentication is discovered with a `GET /v2/` ping and then
@@ -378,7 +378,7 @@ def _opener_at(open_stream: Callable[[], BinaryIO], offset: int) -> Callable[[],
 
 def pull(store: "Store", ref: str, *, platform: str | None = None, insecure: Iterable[str] = ()) -> "ImageRecord":
     """Pull `ref` (tag or digest) into `store` and tag it; returns the stored image record."""
-    from .pull import pull_image
+    from .pulling import pull_image
 
     return pull_image(store, ref, platform=platform, insecure=insecure)
 
@@ -394,6 +394,6 @@ def push(
     """Push a stored image to `remote_ref` (default: `local_ref`); returns the manifest digest.
 
     `chunk_size` > 0 uploads blobs larger than it in PATCH chunks of that size."""
-    from .push import push_image
+    from .pushing import push_image
 
     return push_image(store, local_ref, remote_ref, insecure=insecure, chunk_size=chunk_size)
