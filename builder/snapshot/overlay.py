@@ -144,7 +144,7 @@ def _remove_keeping_parent_time(path: Path) -> None:
 
 
 def normalise_upper(upper: Path) -> None:
-    """Make an upper dir a plain layer dir: drop overlay's private xattrs (origin, impure, ...),
+    """Make an upper dir a plain layer dir: drop sockets and overlay's private xattrs (origin, impure, ...),
     keep only opaque=y, and give each whiteout its own inode (overlay links them all to one
     shared whiteout, which a tar writer would otherwise see as hardlinks)."""
     for root, dirnames, filenames in os.walk(upper):
@@ -154,6 +154,10 @@ def normalise_upper(upper: Path) -> None:
         for name in dirnames + filenames:
             path = root_path / name
             st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode):
+                path.unlink()  # a socket a daemon left behind cannot go into a layer
+                changed_root = True
+                continue
             if is_whiteout(st):
                 if st.st_nlink > 1:
                     path.unlink()
