@@ -198,8 +198,13 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
             _LIVE.discard(process)
         if process.stdout is not None:
             process.stdout.close()
+    messages = []
     with os.fdopen(status_r, "rb") as handle:
-        messages = [json.loads(line) for line in handle.read().splitlines() if line.strip()]
+        for line in handle.read().splitlines():
+            try:
+                messages.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a kill
     for message in messages:
         if "error" in message:
             hint = None
@@ -228,6 +233,8 @@ def kill_all() -> None:
 
 
 def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return  # already reaped: its pid (and group id) may belong to someone else now
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
