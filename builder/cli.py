@@ -5,7 +5,9 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -190,6 +192,9 @@ def build_parser(prog: str = "builder") -> tuple[argparse.ArgumentParser, argpar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so scratch dirs are removed and sandboxes killed on the way out.
+        signal.signal(signal.SIGTERM, _terminate)
     parser, _ = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -203,8 +208,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         return 1
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM; a BaseException so no `except Exception` swallows it."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def build_main(argv: Sequence[str] | None = None) -> int:
