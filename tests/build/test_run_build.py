@@ -152,7 +152,7 @@ def test_unusual_names_and_a_sparse_gigabyte_survive_a_run_layer(tmp_path: Path,
     assert "1073741824" in completed.stdout and "long" in completed.stdout
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_killing_the_builder_mid_run_leaves_no_process_or_mount(tmp_path: Path, busybox_store, signal_number) -> None:
     marker = f"sleep-marker-{signal_number}"
     context = write_context(tmp_path / "ctx", {"Buildfile": f"FROM busybox\nRUN echo started; sleep 100; echo {marker}\n"})
@@ -173,6 +173,9 @@ def test_killing_the_builder_mid_run_leaves_no_process_or_mount(tmp_path: Path, 
     assert not _sandbox_running(marker), "the sandboxed process outlived the builder"
     assert _our_mounts(busybox_store.root) == []
     assert busybox_store.fsck() == []
+    if signal_number != signal.SIGKILL:
+        # An orderly stop removes its scratch space; after SIGKILL, gc removes it later.
+        assert list((Path(busybox_store.root) / "tmp").iterdir()) == []
     (context / "Buildfile").write_text("FROM busybox\nRUN echo fine > /ok\n")
     assert builder.build(context, root=busybox_store.root).manifest["layers"]
 
