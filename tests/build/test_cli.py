@@ -1,0 +1,104 @@
+"""The command line: printing plans and ASTs, reading the Buildfile from stdin, rendering errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import builder
+from builder.cli import build_main, main as cli_main
+from builder.layer import MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD
+
+from helpers import write_context
+
+REPO = Path(__file__).resolve().parents[2]
+MULTI = (
+    "ARG BASE=scratch\n"
+    "FROM ${BASE} AS deps\nCOPY a.txt /a.txt\n"
+    "FROM scratch AS tools\nCOPY b.txt /b.txt\n"
+    "FROM deps AS final\nCOPY --from=tools /b.txt /b.txt\n"
+)
+
+
+def test_print_plan_text_and_dot_build_nothing(tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", {"Buildfile": MULTI, "a.txt": "a", "b.txt": "b"})
+    store = tmp_path / "store"
+    assert cli_main(["--root", str(store), "build", "--print-plan", "--target", "final", str(context)]) == 0
+    text = capsys.readouterr().out
+    assert "build order: deps -> tools -> final" in text
+    assert "stage 2 'final' FROM stage deps" in text
+    assert build_main(["--print-plan=dot", str(context)]) == 0
+    dot = capsys.readouterr().out
+    assert dot.startswith("digraph plan {") and 's1 -> s2 [label="COPY --from", style=dotted];' in dot
+    assert not store.exists(), "printing a plan must not create a store"
+
+
+def test_print_ast_is_json(tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", {"Buildfile": "FROM scratch\nENV A=1\n"})
+    assert cli_main(["build", "--print-ast", str(context)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "instructions" in json.dumps(data)
+
+
+def test_buildfile_from_stdin(tmp_path: Path) -> None:
+    context = write_context(tmp_path / "ctx", {"a.txt": "from stdin build\n"})
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "builder.cli", "--root", str(tmp_path / "s"), "build", "-f", "-", "--progress", "plain",
+         "-o", f"type=local,dest={out}", str(context)],
+        input="FROM scratch\nCOPY a.txt /\n", capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert (out / "a.txt").read_text() == "from stdin build\n"
+
+
+def test_syntax_error_is_rendered_with_line_caret_and_hint(tmp_path: Path, capsys, monkeypatch) -> None:
+    context = write_context(tmp_path / "ctx", {"Buildfile": "FROM scratch\nCOPY a /\nFROBNICATE the widget\n"})
+    monkeypatch.chdir(context)
+    code = cli_main(["--root", str(tmp_path / "s"), "build", "."])
+    err = capsys.readouterr().err
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("Buildfile:3:1: ")
+    assert lines[1] == " 3 | FROBNICATE the widget"
+    assert lines[2] == "   | ^"
+    assert lines[3].startswith("hint: ")
+    assert "Traceback" not in err
+
+
+def test_labels_build_args_and_tags_from_the_cli(tmp_path: Path, capsys, monkeypatch) -> None:
+    context = write_context(tmp_path / "ctx", {"Buildfile": "FROM scratch\nARG FROM_ENV\nARG GIVEN\nLABEL env=$FROM_ENV given=$GIVEN\n"})
+    monkeypatch.setenv("FROM_ENV", "taken from the environment")
+    store = tmp_path / "s"
+    code = cli_main(["--root", str(store), "build", "-q", "--build-arg", "FROM_ENV", "--build-arg", "GIVEN=yes",
+                     "--label", "extra=1", "-t", "one", "-t", "two:v2", str(context)])
+    image_id = capsys.readouterr().out.strip()
+    assert code == 0 and image_id.startswith("sha256:")
+    from builder.image.store import Store
+
+    record = Store.open(store).load_image("two:v2")
+    assert record.config_digest == image_id
+    assert record.config["config"]["Labels"] == {"env": "taken from the environment", "given": "yes", "extra": "1"}
+
+
+@pytest.mark.parametrize(
+    ("compression", "media_type"),
+    [("gzip", MEDIA_TYPE_TAR_GZIP), ("zstd", MEDIA_TYPE_TAR_ZSTD), ("uncompressed", MEDIA_TYPE_TAR)],
+)
+def test_compression_choices_keep_the_diff_id(tmp_path: Path, compression: str, media_type: str) -> None:
+    context = write_context(tmp_path / "ctx", {"Buildfile": "FROM scratch\nCOPY data.txt /\n", "data.txt": "compress me " * 5000})
+    results = [
+        builder.build(context, root=tmp_path / f"s{level}", compression=compression, compression_level=level, source_date_epoch=1)
+        for level in (1, 9)
+    ]
+    layers = [result.manifest["layers"][0] for result in results]
+    assert {layer["mediaType"] for layer in layers} == {media_type}
+    assert results[0].config["rootfs"] == results[1].config["rootfs"]
+    if compression != "uncompressed":
+        assert layers[0]["digest"] != layers[1]["digest"], "the level must reach the compressor"
+        assert layers[0]["size"] < 60000 and layers[1]["size"] < 60000
