@@ -8,6 +8,7 @@ import os
 import re
 import sys
 
+from builder.commands.images import human_size
 from builder.errors import BuildError
 from builder.image.store import Store
 
@@ -23,14 +24,6 @@ def parse_size(text: str) -> int:
     if match is None or unit not in _UNITS:
         raise BuildError(f"invalid size {text!r}", hint="write a size like 500MB, 2GiB or 1000000")
     return int(float(match.group(1)) * _UNITS[unit])
-
-
-def human_size(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.3g}{unit}" if unit != "B" else f"{int(size)}B"
-        size /= 1000
-    return f"{size:.3g}TB"
 
 
 def _blob_size(store: Store, digest: str) -> int:

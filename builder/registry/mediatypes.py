@@ -1,33 +1,18 @@
-"""Media types the registry client understands (OCI image spec v1.1 and Docker schema 2)."""
+"""Media types the registry client understands: the store's (builder.image.oci), grouped for pulls."""
 from __future__ import annotations
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-OCI_LAYER_ND_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-
-IMAGE_MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-INDEXES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-CONFIGS = frozenset({OCI_CONFIG, DOCKER_CONFIG})
-LAYERS = frozenset(
-    {
-        OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_LAYER_ND_GZIP,
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-        DOCKER_LAYER_GZIP, DOCKER_LAYER_FOREIGN,
-        "application/vnd.docker.image.rootfs.diff.tar",
-        "application/vnd.docker.image.rootfs.diff.tar.zstd",
-    }
+from builder.image.oci import (
+    CONFIG_TYPES as CONFIGS,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_TYPES as INDEXES,
+    LAYER_TYPES as LAYERS,
+    MANIFEST_TYPES as IMAGE_MANIFESTS,
+    OCI_INDEX,
+    OCI_MANIFEST,
 )
+
+__all__ = ["CONFIGS", "IMAGE_MANIFESTS", "INDEXES", "LAYERS", "MANIFEST_ACCEPT", "OCI_INDEX", "OCI_MANIFEST"]
 
 # What we accept when asking for a manifest, best first.
 MANIFEST_ACCEPT = ", ".join([OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
