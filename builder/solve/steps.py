@@ -73,6 +73,13 @@ class StepRunner:
                 source_line=instruction.source.splitlines()[0],
                 hint="use --network=host or --network=none",
             )
+        if instruction.security not in (None, "sandbox"):
+            raise PlanError(
+                f"RUN --security={instruction.security} is not supported",
+                pos=instruction.pos,
+                source_line=instruction.source.splitlines()[0],
+                hint="RUN steps always run sandboxed with Docker's default capabilities",
+            )
         used_args = {name: value for name, value in state.args.items() if name not in PROXY_ARGS and name not in state.env()}
         prefix = f"|{len(used_args)} " + " ".join(f"{k}={v}" for k, v in sorted(used_args.items())) + " " if used_args else ""
         created_by = f"RUN {prefix}{' '.join(argv) if isinstance(instruction.command, ast.ShellCommand) else json_list(argv)} # buildkit"

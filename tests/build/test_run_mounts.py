@@ -74,3 +74,9 @@ def test_missing_required_secret_and_unknown_mount_type_are_errors(tmp_path: Pat
     assert caught.value.pos.line == 2
     with pytest.raises(PlanError, match="type=ssh is not supported"):
         builder.build(context, buildfile_text="FROM busybox\nRUN --mount=type=ssh true\n", root=busybox_store.root)
+
+
+def test_insecure_security_mode_is_refused(tmp_path: Path, busybox_store) -> None:
+    with pytest.raises(PlanError, match="--security=insecure is not supported"):
+        builder.build(write_context(tmp_path / "ctx", {}), buildfile_text="FROM busybox\nRUN --security=insecure true\n",
+                      root=busybox_store.root)
