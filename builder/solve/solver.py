@@ -24,7 +24,7 @@ from builder.parse import ast
 from builder.parse.expand import expand_word
 from builder.plan.planner import SCRATCH, Plan, Stage
 from builder.plan.render import summary
-from builder.plan.platforms import platform_args
+from builder.plan.platforms import PROXY_ARGS, platform_args
 from builder.progress import Event
 from builder.solve import cache as cache_keys
 from builder.solve.metadata import apply_metadata
@@ -171,8 +171,12 @@ class Solver:
             state.chain = cache_keys.step_key("image", {"manifest": record.manifest_digest})
             if state.config.get("OnBuild"):
                 state.onbuild_pending = list(state.config["OnBuild"])
-        state.args = {}
+        state.args = self._proxy_args()
         return state
+
+    def _proxy_args(self) -> dict[str, str]:
+        """Proxy settings passed with --build-arg reach RUN without an ARG line, as in Docker."""
+        return {name: value for name, value in self.options.build_args.items() if name in PROXY_ARGS}
 
     def _load_base(self, stage: Stage, platform):
         try:

@@ -94,7 +94,8 @@ class StepRunner:
         components = {
             "created_by": created_by,
             "instruction": ["RUN", argv],
-            "env": env,
+            # Proxy settings change how a RUN reaches the network, not what it builds (Docker's rule).
+            "env": {name: value for name, value in env.items() if name not in PROXY_ARGS},
             "user": state.user(),
             "workdir": state.workdir(),
             "network": network,

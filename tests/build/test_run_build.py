@@ -1,6 +1,7 @@
 """RUN steps on a busybox base built here: layers, failures, multi-stage, and what the image runs."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -189,3 +190,14 @@ def _sandbox_running(marker: str) -> bool:
             except OSError:
                 continue
     return False
+
+
+def test_proxy_build_args_reach_run_without_arg_and_stay_out_of_history_and_key(tmp_path: Path, busybox_store) -> None:
+    context = write_context(tmp_path / "ctx", {})
+    text = "FROM busybox\nRUN echo \"proxy=$http_proxy\" > /proxy\n"
+    first = builder.build(context, buildfile_text=text, root=busybox_store.root,
+                          build_args={"http_proxy": "http://127.0.0.1:3128"}, outputs=[f"type=local,dest={tmp_path / 'out'}"])
+    assert (tmp_path / "out/proxy").read_text() == "proxy=http://127.0.0.1:3128\n"
+    assert "3128" not in json.dumps(first.config["history"])
+    again = builder.build(context, buildfile_text=text, root=busybox_store.root, build_args={"http_proxy": "http://127.0.0.1:9999"})
+    assert again.steps[-1].cached

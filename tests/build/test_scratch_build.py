@@ -162,3 +162,38 @@ def test_unknown_target_is_an_error_naming_the_stages(tmp_path: Path, capsys) ->
     err = capsys.readouterr().err
     assert code == 1
     assert "target stage 'three' could not be found" in err and "one, two" in err
+
+
+def _tar_with_escape(path: Path) -> None:
+    import io
+
+    with tarfile.open(path, "w") as archive:
+        data = b"escaped\n"
+        member = tarfile.TarInfo("../../outside.txt")
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+
+
+@pytest.mark.parametrize(
+    ("buildfile", "message"),
+    [
+        ("FROM scratch\nCOPY ../secret.txt /\n", "outside the build context"),
+        ("FROM scratch\nCOPY link-out/secret.txt /\n", "outside the build context"),
+        ("FROM scratch\nADD evil.tar /x/\n", ".."),
+    ],
+    ids=["dotdot", "outbound-symlink-component", "tar-entry-with-dotdot"],
+)
+def test_hostile_contexts_fail_clearly_and_store_nothing(tmp_path: Path, store_root: Path, buildfile: str, message: str, capsys) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("must never be copied\n")
+    context = write_context(tmp_path / "ctx", {"Buildfile": buildfile})
+    (context / "link-out").symlink_to(tmp_path)
+    _tar_with_escape(context / "evil.tar")
+    code = cli_main(["--root", str(store_root), "build", "--progress", "quiet", "-t", "hostile", str(context)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Buildfile:2:1: " in err and message in err and "Traceback" not in err
+    store = Store.open(store_root)
+    assert store.tags() == [] and store.images() == []
+    assert not (tmp_path / "outside.txt").exists()
+    assert store.fsck() == []
