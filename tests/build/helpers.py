@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
 
@@ -38,15 +37,3 @@ def layer_file_contents(store: Store, digest: str) -> dict[str, bytes]:
             if member.isfile():
                 found[member.name] = archive.extractfile(member).read()
     return found
-
-
-def manifest_of(store: Store, ref: str) -> dict:
-    return store.load_image(ref).manifest
-
-
-def config_of(store: Store, ref: str) -> dict:
-    return store.load_image(ref).config
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())

@@ -17,7 +17,7 @@ from builder.cli import main as cli_main
 from builder.errors import ContextError
 from builder.image.store import Store
 
-from helpers import config_of, layer_members, write_context
+from helpers import layer_members, write_context
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello"
