@@ -41,6 +41,23 @@ def format_time(epoch: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One step between its cache lookup and its result."""
+
+    stage: Stage
+    instruction: ast.Instruction
+    number: int
+    text: str
+    started: float
+    components: dict[str, Any]
+    created_by: str
+    parent_chain: str
+    key: str
+    lineage: str  # where the last components for this Buildfile position are kept
+    no_cache: bool
+
+
 @dataclass
 class BuildSession:
     """Shared by all stages of one build."""
@@ -219,7 +236,7 @@ class Solver:
         text = summary(instruction)
         session.emit(Event("step-start", stage.label, number, session.steps_total, text))
         started = time.monotonic()
-        expand = self._expander(state, instruction, session.plan)
+        expand = self._expander(state, instruction)
 
         if isinstance(instruction, ast.Arg):
             created_by = self._apply_arg(session, stage, state, instruction, expand)
@@ -246,9 +263,9 @@ class Solver:
             # Another build may be running this very step: wait for it, then take its result.
             step_lock = self._lock_step(key)
             cached = self._cached(key)
+        step = _Step(stage, instruction, number, text, started, components, created_by, parent_chain, key, lineage, no_cache)
         try:
-            self._finish_step(session, runner, stage, state, instruction, number, text, started, components,
-                              created_by, parent_chain, key, lineage, no_cache, cached)
+            self._finish_step(session, runner, state, step, cached)
         finally:
             if step_lock is not None:
                 os.close(step_lock)
@@ -267,10 +284,10 @@ class Solver:
         return fd
 
     def _finish_step(
-        self, session: BuildSession, runner: StepRunner, stage: Stage, state: ImageState,
-        instruction: ast.Instruction, number: int, text: str, started: float, components: dict[str, Any],
-        created_by: str, parent_chain: str, key: str, lineage: str, no_cache: bool, cached: dict | None,
+        self, session: BuildSession, runner: StepRunner, state: ImageState, step: "_Step", cached: dict | None
     ) -> None:
+        stage, instruction, number, text, started = step.stage, step.instruction, step.number, step.text, step.started
+        components, parent_chain, key = step.components, step.parent_chain, step.key
         if cached is not None:
             state.restore_json(cached["state"])
             state.chain = key
@@ -278,15 +295,15 @@ class Solver:
             session.emit(Event("step-cached", stage.label, number, session.steps_total, text, seconds))
             result = StepResult(stage.label, number, text, True, key, seconds, cached.get("layer_diff_id"))
         else:
-            previous = self.store.cache_get(lineage)
+            previous = self.store.cache_get(step.lineage)
             public_components = {k: v for k, v in components.items() if k not in ("config", "created_by")}
-            reason = cache_keys.explain_miss(previous, parent_chain, public_components, no_cache)
+            reason = cache_keys.explain_miss(previous, parent_chain, public_components, step.no_cache)
             layer: LayerRef | None = None
             if isinstance(instruction, (ast.Run, ast.Copy, ast.Add)):
                 layer = runner.execute(instruction, state, components)
             elif "config" in components:
                 state.config = components["config"]
-            entry: dict[str, Any] = {"created": session.created(), "created_by": _history_text(created_by)}
+            entry: dict[str, Any] = {"created": session.created(), "created_by": step.created_by}
             if layer is None:
                 entry["empty_layer"] = True
             else:
@@ -294,14 +311,14 @@ class Solver:
             state.history.append(entry)
             state.chain = key
             self.store.cache_put(key, {"state": state.snapshot_json(), "layer_diff_id": layer.diff_id if layer else None})
-            self.store.cache_put(lineage, {"parent": parent_chain, "components": public_components})
+            self.store.cache_put(step.lineage, {"parent": parent_chain, "components": public_components})
             seconds = time.monotonic() - started
             session.emit(Event("step-done", stage.label, number, session.steps_total, text, seconds, cache_reason=reason))
             result = StepResult(stage.label, number, text, False, key, seconds, layer.diff_id if layer else None, reason)
         with session.lock:
             session.results.append(result)
 
-    def _expander(self, state: ImageState, instruction: ast.Instruction, plan: Plan):
+    def _expander(self, state: ImageState, instruction: ast.Instruction):
         env = state.expansion_env()
         escape = self.escape
 
@@ -332,10 +349,6 @@ class Solver:
             shown.append(name if raw_default is None else f"{name}={raw_default}")
         # The value is left out on purpose: Docker invalidates at the first use of an ARG, not here.
         return "ARG " + " ".join(shown)
-
-
-def _history_text(created_by: str) -> str:
-    return created_by
 
 
 
