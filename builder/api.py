@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from builder.errors import BuildError, ContextError, StoreError
+from builder.image.inuse import hold_store_for_build
 from builder.image.store import Store
 from builder.parse import parse_buildfile
 from builder.plan.planner import Plan, make_plan
@@ -168,17 +169,20 @@ def build(
     store = Store.open(root)
     solver = Solver(store, the_plan, options, escape=buildfile.escape)
     try:
-        final_state, steps = solver.solve()
-        created = (
-            _format_epoch(source_date_epoch)
-            if source_date_epoch is not None
-            else (final_state.history[-1]["created"] if final_state.history else _format_epoch(0))
-        )
-        config_digest, config, manifest_digest, manifest = assemble_image(store, final_state, options, created)
-        for tag in tags:
-            store.tag(tag, manifest_digest)
-        for spec in output_specs:
-            write_output(store, manifest_digest, spec, list(tags))
+        # Held shared for the whole build, so `builder prune` never collects a blob written here
+        # before the image or cache entry that references it exists.
+        with hold_store_for_build(store):
+            final_state, steps = solver.solve()
+            created = (
+                _format_epoch(source_date_epoch)
+                if source_date_epoch is not None
+                else (final_state.history[-1]["created"] if final_state.history else _format_epoch(0))
+            )
+            config_digest, config, manifest_digest, manifest = assemble_image(store, final_state, options, created)
+            for tag in tags:
+                store.tag(tag, manifest_digest)
+            for spec in output_specs:
+                write_output(store, manifest_digest, spec, list(tags))
     except OSError as error:
         raise _os_error_as_build_error(error, store.root) from None
     if on_event is not None:

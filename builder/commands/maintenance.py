@@ -10,7 +10,10 @@ import sys
 
 from builder.commands.images import human_size
 from builder.errors import BuildError
+from builder.image.inuse import no_build_running
 from builder.image.store import Store
+
+RECENT_SECONDS = 3600
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
@@ -76,7 +79,11 @@ def prune_cache(store: Store, *, everything: bool, keep_storage: int | None) -> 
     for key in doomed:
         store.cache_delete(key)
     _remove_idle_step_locks(store)
-    result = store.gc(min_age=0)
+    with no_build_running(store) as alone:
+        # While a build runs, a blob it wrote a moment ago may not be referenced yet: spare recent ones.
+        result = store.gc(min_age=0 if alone else RECENT_SECONDS)
+    if not alone:
+        print(f"builds are running: blobs newer than {RECENT_SECONDS // 60} minutes were kept", file=sys.stderr)
     return len(doomed), result.freed_bytes
 
 

@@ -45,3 +45,37 @@ def image_in_use(store: Store, manifest_digest: str) -> bool:
     finally:
         os.close(fd)  # closing drops our probe lock too
     return False
+
+
+# Builds hold this lock shared for their whole run; a prune that takes it exclusively knows no
+# build is between writing a blob and referencing it, so it may collect everything unreferenced.
+_BUILDS_LOCK = "builds"
+
+
+@contextmanager
+def hold_store_for_build(store: Store) -> Iterator[None]:
+    path = Path(store.root) / "locks" / _BUILDS_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def no_build_running(store: Store) -> Iterator[bool]:
+    """Yields True while holding off new builds when none is running now, else False at once."""
+    path = Path(store.root) / "locks" / _BUILDS_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

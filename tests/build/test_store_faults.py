@@ -16,6 +16,7 @@ import pytest
 import builder
 from builder.cli import main as cli_main
 from builder.errors import StoreError
+from builder.image.inuse import hold_store_for_build
 from builder.image.store import Store
 
 from helpers import write_context
@@ -123,6 +124,12 @@ def test_prune_and_df(tmp_path: Path, busybox_store, capsys) -> None:
     assert usage["build cache"]["bytes"] > 150_000
     assert cli_main(["--root", str(busybox_store.root), "prune", "--keep-storage", "1MB"]) == 0
     assert "removed 0 cache entries" in capsys.readouterr().out
+    blobs_before = usage["all blobs"]["count"]
+    with hold_store_for_build(busybox_store):  # as a running build does
+        assert cli_main(["--root", str(busybox_store.root), "prune", "--all"]) == 0
+    assert "builds are running" in capsys.readouterr().err
+    assert cli_main(["--root", str(busybox_store.root), "df", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["all blobs"]["count"] == blobs_before, "a running build's blobs are kept"
     assert cli_main(["--root", str(busybox_store.root), "prune", "--all"]) == 0
     capsys.readouterr()
     assert cli_main(["--root", str(busybox_store.root), "df", "--format", "json"]) == 0
