@@ -58,18 +58,37 @@ class PlainProgress:
 
 
 class TtyProgress(PlainProgress):
-    """A terminal display: one line per step with its time, output shown dimmed under the running step."""
+    """A terminal display: one line per step ending with its time (or CACHED); RUN output shown
+    dimmed under its step. A step's line stays open until it ends, unless output comes first."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self.open_step = 0  # the step whose line has no newline yet
+
+    def _close_open_line(self) -> str:
+        if not self.open_step:
+            return ""
+        self.open_step = 0
+        return "\n"
 
     def _format(self, event: Event) -> str | None:
+        head = f"[{event.stage} {event.step}/{event.total}] {event.text}"
         if event.kind == "step-start":
-            return f"\033[1m=> [{event.stage} {event.step}/{event.total}] {event.text}\033[0m\n"
+            prefix = self._close_open_line()
+            self.open_step = event.step
+            return f"{prefix}\033[1m=>\033[0m {head}"
         if event.kind == "step-output":
-            return "".join(f"\033[2m   {line}\033[0m\n" for line in event.text.splitlines())
-        if event.kind == "step-cached":
-            return f"\033[36m=> CACHED [{event.stage} {event.step}/{event.total}]\033[0m\n"
-        if event.kind == "step-done":
-            return f"\033[32m=> done [{event.stage} {event.step}/{event.total}] {event.seconds:.1f}s\033[0m\n"
-        return super()._format(event)
+            prefix = self._close_open_line()
+            return prefix + "".join(f"\033[2m   {line}\033[0m\n" for line in event.text.splitlines())
+        if event.kind in ("step-cached", "step-done"):
+            verdict = "\033[36mCACHED\033[0m" if event.kind == "step-cached" else f"\033[32m{event.seconds:.1f}s\033[0m"
+            if self.open_step == event.step:
+                self.open_step = 0
+                return f"  {verdict}\n"
+            prefix = self._close_open_line()
+            return f"{prefix}\033[1m=>\033[0m {head}  {verdict}\n"
+        text = super()._format(event)
+        return self._close_open_line() + text if text else None
 
 
 class JsonProgress(PlainProgress):

@@ -256,7 +256,9 @@ class Solver:
         parent_chain = state.chain
         key = cache_keys.step_key(parent_chain, {k: v for k, v in components.items() if k != "config"})
         lineage = cache_keys.lineage_key(str(self.options.buildfile_name), stage.label, step_index)
-        no_cache = self.options.no_cache or (stage.name or "") in self.options.no_cache_filter or str(stage.index) in self.options.no_cache_filter
+        no_cache = self.options.no_cache or bool(
+            {stage.label, str(stage.index)} & set(self.options.no_cache_filter)
+        )
         cached = None if no_cache else self._cached(key)
         step_lock: int | None = None
         if cached is None and not no_cache:
@@ -272,7 +274,9 @@ class Solver:
 
     def _cached(self, key: str) -> dict | None:
         cached = self.store.cache_get(key)
-        if cached is not None and not all(self.store.has_blob(layer["digest"]) for layer in cached["state"]["layers"]):
+        if cached is None or "chain" not in cached:
+            return None
+        if not all(self.store.has_blob(layer["digest"]) for layer in cached["state"]["layers"]):
             return None
         return cached
 
@@ -290,7 +294,7 @@ class Solver:
         components, parent_chain, key = step.components, step.parent_chain, step.key
         if cached is not None:
             state.restore_json(cached["state"])
-            state.chain = key
+            state.chain = cached["chain"]
             seconds = time.monotonic() - started
             session.emit(Event("step-cached", stage.label, number, session.steps_total, text, seconds))
             result = StepResult(stage.label, number, text, True, key, seconds, cached.get("layer_diff_id"))
@@ -309,8 +313,14 @@ class Solver:
             else:
                 state.layers.append(layer)
             state.history.append(entry)
-            state.chain = key
-            self.store.cache_put(key, {"state": state.snapshot_json(), "layer_diff_id": layer.diff_id if layer else None})
+            # The chain follows what the step produced, not only what it was asked: a step run again
+            # (--no-cache) that gives a different layer must not let later steps reuse old results.
+            state.chain = cache_keys.step_key(key, {"layer": layer.diff_id if layer else None, "config": state.config})
+            self.store.cache_put(key, {
+                "state": state.snapshot_json(),
+                "chain": state.chain,
+                "layer_diff_id": layer.diff_id if layer else None,
+            })
             self.store.cache_put(step.lineage, {"parent": parent_chain, "components": public_components})
             seconds = time.monotonic() - started
             session.emit(Event("step-done", stage.label, number, session.steps_total, text, seconds, cache_reason=reason))

@@ -90,3 +90,26 @@ def test_no_cache_and_explain_cache(tmp_path: Path, busybox_store, capsys) -> No
     err = capsys.readouterr().err
     assert code == 0
     assert err.count("CACHED") == 6
+
+
+def test_no_cache_filter_reruns_only_that_stage(tmp_path: Path, busybox_store) -> None:
+    text = "FROM busybox AS deps\nRUN echo deps > /deps\nFROM deps AS app\nRUN echo app > /app\nFROM app\nRUN echo last > /last\n"
+    context = write_context(tmp_path / "ctx", {"Buildfile": text})
+    builder.build(context, root=busybox_store.root)
+    result = builder.build(context, root=busybox_store.root, no_cache_filter=["app"])
+    by_text = {step.instruction: step.cached for step in result.steps}
+    assert by_text["RUN echo deps > /deps"] is True
+    assert by_text["RUN echo app > /app"] is False
+    # The last stage reruns only if the app layer came out different (see the next test).
+    unnamed = builder.build(context, root=busybox_store.root, no_cache_filter=["stage-2"])
+    assert {step.instruction: step.cached for step in unnamed.steps}["RUN echo app > /app"] is True
+
+
+def test_a_rerun_step_with_new_output_invalidates_what_follows(tmp_path: Path, busybox_store) -> None:
+    text = "FROM busybox AS rand\nRUN head -c 16 /dev/urandom | od -x > /rand\nFROM rand\nRUN cp /rand /copy\n"
+    context = write_context(tmp_path / "ctx", {"Buildfile": text})
+    builder.build(context, root=busybox_store.root)
+    out = tmp_path / "out"
+    result = builder.build(context, root=busybox_store.root, no_cache_filter=["rand"], outputs=[f"type=local,dest={out}"])
+    assert (out / "copy").read_text() == (out / "rand").read_text()
+    assert not result.steps[-1].cached
