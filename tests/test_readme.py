@@ -22,9 +22,9 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 @pytest.mark.slow
 def test_readme_install_and_example_command_works(tmp_path: Path) -> None:
-    command = _code_blocks()[0].strip()
-    apt_part, _, rest = command.partition(" && ")
-    assert apt_part.startswith("apt-get install"), "the first step installs the system packages"
+    steps = _code_blocks()[0].strip().split(" && ")
+    assert steps[0] == "apt-get update" and steps[1].startswith("apt-get install"), "it starts by installing packages"
+    rest = " && ".join(steps[2:])
     # .ci/run has installed the system packages; run the rest with private paths for venv and output.
     rest = rest.replace("/tmp/bvenv", str(tmp_path / "venv")).replace("/tmp/hello-rootfs", str(tmp_path / "out"))
     completed = subprocess.run(["bash", "-c", rest], cwd=REPO, capture_output=True, text=True, timeout=600)
