@@ -246,8 +246,13 @@ def flatten(
     hardlink: bool = True,
     keep_hardlinks: bool = True,
     dir_inodes: dict[str, int] | None = None,
+    only: Sequence[str] | None = None,
 ) -> Path:
     """Write the merged tree of `layer_dirs` into `dest` (created; must be empty if it exists).
+
+    `only` limits it to what those in-image paths need: their subtrees, their parent dirs, and
+    the symlinks on the way with what they point to (so `COPY --from` need not copy a whole
+    image to read one dir).
 
     hardlink=True links regular files into the layer dirs (cheap; callers must then not modify
     them). hardlink=False copies bytes. keep_hardlinks keeps files that share an inode in a
@@ -258,6 +263,7 @@ def flatten(
     view = LayeredView(layer_dirs)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    wanted = None if only is None else _wanted_parts(view, only)
     links: dict[tuple[int, int], Path] = {}
     dir_times: list[tuple[Path, Path, os.stat_result]] = []
 
@@ -273,7 +279,8 @@ def flatten(
             if dir_inodes is not None:
                 dir_inodes["/" + "/".join(parts)] = os.lstat(target).st_ino
             for name in view.children(parts):
-                place(parts + (name,), target / name)
+                if wanted is None or _needed(parts + (name,), wanted):
+                    place(parts + (name,), target / name)
             dir_times.append((host, target, st))
             return
         if stat.S_ISREG(mode):
@@ -305,3 +312,25 @@ def flatten(
     for host, target, st in dir_times:
         copy_metadata(host, target, st)
     return dest
+
+
+def _wanted_parts(view: LayeredView, paths: Sequence[str]) -> set[tuple[str, ...]]:
+    """Each path as written and every canonical form of its prefixes (symlink targets)."""
+    wanted: set[tuple[str, ...]] = set()
+    for path in paths:
+        literal = tuple(part for part in path.split("/") if part and part != ".")
+        wanted.add(literal)
+        for end in range(1, len(literal) + 1):
+            canonical = view.resolve("/" + "/".join(literal[:end]), follow=True)
+            if canonical is not None:
+                wanted.add(tuple(part for part in canonical.split("/") if part))
+    return wanted
+
+
+def _needed(parts: tuple[str, ...], wanted: set[tuple[str, ...]]) -> bool:
+    """On the way to a wanted path, or inside one."""
+    for path in wanted:
+        shorter = min(len(parts), len(path))
+        if parts[:shorter] == path[:shorter]:
+            return True
+    return False

@@ -69,8 +69,8 @@ def plan_mounts(
             raise _error(instruction, f"a {kind} mount needs target=", "e.g. --mount=type=" + kind + ",target=/path")
         target = _absolute_target(target, workdir)
         if kind == "bind":
-            origin = source_for(options.get("from"))
             source = options.get("source") or options.get("src") or "."
+            origin = source_for(options.get("from"), [source])
             identity = origin.identity
             if identity is None:
                 context = origin.context()

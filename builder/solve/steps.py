@@ -5,10 +5,12 @@ effects; `execute()` does the work and returns the step's layer (None when nothi
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from builder.errors import BuildError, PlanError, RunError
 from builder.parse import ast
@@ -87,7 +89,7 @@ class StepRunner:
             instruction,
             expand=expand,
             workdir=state.workdir(),
-            source_for=lambda from_value: self._source(instruction, from_value),
+            source_for=lambda from_value, paths: self._source(instruction, from_value, paths),
             stat_cache=self._stat_cache(),
             secrets=self.options.secrets,
         )
@@ -117,8 +119,8 @@ class StepRunner:
         chmod = expand(instruction.chmod) if instruction.chmod else None
         excludes = [expand(pattern) for pattern in instruction.exclude]
         from_value = expand(instruction.from_) if isinstance(instruction, ast.Copy) and instruction.from_ else None
-        source = self._source(instruction, from_value)
         file_sources = [word for word in sources if not _is_heredoc_word(word, heredoc_names)]
+        source = self._source(instruction, from_value, file_sources)
         local_sources = [word for word in file_sources if not _is_url(word)]
         if source.identity is not None:
             sources_digest = source.identity
@@ -174,10 +176,11 @@ class StepRunner:
                     self.session.stat_cache = StatCache(self.store.root / "statcache.db")  # type: ignore[attr-defined]
         return self.session.stat_cache  # type: ignore[attr-defined]
 
-    def _source(self, instruction: ast.Instruction, from_value: str | None) -> "Source":
-        """Where COPY/ADD or a bind mount reads from: the context, a stage, or an image.
+    def _source(self, instruction: ast.Instruction, from_value: str | None, paths: Sequence[str]) -> "Source":
+        """Where COPY/ADD or a bind mount reads `paths` from: the context, a stage, or an image.
 
-        A stage or image is flattened only when a step really runs, never to compute a cache key."""
+        A stage or image is flattened only when a step really runs, never to compute a cache key,
+        and then only as far as `paths` reach."""
         if from_value is None:
             return Source(None, lambda: BuildContext(self.options.context_dir, self._ignore()))
         plan = self.session.plan
@@ -201,7 +204,8 @@ class StepRunner:
             layers = _layers_of(record.manifest, record.config)
             name = "image-" + record.manifest_digest.split(":")[-1][:16]
             identity = "image:" + record.manifest_digest
-        return Source(identity, lambda: BuildContext.for_rootfs(self._flattened(name, layers)))
+        reach = sorted({_static_prefix(path) for path in paths})
+        return Source(identity, lambda: BuildContext.for_rootfs(self._flattened(name, layers, reach)))
 
     def _load_image(self, name: str, instruction: ast.Instruction):
         from builder.errors import ImageNotFound
@@ -221,16 +225,20 @@ class StepRunner:
             platform = self.stage.platform or self.session.plan.target_platform
             return pull(self.store, name, platform=str(platform), insecure=self.options.insecure_registries)
 
-    def _flattened(self, name: str, layers: list[LayerRef]) -> Path:
+    def _flattened(self, name: str, layers: list[LayerRef], reach: list[str]) -> Path:
         from builder.snapshot.view import flatten
 
-        target = self.session.work_dir / f"src-{name}"
+        if "/" in reach:
+            reach = ["/"]
+        label = f"{name}-" + hashlib.sha256("\0".join(reach).encode()).hexdigest()[:12]
+        target = self.session.work_dir / f"src-{label}"
         with self.session.lock:
             if target.exists():
                 return target
-            partial = self.session.work_dir / f"partial-{name}"
+            partial = self.session.work_dir / f"partial-{label}"
             shutil.rmtree(partial, ignore_errors=True)
-            flatten([self.store.snapshot_dir(layer.diff_id, layer.digest) for layer in layers], partial)
+            lower = [self.store.snapshot_dir(layer.diff_id, layer.digest) for layer in layers]
+            flatten(lower, partial, only=None if reach == ["/"] else reach)
             partial.rename(target)
             return target
 
@@ -385,6 +393,20 @@ def _protect_quotes(line: str) -> str:
 
 def _is_heredoc_word(word: str, heredoc_names: set[str]) -> bool:
     return word.strip("'\"") in heredoc_names or word.replace("'", "").replace('"', "") in heredoc_names
+
+
+_WILDCARD = re.compile(r"[*?\[\\]")
+
+
+def _static_prefix(pattern: str) -> str:
+    """The part of a source path before its first wildcard component: what a copy can reach."""
+    kept: list[str] = []
+    for part in pattern.split("/"):
+        if _WILDCARD.search(part):
+            break
+        if part and part != ".":
+            kept.append(part)
+    return "/" + "/".join(kept)
 
 
 def _is_url(source: str) -> bool:

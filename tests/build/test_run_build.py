@@ -201,3 +201,34 @@ def test_proxy_build_args_reach_run_without_arg_and_stay_out_of_history_and_key(
     assert "3128" not in json.dumps(first.config["history"])
     again = builder.build(context, buildfile_text=text, root=busybox_store.root, build_args={"http_proxy": "http://127.0.0.1:9999"})
     assert again.steps[-1].cached
+
+
+def test_copy_from_reads_through_symlinks_and_globs_of_a_stage(tmp_path: Path, busybox_store) -> None:
+    text = (
+        "FROM busybox AS tools\n"
+        "RUN mkdir -p /usr/lib/real && echo tool > /usr/lib/real/tool && echo two > /usr/lib/real/two "
+        "&& ln -s usr/lib/real /linkdir\n"
+        "FROM scratch\n"
+        "COPY --from=tools /linkdir/tool /tool\n"
+        "COPY --from=tools /usr/lib/real/t* /globbed/\n"
+    )
+    out = tmp_path / "out"
+    builder.build(write_context(tmp_path / "ctx", {}), buildfile_text=text, root=busybox_store.root,
+                  outputs=[f"type=local,dest={out}"])
+    assert (out / "tool").read_text() == "tool\n"
+    assert sorted(path.name for path in (out / "globbed").iterdir()) == ["tool", "two"]
+
+
+def test_flatten_only_reaches_what_is_asked(tmp_path: Path) -> None:
+    from builder.snapshot.view import flatten
+
+    layer = tmp_path / "layer"
+    (layer / "usr/lib/real").mkdir(parents=True)
+    (layer / "usr/lib/real/tool").write_text("t")
+    (layer / "unrelated").mkdir()
+    (layer / "unrelated/big").write_text("x")
+    (layer / "linkdir").symlink_to("usr/lib/real")
+    dest = flatten([layer], tmp_path / "flat", only=["/linkdir/tool"])
+    assert (dest / "linkdir").is_symlink()
+    assert (dest / "usr/lib/real/tool").read_text() == "t"
+    assert not (dest / "unrelated").exists()
