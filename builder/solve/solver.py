@@ -219,6 +219,11 @@ class Solver:
             if error.pos is None:
                 error.pos = stage.from_instruction.pos
                 error.source_line = summary(stage.from_instruction)
+            if not self.options.pull:
+                error.hint = (
+                    f"{stage.base!r} is not in the local store and pulling it failed; "
+                    "add it with `builder import`, `builder load` or `builder pull`, or check the name"
+                )
             raise
 
     # --- one step -----------------------------------------------------------------------------
