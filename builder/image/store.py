@@ -554,6 +554,9 @@ class Store:
             raise StoreError(f"layer writer reported {digests.digest} but wrote {writer.digest}")
         self.record_layer(digests.diff_id, digests.digest, digests.media_type, digests.size)
         if adopt:
+            from builder.layer.times import match_layer_times
+
+            match_layer_times(Path(layer_dir), source_date_epoch)
             self.adopt_snapshot(digests.diff_id, Path(layer_dir))
         return digests
 

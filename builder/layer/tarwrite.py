@@ -108,6 +108,14 @@ class _Member:
     content_path: bytes | None = None  # regular file whose bytes follow the header
 
 
+
+def layer_mtime(st: os.stat_result, source_date_epoch: int | None) -> int:
+    """The mtime a layer records: whole seconds, clamped to the epoch when one is set."""
+    seconds = st.st_mtime_ns // 1_000_000_000
+    if source_date_epoch is not None and seconds > source_date_epoch:
+        return source_date_epoch
+    return seconds
+
 class _TarMembers:
     """Walks src_dir and yields the tar members in layer order, with hardlinks detected."""
 
@@ -118,10 +126,7 @@ class _TarMembers:
         self._links: dict[tuple[int, int], str] = {}
 
     def _mtime(self, st: os.stat_result) -> int:
-        seconds = st.st_mtime_ns // 1_000_000_000
-        if self._epoch is not None and seconds > self._epoch:
-            return self._epoch
-        return seconds
+        return layer_mtime(st, self._epoch)
 
     def _marker(self, name: str) -> tarfile.TarInfo:
         info = _LayerTarInfo(name)

@@ -114,3 +114,14 @@ def test_builder_diff_names_what_differs(tmp_path: Path, capsys) -> None:
     assert "a.txt: sha256" in out and "config created" in out
     assert cli_main(["--root", str(root), "diff", "first", "first"]) == 0
     assert capsys.readouterr().out.startswith("identical: sha256:")
+
+
+def test_later_steps_see_the_times_the_layer_records(tmp_path: Path, busybox_store) -> None:
+    """A RUN reading times of files an earlier RUN made sees the clamped time, as it would on a
+    machine that got that layer from a registry (e.g. .pyc headers embed source mtimes)."""
+    context = write_context(tmp_path / "ctx", {})
+    text = "FROM busybox\nRUN echo made > /made\nRUN stat -c %Y /made > /seen-mtime\n"
+    out = tmp_path / "out"
+    builder.build(context, buildfile_text=text, root=busybox_store.root, source_date_epoch=1700000000,
+                  outputs=[f"type=local,dest={out}"])
+    assert (out / "seen-mtime").read_text() == "1700000000\n"
