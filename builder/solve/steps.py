@@ -18,6 +18,7 @@ from builder.plan.context import BuildContext
 from builder.plan.dockerignore import IgnoreMatcher
 from builder.plan.platforms import PROXY_ARGS
 from builder.progress import Event
+from builder.solve import cache as cache_keys
 from builder.solve.metadata import command_argv, json_list
 from builder.solve.mounts import MountSetup, plan_mounts
 from builder.solve.state import ImageState, LayerRef
@@ -244,6 +245,21 @@ class StepRunner:
 
     # --- execution ------------------------------------------------------------------------
     def execute(self, instruction: ast.Instruction, state: ImageState, components: dict[str, Any]) -> LayerRef | None:
+        if not (isinstance(instruction, (ast.Copy, ast.Add)) and instruction.link):
+            return self._execute_layer(instruction, state)
+        # COPY --link: the layer does not depend on the image below it, so it is cached by the
+        # step alone and reused when only earlier steps or the base changed.
+        link_key = cache_keys.step_key("copy --link", {k: v for k, v in components.items() if k != "created_by"})
+        found = self.store.cache_get(link_key)
+        if found is not None and self.store.has_blob(found["digest"]):
+            self._pending.pop(id(instruction), None)
+            return LayerRef.from_json(found)
+        layer = self._execute_layer(instruction, state)
+        if layer is not None:
+            self.store.cache_put(link_key, layer.to_json())
+        return layer
+
+    def _execute_layer(self, instruction: ast.Instruction, state: ImageState) -> LayerRef | None:
         work = Path(self.session.work_dir) / f"s{id(instruction) % 100000}"
         work.mkdir()
         try:
@@ -325,13 +341,16 @@ class StepRunner:
         chown = self._resolve_chown(pending["chown"], view, instruction) if pending["chown"] else None
         staging = work / "layer"
         staging.mkdir()
+        # With --link the destination is laid out without looking at the image below (BuildKit:
+        # files land in an empty dir that is then merged), so the layer is the same on any base.
+        linked = instruction.link
         stage_copy(
             pending["source"].context(),
             pending["sources"],
             pending["dest"],
             workdir=state.workdir(),
             staging_dir=staging,
-            dest_is_dir=view.is_dir,
+            dest_is_dir=(lambda _path: False) if linked else view.is_dir,
             chown=chown,
             chmod=pending["chmod"],
             exclude=pending["exclude"],
@@ -341,8 +360,8 @@ class StepRunner:
             is_add=isinstance(instruction, ast.Add),
             heredocs=pending["heredocs"],
             checksum=getattr(instruction, "checksum", None),
-            resolve_image_path=view_resolver(view),
-            image_dir_meta=view_dir_meta(view),
+            resolve_image_path=None if linked else view_resolver(view),
+            image_dir_meta=None if linked else view_dir_meta(view),
         )
         return staging
 

@@ -113,3 +113,23 @@ def test_a_rerun_step_with_new_output_invalidates_what_follows(tmp_path: Path, b
     result = builder.build(context, root=busybox_store.root, no_cache_filter=["rand"], outputs=[f"type=local,dest={out}"])
     assert (out / "copy").read_text() == (out / "rand").read_text()
     assert not result.steps[-1].cached
+
+
+def test_copy_link_layer_is_reused_on_a_changed_base(tmp_path: Path, busybox_store, monkeypatch) -> None:
+    import builder.solve.copy as copy_module
+
+    calls = []
+    real = copy_module.stage_copy
+    monkeypatch.setattr(copy_module, "stage_copy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    context = write_context(tmp_path / "ctx", {"data.txt": "payload\n"})
+    first = builder.build(context, buildfile_text="FROM busybox\nRUN echo 1 > /a\nCOPY --link data.txt /srv/\n",
+                          root=busybox_store.root)
+    assert len(calls) == 1
+    second = builder.build(context, buildfile_text="FROM busybox\nRUN echo 2 > /a\nCOPY --link data.txt /srv/\n",
+                           root=busybox_store.root)
+    assert len(calls) == 1, "the --link layer must come from the cache, not a new copy"
+    assert not second.steps[-1].cached  # the step itself ran again: its parent changed
+    assert second.manifest["layers"][-1] == first.manifest["layers"][-1]
+    plain = builder.build(context, buildfile_text="FROM busybox\nRUN echo 3 > /a\nCOPY data.txt /srv/\n",
+                          root=busybox_store.root)
+    assert len(calls) == 2 and plain.manifest["layers"][-1]["digest"]
