@@ -131,14 +131,15 @@ class StepRunner:
         else:
             sources_digest = ""
         urls = [source for source in file_sources if _is_url(source)]
+        checksum = getattr(instruction, "checksum", None)
         options = {
             "chown": chown,
             "chmod": chmod,
             "exclude": excludes,
             "link": instruction.link,
             "parents": getattr(instruction, "parents", False),
-            "checksum": getattr(instruction, "checksum", None),
-            "urls": urls,
+            "checksum": checksum,
+            "urls": [[url, self._url_identity(url, checksum, instruction)] for url in urls],
         }
         created_by = f"{keyword} {' '.join(sources)} {dest} # buildkit"
         self._pending[id(instruction)] = {
@@ -158,6 +159,21 @@ class StepRunner:
             "workdir": state.workdir(),
             "from": from_value,
         }
+
+    def _url_identity(self, url: str, checksum: str | None, instruction: ast.Instruction) -> str:
+        """What a remote ADD source holds now: its --checksum, or else the digest of a fresh download
+        (a URL's content can change under the same name, and a stale cache entry would hide it)."""
+        if checksum:
+            return checksum
+        from builder.solve.copy import download_url
+
+        with self.store.tempdir("u") as scratch:
+            got = download_url(url, Path(scratch), checksum=None, pos=instruction.pos)
+            digest = hashlib.sha256()
+            with open(got.path, "rb") as downloaded:
+                while chunk := downloaded.read(1 << 20):
+                    digest.update(chunk)
+            return f"sha256:{digest.hexdigest()} mtime:{got.mtime_ns}"
 
     def _ignore(self) -> IgnoreMatcher:
         if not hasattr(self.session, "ignore_matcher"):

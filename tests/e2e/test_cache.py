@@ -133,3 +133,32 @@ def test_copy_link_layer_is_reused_on_a_changed_base(tmp_path: Path, busybox_sto
     plain = builder.build(context, buildfile_text="FROM busybox\nRUN echo 3 > /a\nCOPY data.txt /srv/\n",
                           root=busybox_store.root)
     assert len(calls) == 2 and plain.manifest["layers"][-1]["digest"]
+
+
+def test_add_from_a_url_reruns_when_the_remote_content_changes(tmp_path: Path, busybox_store) -> None:
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "file.txt").write_text("version 1\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/file.txt"
+        context = write_context(tmp_path / "ctx", {})
+        text = f"FROM busybox\nADD {url} /remote.txt\nRUN cat /remote.txt > /seen\n"
+        out = tmp_path / "out"
+        builder.build(context, buildfile_text=text, root=busybox_store.root, outputs=[f"type=local,dest={out}"])
+        assert (out / "seen").read_text() == "version 1\n"
+        assert builder.build(context, buildfile_text=text, root=busybox_store.root).steps[1].cached
+        (served / "file.txt").write_text("version 2, longer\n")
+        out2 = tmp_path / "out2"
+        result = builder.build(context, buildfile_text=text, root=busybox_store.root, outputs=[f"type=local,dest={out2}"])
+        assert not result.steps[1].cached
+        assert (out2 / "seen").read_text() == "version 2, longer\n"
+    finally:
+        server.shutdown()
