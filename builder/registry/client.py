@@ -19,7 +19,7 @@ from builder.errors import RegistryError
 
 from . import mediatypes
 from .auth import DOCKER_HUB_HOSTS, Authenticator, Credentials, lookup_credentials
-from .transport import Response, Transport, TransientError, uses_plain_http
+from .transport import Response, Transport, TransientError, is_listed_insecure, is_loopback
 
 if TYPE_CHECKING:  # the store lives in another room; only its names are used here
     from builder.image.store import ImageRecord, Store
@@ -94,7 +94,12 @@ class RegistryClient:
         self.insecure = tuple(insecure)
         host = registry_host(registry)
         self.transport = Transport(
-            host, plain_http=uses_plain_http(host, self.insecure), retries=retries, backoff=backoff, timeout=timeout
+            host,
+            plain_http=is_loopback(host),
+            insecure_tls=not is_loopback(host) and is_listed_insecure(host, self.insecure),
+            retries=retries,
+            backoff=backoff,
+            timeout=timeout,
         )
         source = (lambda: lookup_credentials(registry)) if credentials is _USE_DOCKER_CONFIG else credentials
         self.auth = Authenticator(registry, source, self.insecure)  # type: ignore[arg-type]

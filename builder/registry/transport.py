@@ -55,9 +55,16 @@ def split_host_port(host: str) -> tuple[str, int | None]:
 
 def uses_plain_http(host: str, insecure: Iterable[str] = ()) -> bool:
     """Plain HTTP only for loopback or a registry the user listed as insecure."""
+    return is_loopback(host) or is_listed_insecure(host, insecure)
+
+
+def is_loopback(host: str) -> bool:
     name, _ = split_host_port(host)
-    if name in LOOPBACK_HOSTS:
-        return True
+    return name in LOOPBACK_HOSTS
+
+
+def is_listed_insecure(host: str, insecure: Iterable[str]) -> bool:
+    name, _ = split_host_port(host)
     insecure_set = set(insecure)
     return host in insecure_set or name in insecure_set
 
@@ -137,6 +144,9 @@ class Transport:
 
     host: str
     plain_http: bool = False
+    # An --insecure-registry: HTTPS without certificate checks first, then plain HTTP if the
+    # registry does not speak TLS at all (Docker's order).
+    insecure_tls: bool = False
     timeout: float = 60.0
     retries: int = 3
     backoff: float = 0.2
@@ -174,14 +184,20 @@ class Transport:
                 self.sleep(self.backoff * (2 ** (attempt - 1)))
             try:
                 response = self._follow_redirects(method, self.url(url), dict(headers or {}), body, content_length)
-            except TRANSIENT_ERRORS as exc:
-                last_error = exc
-                continue
-            except ssl.SSLError as exc:
+            except (ssl.SSLError, ConnectionRefusedError, ConnectionResetError) as exc:
+                if self.insecure_tls and not self.plain_http and "://" not in url:
+                    self.plain_http = True  # no TLS there: the registry speaks plain HTTP
+                    return self.request(method, url, headers, body, content_length, retry=retry)
+                if not isinstance(exc, ssl.SSLError):
+                    last_error = exc
+                    continue
                 raise RegistryError(
                     f"TLS error talking to {self.host}: {exc}",
                     hint="for a registry without valid TLS use --insecure-registry " + self.host,
                 ) from exc
+            except TRANSIENT_ERRORS as exc:
+                last_error = exc
+                continue
             except OSError as exc:
                 raise RegistryError(f"cannot reach registry {self.host}: {exc}") from exc
             if response.status in RETRY_STATUSES and attempt + 1 < attempts:
@@ -226,8 +242,12 @@ class Transport:
     ) -> Response:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme == "https":
+            context = ssl.create_default_context()
+            if self.insecure_tls:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                parts.netloc, timeout=self.timeout, context=ssl.create_default_context()
+                parts.netloc, timeout=self.timeout, context=context
             )
         elif parts.scheme == "http":
             conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
