@@ -17,7 +17,8 @@ from builder.errors import OutputError
 from builder.export.tarout import TarPlan, atomic_output_file
 from builder.image import oci
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
-from builder.image.store import Store, fsync_dir
+from builder.image.blobfiles import fsync_dir
+from builder.image.store import Store
 
 
 def image_blobs(store: Store, manifest_digest: str) -> list[tuple[str, int]]:

@@ -22,7 +22,8 @@ from builder.errors import ArchiveError, BuildError, StoreError
 from builder.image import oci
 from builder.image.layerapi import open_layer_stream, unpack_layer
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
-from builder.image.store import DigestMismatch, ImageRecord, Staging, Store
+from builder.image.blobfiles import DigestMismatch, Staging
+from builder.image.store import ImageRecord, Store
 
 _CHUNK = 1 << 20
 _MAX_JSON = 64 << 20  # manifests/configs/indexes larger than this are not plausible

@@ -1,4 +1,5 @@
 """The local image store: content-addressed blobs, image records, tags, layer snapshots, step cache.
+(Blob temp files, staged publication and the fsync helpers live in blobfiles.py.)
 
 Layout under `root`:
 
@@ -20,15 +21,12 @@ Why it survives kills and concurrency:
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import os
 import re
-import shutil
 import sqlite3
 import tempfile
 import threading
@@ -40,11 +38,22 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 from builder.errors import ImageNotFound, StoreError
 from builder.image import oci
+from builder.image.blobfiles import (
+    CHUNK,
+    BlobWriter,
+    HashingReader,
+    StagingContext,
+    check_digest,
+    copy_into,
+    default_root,
+    fsync_dir,
+    remove_tree,
+    syncfs,
+)
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 
 _DIGEST_IN_TEXT = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
-_CHUNK = 1 << 20
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -81,10 +90,6 @@ CREATE TABLE IF NOT EXISTS cache (
 """
 
 
-class DigestMismatch(StoreError):
-    """Content written for a blob does not hash to the digest it was announced with."""
-
-
 @dataclass
 class ImageRecord:
     manifest_digest: str
@@ -109,214 +114,6 @@ class GCResult:
     removed_snapshots: list[str] = field(default_factory=list)
     removed_tmp: list[str] = field(default_factory=list)
     freed_bytes: int = 0
-
-
-# --- file system helpers -------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_libc = None
-
-
-def syncfs(path: Path) -> None:
-    """Flush the whole file system holding `path` (one call instead of an fsync per unpacked file)."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
-
-
-def _rmtree(path: Path) -> None:
-    """Remove a tree that may hold read-only dirs (layer contents keep their modes)."""
-    def onerror(func, p, exc_info):  # noqa: ANN001 - shutil's callback signature
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
-        except OSError:
-            pass
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, onerror=onerror)
-    else:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-
-
-def _io_error(exc: OSError, what: str, root: Path | None = None) -> StoreError:
-    """A StoreError for a failed store write, with the hint that usually fixes it."""
-    hint = None
-    if exc.errno == errno.ENOSPC:
-        hint = "the disk is full: free space, or prune the store"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        hint = "the store is not writable; set BUILDER_ROOT to a writable directory"
-    where = f" in {root}" if root else ""
-    return StoreError(f"{what}{where}: {exc.strerror or exc}", hint=hint)
-
-
-def _check_digest(digest: str) -> str:
-    if not isinstance(digest, str) or not oci.is_digest(digest):
-        raise StoreError(f"invalid blob digest {digest!r}", hint="digests look like sha256:<64 lowercase hex>")
-    return digest
-
-
-def default_root() -> Path:
-    """$BUILDER_ROOT, else $XDG_DATA_HOME/builder, else ~/.local/share/builder."""
-    if os.environ.get("BUILDER_ROOT"):
-        return Path(os.environ["BUILDER_ROOT"])
-    if os.environ.get("XDG_DATA_HOME"):
-        return Path(os.environ["XDG_DATA_HOME"]) / "builder"
-    return Path.home() / ".local" / "share" / "builder"
-
-
-# --- blob writer ---------------------------------------------------------------------------------
-
-
-class BlobWriter(io.RawIOBase):
-    """A write-only file that hashes what it is given; published by `Store.blob_writer` on success."""
-
-    def __init__(self, tmp_dir: Path, expected_digest: str | None) -> None:
-        super().__init__()
-        try:
-            fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
-        except OSError as exc:
-            raise _io_error(exc, "cannot create a temp file", tmp_dir.parent) from exc
-        fcntl.flock(fd, fcntl.LOCK_EX)  # tells gc a live writer owns this temp file
-        self.temp_path = Path(name)
-        self._fd = fd
-        self._hash = hashlib.sha256()
-        self.expected_digest = expected_digest
-        self.size = 0
-        self.digest: str | None = None
-        self._buffer = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:  # type: ignore[override]
-        with memoryview(data) as raw, raw.cast("B") as view:
-            n = len(view)
-            self._hash.update(view)
-            self._buffer += view
-        self.size += n
-        if len(self._buffer) >= _CHUNK:
-            self._drain()
-        return n
-
-    def tell(self) -> int:
-        return self.size
-
-    def _drain(self) -> None:
-        try:
-            with memoryview(self._buffer) as whole:
-                view = whole
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
-                view.release()
-        except OSError as exc:
-            raise _io_error(exc, "cannot write a blob", self.temp_path.parent.parent) from exc
-        self._buffer.clear()
-
-    def finish(self) -> str:
-        """Flush and fsync the temp file; check the digest. Returns the digest."""
-        self._drain()
-        try:
-            os.fsync(self._fd)
-        except OSError as exc:
-            raise _io_error(exc, "cannot write a blob", self.temp_path.parent.parent) from exc
-        self.digest = "sha256:" + self._hash.hexdigest()
-        if self.expected_digest is not None and self.digest != self.expected_digest:
-            raise DigestMismatch(
-                f"content does not match its digest: expected {self.expected_digest}, got {self.digest}",
-                hint="the source is corrupt or was modified while it was read",
-            )
-        return self.digest
-
-    def discard(self) -> None:
-        self.release()
-        try:
-            self.temp_path.unlink()
-        except FileNotFoundError:
-            pass
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def close(self) -> None:  # closing the file object a library wraps us in must not publish
-        pass
-
-
-class Staging:
-    """Blobs written but not yet visible; `publish()` renames them all into place at once.
-
-    Used by importers: an archive is verified completely before any of its blobs appears.
-    """
-
-    def __init__(self, store: "Store") -> None:
-        self._store = store
-        self._pending: list[BlobWriter] = []
-
-    @contextmanager
-    def blob_writer(self, expected_digest: str | None = None) -> Iterator[BlobWriter]:
-        writer = BlobWriter(self._store.tmp_dir, expected_digest)
-        try:
-            yield writer
-            writer.finish()
-        except BaseException:
-            writer.discard()
-            raise
-        self._pending.append(writer)
-
-    def put_blob(self, data: bytes | BinaryIO | Iterable[bytes], expected_digest: str | None = None) -> tuple[str, int]:
-        with self.blob_writer(expected_digest) as writer:
-            _copy_into(data, writer)
-        assert writer.digest is not None
-        return writer.digest, writer.size
-
-    def path_of(self, digest: str) -> Path:
-        """Where a staged (or already published) blob can be read before publish."""
-        for writer in self._pending:
-            if writer.digest == digest:
-                return writer.temp_path
-        return self._store.blob_path(digest)
-
-    def publish(self) -> None:
-        for writer in self._pending:
-            self._store._publish(writer)
-        if self._pending:
-            fsync_dir(self._store.blobs_dir)
-        self._pending.clear()
-
-    def discard(self) -> None:
-        for writer in self._pending:
-            writer.discard()
-        self._pending.clear()
-
-
-def _copy_into(data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes], writer: BlobWriter) -> None:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        writer.write(data)
-    elif hasattr(data, "read"):
-        while chunk := data.read(_CHUNK):  # type: ignore[union-attr]
-            writer.write(chunk)
-    else:
-        for chunk in data:
-            writer.write(chunk)
 
 
 # --- the store -----------------------------------------------------------------------------------
@@ -434,14 +231,14 @@ class Store:
         finally:
             try:
                 if path.exists():
-                    _rmtree(path)
+                    remove_tree(path)
             finally:
                 os.close(fd)
 
     # --- blobs ---
 
     def blob_path(self, digest: str) -> Path:
-        return self.blobs_dir / _check_digest(digest).removeprefix("sha256:")
+        return self.blobs_dir / check_digest(digest).removeprefix("sha256:")
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
@@ -449,7 +246,7 @@ class Store:
     @contextmanager
     def blob_writer(self, expected_digest: str | None = None) -> Iterator[BlobWriter]:
         if expected_digest is not None:
-            _check_digest(expected_digest)
+            check_digest(expected_digest)
         writer = BlobWriter(self.tmp_dir, expected_digest)
         try:
             yield writer
@@ -460,9 +257,9 @@ class Store:
             raise
         fsync_dir(self.blobs_dir)
 
-    def staging(self) -> "_StagingContext":
+    def staging(self) -> "StagingContext":
         """`with store.staging() as st:` write blobs with st.blob_writer(); st.publish() makes them visible."""
-        return _StagingContext(self)
+        return StagingContext(self)
 
     def _publish(self, writer: BlobWriter) -> None:
         assert writer.digest is not None
@@ -495,7 +292,7 @@ class Store:
             except FileNotFoundError:
                 pass  # pruned just now: write it again below
         with self.blob_writer(expected_digest) as writer:
-            _copy_into(data, writer)
+            copy_into(data, writer)
         assert writer.digest is not None
         return writer.digest, writer.size
 
@@ -527,8 +324,8 @@ class Store:
 
     def record_layer(self, diff_id: str, blob_digest: str, media_type: str, size: int) -> None:
         """Remember that `blob_digest` is a (compressed) tar whose uncompressed digest is `diff_id`."""
-        _check_digest(diff_id)
-        _check_digest(blob_digest)
+        check_digest(diff_id)
+        check_digest(blob_digest)
         with self._tx() as tx:
             tx.execute("INSERT OR IGNORE INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?)",
                        (blob_digest, diff_id, media_type, size))
@@ -578,7 +375,7 @@ class Store:
     def adopt_snapshot(self, diff_id: str, layer_dir: Path) -> bool:
         """Move `layer_dir` in as the snapshot of `diff_id`; False (dir left alone) when one exists
         already or the dir is on another file system."""
-        _check_digest(diff_id)
+        check_digest(diff_id)
         with self._lock("snap-" + diff_id.removeprefix("sha256:")):
             if self.has_snapshot(diff_id):
                 return False
@@ -596,7 +393,7 @@ class Store:
 
     def snapshot_dir(self, diff_id: str, blob_digest: str | None = None) -> Path:
         """The unpacked layer (overlay-upper format) for `diff_id`, unpacked once and shared."""
-        _check_digest(diff_id)
+        check_digest(diff_id)
         row = self._db().execute("SELECT n, last_used FROM snapshots WHERE diff_id=?", (diff_id,)).fetchone()
         if row is not None and (self.snapshots_dir / str(row[0])).is_dir():
             if time.time() - row[1] > 600:  # coarse last-use mark, so gc's min_age spares dirs in use
@@ -625,7 +422,7 @@ class Store:
                 os.rename(work, final)
                 fsync_dir(self.snapshots_dir)
             except BaseException:
-                _rmtree(work)
+                remove_tree(work)
                 raise
             finally:
                 os.close(fd)
@@ -636,7 +433,7 @@ class Store:
         from builder.image.layerapi import open_layer_stream, unpack_layer
 
         with self.open_blob(blob_digest) as raw:
-            stream = _HashingReader(open_layer_stream(raw))
+            stream = HashingReader(open_layer_stream(raw))
             unpack_layer(stream, dest)
             stream.drain()
         if stream.digest() != diff_id:
@@ -772,7 +569,7 @@ class Store:
     def tag(self, name: str, manifest_digest: str) -> str:
         """Point tag `name` (normalised, `name` -> `name:latest`) at an image; returns the tag."""
         tag_name = normalize_tag(name)
-        _check_digest(manifest_digest)
+        check_digest(manifest_digest)
         with self._tx() as tx:
             if not tx.execute("SELECT 1 FROM images WHERE manifest_digest=?", (manifest_digest,)).fetchone():
                 raise ImageNotFound(f"cannot tag {tag_name}: image {manifest_digest} is not in the local store")
@@ -915,7 +712,7 @@ class Store:
                 with self._tx() as tx:
                     tx.execute("DELETE FROM snapshots WHERE n=?", (n,))
                 if trash is not None:
-                    _rmtree(trash)
+                    remove_tree(trash)
         result.removed_tmp = self._clean_tmp(dry_run=dry_run)
         return result
 
@@ -937,7 +734,7 @@ class Store:
                     continue  # a live process is writing it
                 removed.append(path.name)
                 if not dry_run:
-                    _rmtree(path)
+                    remove_tree(path)
             finally:
                 os.close(fd)
         return removed
@@ -953,7 +750,7 @@ class Store:
                 continue
             hasher = hashlib.sha256()
             with open(path, "rb") as f:
-                while chunk := f.read(_CHUNK):
+                while chunk := f.read(CHUNK):
                     hasher.update(chunk)
             if hasher.hexdigest() != path.name:
                 problems.append(f"blob {digest} is corrupt (content hashes to sha256:{hasher.hexdigest()})")
@@ -996,42 +793,3 @@ class Store:
         return problems
 
 
-class _StagingContext:
-    def __init__(self, store: Store) -> None:
-        self._staging = Staging(store)
-
-    def __enter__(self) -> Staging:
-        return self._staging
-
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
-        # Anything not published (error, or the caller never called publish) is thrown away.
-        self._staging.discard()
-
-
-class _HashingReader(io.RawIOBase):
-    """Passes a stream through while hashing everything read from it."""
-
-    def __init__(self, inner: BinaryIO) -> None:
-        super().__init__()
-        self._inner = inner
-        self._hash = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._inner.read(size)
-        self._hash.update(data)
-        return data
-
-    def readinto(self, buffer) -> int:  # noqa: ANN001
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()

@@ -13,7 +13,8 @@ import pytest
 
 from builder.errors import StoreError
 from builder.image import oci
-from builder.image.store import DigestMismatch, Store
+from builder.image.blobfiles import DigestMismatch
+from builder.image.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 
