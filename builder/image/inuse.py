@@ -15,67 +15,54 @@ from typing import Iterator
 from builder.image.store import Store
 
 
-def _lock_path(store: Store, manifest_digest: str) -> Path:
-    return Path(store.root) / "locks" / manifest_digest
-
-
-@contextmanager
-def hold_image(store: Store, manifest_digest: str) -> Iterator[None]:
-    """Mark an image as in use (by a build) while the block runs; see the module docstring."""
-    path = _lock_path(store, manifest_digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
-
-
-def image_in_use(store: Store, manifest_digest: str) -> bool:
-    path = _lock_path(store, manifest_digest)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops our probe lock too
-    return False
-
-
 # Builds hold this lock shared for their whole run; a prune that takes it exclusively knows no
 # build is between writing a blob and referencing it, so it may collect everything unreferenced.
 _BUILDS_LOCK = "builds"
 
 
-@contextmanager
-def hold_store_for_build(store: Store) -> Iterator[None]:
-    path = Path(store.root) / "locks" / _BUILDS_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
+def _lock_path(store: Store, name: str) -> Path:
+    return Path(store.root) / "locks" / name
 
 
 @contextmanager
-def no_build_running(store: Store) -> Iterator[bool]:
-    """Yields True while holding off new builds when none is running now, else False at once."""
-    path = Path(store.root) / "locks" / _BUILDS_LOCK
+def _locked(store: Store, name: str, operation: int) -> Iterator[bool]:
+    """Holds flock `operation` on locks/<name> for the block; yields False if LOCK_NB found it busy."""
+    path = _lock_path(store, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, operation)
         except BlockingIOError:
             yield False
             return
         yield True
     finally:
         os.close(fd)
+
+
+@contextmanager
+def hold_image(store: Store, manifest_digest: str) -> Iterator[None]:
+    """Mark an image as in use (by a build) while the block runs; see the module docstring."""
+    with _locked(store, manifest_digest, fcntl.LOCK_SH):
+        yield
+
+
+def image_in_use(store: Store, manifest_digest: str) -> bool:
+    if not _lock_path(store, manifest_digest).exists():
+        return False
+    with _locked(store, manifest_digest, fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
+        return not free
+
+
+@contextmanager
+def hold_store_for_build(store: Store) -> Iterator[None]:
+    with _locked(store, _BUILDS_LOCK, fcntl.LOCK_SH):
+        yield
+
+
+@contextmanager
+def no_build_running(store: Store) -> Iterator[bool]:
+    """Yields True while holding off new builds when none is running now, else False at once."""
+    with _locked(store, _BUILDS_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB) as alone:
+        yield alone
