@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Callable, Sequence
 
 from builder.errors import OutputError
 from builder.export.tarout import TarPlan, atomic_output_file
@@ -130,28 +130,27 @@ def _export_oci_dir(store: Store, dest: Path, blobs: list[tuple[str, int]],
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_fill(path, lambda out: out.write(data))
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+    def fill(out: BinaryIO) -> None:
+        with open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, 1 << 20)
+
+    _atomic_fill(dest, fill)
+
+
+def _atomic_fill(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Write `path` through a temp file in its dir, fsynced and renamed: never seen half written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)
-        os.rename(tmp, dest)
+        os.rename(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
