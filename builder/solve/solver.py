@@ -186,8 +186,6 @@ class Solver:
             state.variant = config.get("variant", "")
             state.layers = _layers_of(record.manifest, config)
             state.chain = cache_keys.step_key("image", {"manifest": record.manifest_digest})
-            if state.config.get("OnBuild"):
-                state.onbuild_pending = list(state.config["OnBuild"])
         state.args = self._proxy_args()
         return state
 

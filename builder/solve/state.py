@@ -38,7 +38,6 @@ class ImageState:
     author: str = ""
     chain: str = "scratch"
     args: dict[str, str] = field(default_factory=dict)  # ARG values in scope (never stored in the image)
-    onbuild_pending: list[str] = field(default_factory=list)  # triggers of the base, to run after FROM
 
     def clone(self) -> "ImageState":
         return copy.deepcopy(self)
