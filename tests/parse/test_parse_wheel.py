@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -50,11 +52,13 @@ def test_wheel_installs_and_parses_outside_the_repo(tmp_path):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    _run([sys.executable, "-m", "venv", str(venv)])
     python = str(venv / "bin" / "python")
-    has_wheel = subprocess.run([python, "-c", "import wheel"], capture_output=True).returncode == 0
-    if not has_wheel:  # setuptools needs the `wheel` package for bdist_wheel
-        _run([python, "-m", "pip", "install", "--quiet", "wheel"])
+    # The new venv sees this environment's packages (lark, setuptools, wheel from '.[test]') through
+    # a .pth file, so nothing is fetched; its own site-packages, where the wheel goes, comes first.
+    new_site = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
+    (Path(new_site) / "outer-env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    _run([python, "-c", "import lark, setuptools, wheel"])
 
     dist = tmp_path / "dist"
     _run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source)])
@@ -66,7 +70,8 @@ def test_wheel_installs_and_parses_outside_the_repo(tmp_path):
     # an explicit package list in pyproject.toml must not forget a package
     packages = {str(path.relative_to(REPO)) for path in (REPO / "builder").rglob("__init__.py")}
     assert packages <= names, f"not in the wheel: {sorted(packages - names)}"
-    _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheels[0])])
+    # --ignore-installed: the outer env's copy of builder is visible through the .pth file.
+    _run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--ignore-installed", str(wheels[0])])
 
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
