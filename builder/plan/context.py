@@ -241,6 +241,30 @@ class BuildContext:
 
         Returns the resolved components, or None when a component is missing or not a directory.
         """
+        found = self._resolve(parts, pattern, pos, leaf_may_be_file=False)
+        return None if found is None else found[0]
+
+    def resolve(self, path: str, *, pos: Pos | None = None) -> Selected:
+        """The entry `path` names, every symlink on the way *and the last one* followed inside the
+        root (what a RUN bind mount's source means: BuildKit resolves it within the snapshot).
+        No wildcards. A missing entry is a ContextError; a link out of a context is one too."""
+        parts, _ = self._clean_pattern(path, pos)
+        found = self._resolve(parts, path, pos, leaf_may_be_file=True)
+        if found is None:
+            raise self._not_found(path, None, pos)
+        resolved, st = found
+        relpath = "/".join(resolved) or "."
+        if not self.visible(relpath, st):
+            raise self._not_found(path, relpath, pos)
+        return Selected(path, relpath, "/".join(parts) or ".", self._host(relpath), kind_of(st.st_mode), False, 0, self)
+
+    def _resolve(
+        self, parts: Sequence[str], pattern: str, pos: Pos | None, *, leaf_may_be_file: bool
+    ) -> tuple[list[str], os.stat_result] | None:
+        """Walk `parts` from the root with symlinks resolved inside it (chroot-like in a rootfs;
+        a link out of a context is a ContextError). Every component but the last must be a
+        directory; the last may be anything if `leaf_may_be_file`. Returns the resolved components
+        and the lstat of what they name, or None when something is missing or not a directory."""
         resolved: list[str] = []
         queue = [p for p in parts if p not in ("", ".")]
         hops = 0
@@ -286,10 +310,11 @@ class BuildContext:
                             raise self._outbound(pattern, link_name, link_target, pos)
                 queue = [p for p in target.split("/") if p not in ("", ".")] + queue
                 continue
-            if not stat.S_ISDIR(st.st_mode):
+            if not stat.S_ISDIR(st.st_mode) and not (leaf_may_be_file and not queue):
                 return None
             resolved.append(name)
-        return resolved
+        # Links and `..` may have ended anywhere: stat where the walk stopped (never a link).
+        return resolved, os.lstat(self._host("/".join(resolved)))
 
     def _clean_pattern(self, pattern: str, pos: Pos | None) -> tuple[list[str], int]:
         """Lexical clean of a source pattern; returns its components and the --parents pivot."""

@@ -41,10 +41,11 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from builder.errors import ArchiveError, ContextError, Pos
 from builder.plan.context import BuildContext, Selected, read_xattrs
@@ -577,7 +578,7 @@ def stage_copy(
             parent = go_clean(resolve_image_path(posixpath.dirname(dest_clean)))
             dest_clean = posixpath.join(parent, posixpath.basename(dest_clean))
 
-    try:
+    with _copy_errors("ADD" if is_add else "COPY", dest, pos):
         if not plan:
             # BuildKit makes the destination's directory before matching, so a wildcard that
             # matched nothing still leaves it (fsutil Copy's ensureDstPath).
@@ -591,6 +592,26 @@ def stage_copy(
                 _stage_url(opts, str(item), dest_clean, dir_mode, checksum, invented_ns, download_dir)
             else:
                 _stage_selected(opts, item, dest_clean, dir_mode, parents, is_add)  # type: ignore[arg-type]
+    staging.finish()
+    return CopyResult(sorted(staging.written))
+
+
+def stage_entry(item: Selected, dest: str, *, staging_dir: Path, pos: Pos | None = None) -> None:
+    """Copy one already resolved entry (a RUN bind mount's source) to `dest` in the empty
+    `staging_dir`, with the owners, modes and times COPY would give it; a dir's contents go below."""
+    assert item.context is not None, "Selected made outside BuildContext"
+    staging = StagingTree(staging_dir, created_owner=(0, 0), created_mtime_ns=0, image_dir_meta=None)
+    opts = _Options(context=item.context, staging=staging, chown=None, chmod=None,
+                    exclude=IgnoreMatcher.empty(), pos=pos)
+    with _copy_errors("RUN --mount", dest, pos):
+        _stage_selected(opts, item, dest, dir_mode=False, parents=False, is_add=False)
+    staging.finish()
+
+
+@contextmanager
+def _copy_errors(what: str, dest: str, pos: Pos | None) -> Iterator[None]:
+    try:
+        yield
     except ValueError as exc:
         raise ContextError(f"cannot copy to {dest}: {exc}", pos=pos) from None
     except OSError as exc:
@@ -599,12 +620,10 @@ def stage_copy(
         # A source that vanished or turned unreadable mid-copy: a message, not a trace.
         where = f": {exc.filename}" if exc.filename else ""
         raise ContextError(
-            f"{'ADD' if is_add else 'COPY'} failed: {exc.strerror or exc}{where}",
+            f"{what} failed: {exc.strerror or exc}{where}",
             pos=pos,
             hint="make sure the sources are readable and do not change during the build",
         ) from None
-    staging.finish()
-    return CopyResult(sorted(staging.written))
 
 
 def _stage_selected(opts: _Options, item: Selected, dest: str, dir_mode: bool, parents: bool, is_add: bool) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from builder.errors import BuildError, PlanError
+from builder.errors import BuildError, ContextError, PlanError, Pos
 from builder.parse import ast
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret")
@@ -29,6 +29,7 @@ class PreparedMount:
     source: Any = None  # bind: a steps.Source to read from
     source_path: str = "."
     key: Any = None  # what this mount adds to the cache key
+    pos: Pos | None = None  # the RUN's position, for errors found when the mount is made
 
 
 def _error(instruction: ast.Instruction, message: str, hint: str) -> PlanError:
@@ -74,8 +75,9 @@ def plan_mounts(
             identity = origin.identity
             if identity is None:
                 context = origin.context()
-                identity = context.content_digest(context.select([source], pos=instruction.pos), stat_cache)
-            prepared.append(PreparedMount(kind, target, options, origin, source, key=["bind", target, source, identity, options.get("rw") or options.get("readwrite")]))
+                # Links on the way and at the end resolve inside the context, as at mount time.
+                identity = context.content_digest([context.resolve(source, pos=instruction.pos)], stat_cache)
+            prepared.append(PreparedMount(kind, target, options, origin, source, key=["bind", target, source, identity, options.get("rw") or options.get("readwrite")], pos=instruction.pos))
         elif kind == "cache":
             key_options = {name: value for name, value in sorted(options.items())}
             prepared.append(PreparedMount(kind, target, options, key=["cache", key_options]))
@@ -94,17 +96,23 @@ class MountSetup:
 
     def binds(self, prepared: list[PreparedMount], secrets: dict[str, Path]):
         from builder.sandbox import Bind
-        from builder.solve.copy import stage_copy
+        from builder.solve.copy import stage_entry
 
         binds = []
         for index, mount in enumerate(prepared):
             if mount.kind == "bind":
                 staging = self.work / f"m{index}"
                 staging.mkdir()
-                stage_copy(
-                    mount.source.context(), [mount.source_path], "/m", workdir="/", staging_dir=staging,
-                    dest_is_dir=lambda _path: False, chown=None, chmod=None,
-                )
+                # The source is resolved inside its own root (context, stage or image), the last
+                # link too, and copied: what gets bound is a private file or dir, never a link.
+                item = mount.source.context().resolve(mount.source_path, pos=mount.pos)
+                if item.kind not in ("dir", "file"):
+                    raise ContextError(
+                        f'bind mount source "{mount.source_path}" is neither a regular file nor a directory',
+                        pos=mount.pos,
+                        hint="mount a regular file or a directory",
+                    )
+                stage_entry(item, "/m", staging_dir=staging, pos=mount.pos)
                 readonly = (mount.options.get("rw") or mount.options.get("readwrite")) not in ("true", "", "1")
                 if "rw" not in mount.options and "readwrite" not in mount.options:
                     readonly = True
