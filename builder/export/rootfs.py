@@ -1,9 +1,9 @@
-"""Export an image's final file system, layers applied in order with whiteouts honoured."""
+"""Export an image's final file system: into a directory (merged with what is there) or as one tar."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from builder.errors import OutputError
+from builder.errors import ArchiveError, OutputError
 from builder.export.tarout import CountingWriter, atomic_output_file
 from builder.image import oci
 from builder.image.layerapi import apply_layer, open_layer_stream, write_layer
@@ -18,7 +18,14 @@ def _apply_all(store: Store, manifest_digest: str, dest_dir: Path) -> None:
 
 
 def export_local(store: Store, manifest_digest: str, dest_dir: Path | str) -> None:
-    """Write the flattened root file system into `dest_dir` (created when missing)."""
+    """Write the image's final file system into `dest_dir` (created when missing).
+
+    The layers are merged first (whiteouts act only among them), then the result is written into
+    the directory, as BuildKit's local exporter does: what the user already had there stays unless
+    the image puts a file at its path, and a directory holding files is never replaced."""
+    from builder.layer.applydir import merge_tree
+    from builder.snapshot.view import LayeredView
+
     dest = Path(dest_dir)
     if dest.exists() and not dest.is_dir():
         raise OutputError(f"local output {dest} exists and is not a directory", hint="give a directory path")
@@ -26,7 +33,14 @@ def export_local(store: Store, manifest_digest: str, dest_dir: Path | str) -> No
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create local output directory {dest}: {exc.strerror}") from exc
-    _apply_all(store, manifest_digest, dest)
+    view = LayeredView(store.snapshot_dirs(manifest_digest))
+    try:
+        merge_tree(view.walk(), dest, label="the image")
+    except ArchiveError as exc:
+        raise OutputError(
+            f"cannot export to {dest}: {exc.message}",
+            hint="export into an empty directory, or remove what is in the way",
+        ) from None
 
 
 def export_rootfs_tar(store: Store, manifest_digest: str, dest: Path | str, *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from builder.errors import ArchiveError
 
@@ -30,22 +30,41 @@ def apply_layer_dir(layer_dir: Path, merged_dir: Path) -> None:
     """Apply `layer_dir` (0/0 char devices = deleted, opaque xattr = hides lower) onto merged_dir."""
     root = os.fsencode(layer_dir)
     target = _Target(Path(merged_dir), upper=False)
-    links: dict[tuple[int, int], tuple[str, ...]] = {}
     try:
         if is_opaque_dir(root):
             target.opaque(())
-        for parts, abs_path, st in _walk(root):
-            try:
-                _apply_one(target, links, parts, abs_path, st)
-            except ArchiveError:
-                raise
-            except (OSError, ValueError) as err:
-                raise ArchiveError(f"cannot apply {'/'.join(parts)!r} from {layer_dir}: {err}") from err
-        target.finish()
+        _write_all(target, _walk(root), str(layer_dir), changeset=True)
     except OSError as err:
         raise ArchiveError(f"cannot apply layer dir {layer_dir} onto {merged_dir}: {err}") from err
     finally:
         target.close()
+
+
+def merge_tree(entries: Iterable[tuple[tuple[str, ...], Path | bytes, os.stat_result]], dest_dir: Path,
+               label: str) -> None:
+    """Write a finished tree (no whiteouts; `entries` as (parts, host path, lstat), dirs before
+    their contents) into `dest_dir`, which may hold files of its own: those stay, unless an entry
+    of the tree takes their path; a directory that holds something is never replaced."""
+    target = _Target(Path(dest_dir), upper=False, keep_full_dirs=True)
+    try:
+        _write_all(target, entries, label, changeset=False)
+    except OSError as err:
+        raise ArchiveError(f"cannot write {label} into {dest_dir}: {err}") from err
+    finally:
+        target.close()
+
+
+def _write_all(target: _Target, entries: Iterable[tuple[tuple[str, ...], Path | bytes, os.stat_result]],
+               label: str, *, changeset: bool) -> None:
+    links: dict[tuple[int, int], tuple[str, ...]] = {}
+    for parts, abs_path, st in entries:
+        try:
+            _apply_one(target, links, parts, os.fsencode(abs_path), st, changeset=changeset)
+        except ArchiveError:
+            raise
+        except (OSError, ValueError) as err:
+            raise ArchiveError(f"cannot apply {'/'.join(parts)!r} from {label}: {err}") from err
+    target.finish()
 
 
 def _apply_one(
@@ -54,8 +73,11 @@ def _apply_one(
     parts: tuple[str, ...],
     abs_path: bytes,
     st: os.stat_result,
+    *,
+    changeset: bool,
 ) -> None:
-    if is_whiteout(st):
+    """One entry of a layer dir (`changeset`: whiteouts and opaque dirs act) or of a finished tree."""
+    if changeset and is_whiteout(st):
         target.whiteout(parts)
         return
     mode = st.st_mode
@@ -68,7 +90,7 @@ def _apply_one(
     )
     if stat.S_ISDIR(mode):
         target.add_dir(parts, meta)
-        if is_opaque_dir(abs_path):
+        if changeset and is_opaque_dir(abs_path):
             target.opaque(parts)
         return
     if stat.S_ISSOCK(mode):

@@ -45,11 +45,14 @@ class _Target:
 
     upper=True writes the overlay-upper format (whiteouts become 0/0 char devices, opaque markers
     the trusted.overlay.opaque xattr); upper=False applies onto a merged tree (whiteouts delete,
-    opaque markers empty the directory of what earlier layers put there).
+    opaque markers empty the directory of what earlier layers put there). keep_full_dirs=True is
+    for a tree that is not ours (an export into a user's dir): an entry may replace a file, a link
+    or an empty dir at its path, but never a directory that holds something.
     """
 
-    def __init__(self, root: Path, *, upper: bool) -> None:
+    def __init__(self, root: Path, *, upper: bool, keep_full_dirs: bool = False) -> None:
         self._upper = upper
+        self._keep_full_dirs = keep_full_dirs
         try:
             self._root_fd = os.open(root, _DIR_FLAGS)
         except OSError as err:
@@ -98,15 +101,23 @@ class _Target:
         except FileNotFoundError:
             return None
 
-    @staticmethod
-    def _remove(parent_fd: int, name: str) -> None:
-        st = _Target._lstat(parent_fd, name)
+    def _remove(self, parent_fd: int, name: str) -> None:
+        st = self._lstat(parent_fd, name)
         if st is None:
             return
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(name, dir_fd=parent_fd)
-        else:
+        if not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=parent_fd)
+        elif self._keep_full_dirs:
+            try:
+                os.rmdir(name, dir_fd=parent_fd)
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise ArchiveError(
+                    f"{name!r} is a directory with files in the target; refusing to replace it"
+                ) from err
+        else:
+            shutil.rmtree(name, dir_fd=parent_fd)
 
     # -- metadata -----------------------------------------------------------------------------
 

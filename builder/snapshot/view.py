@@ -11,7 +11,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
@@ -216,6 +216,19 @@ class LayeredView:
     def children(self, parts: tuple[str, ...]) -> list[str]:
         """Sorted merged names under canonical components `parts` (no symlink resolution)."""
         return sorted(self._merged_names(parts))
+
+    def walk(self, parts: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Path, os.stat_result]]:
+        """(components, host path, lstat) of every visible entry below `parts`, depth first,
+        names sorted, each dir before its contents; links are entries, never followed."""
+        for name in self.children(parts):
+            child = parts + (name,)
+            found = self.entry(child)
+            if found is None:
+                continue
+            host, st = found
+            yield child, host, st
+            if stat.S_ISDIR(st.st_mode):
+                yield from self.walk(child)
 
 
 # -- flatten ------------------------------------------------------------------------------------
