@@ -14,7 +14,8 @@ from builder.plan.planner import Plan, make_plan
 from builder.plan.platforms import Platform
 from builder.progress import Event, EventCallback
 from builder.solve.options import BuildOptions, BuildResult, StepResult
-from builder.solve.solver import Solver, assemble_image
+from builder.solve.assemble import assemble_image
+from builder.solve.solver import Solver
 
 __all__ = ["build", "plan", "BuildResult", "StepResult", "find_buildfile", "source_date_epoch_from_env"]
 
@@ -208,6 +209,6 @@ def _os_error_as_build_error(error: OSError, store_root: Path) -> BuildError:
 
 
 def _format_epoch(epoch: int) -> str:
-    from builder.solve.solver import format_time
+    from builder.image.oci import format_time
 
     return format_time(epoch)

@@ -40,7 +40,8 @@ def test_test_command_uses_the_venv_the_install_command_fills() -> None:
     venv = python.parent.parent
     steps = install_command.split(" && ")
     assert steps[0] == "apt-get update" and steps[1].startswith("apt-get install")
-    assert f"python3 -m venv {venv}" in steps
+    # Debian's python, not one under /root: tests/solve runs again as an ordinary user.
+    assert f"/usr/bin/python3 -m venv {venv}" in steps
     assert f"{venv}/bin/pip install '.[test]'" in steps
 
 

@@ -12,6 +12,7 @@ from builder.commands.images import human_size
 from builder.errors import BuildError
 from builder.image.inuse import no_build_running
 from builder.image.store import Store
+from builder.solve.cache import entry_blobs
 
 RECENT_SECONDS = 3600
 
@@ -36,11 +37,6 @@ def _blob_size(store: Store, digest: str) -> int:
         return 0
 
 
-def _cache_layer_digests(value: dict) -> set[str]:
-    layers = (value.get("state") or {}).get("layers") or []
-    return {layer["digest"] for layer in layers if isinstance(layer, dict) and "digest" in layer}
-
-
 def _image_blob_digests(store: Store) -> set[str]:
     found: set[str] = set()
     for record in store.images():
@@ -61,7 +57,7 @@ def prune_cache(store: Store, *, everything: bool, keep_storage: int | None) -> 
         # Entries whose layers are gone can never be used again.
         doomed = [
             key for key, value, _ in entries
-            if not key.startswith("lineage:") and not all(store.has_blob(d) for d in _cache_layer_digests(value))
+            if not key.startswith("lineage:") and not all(store.has_blob(d) for d in entry_blobs(value))
         ]
         if keep_storage is not None:
             kept_bytes = 0
@@ -69,7 +65,7 @@ def prune_cache(store: Store, *, everything: bool, keep_storage: int | None) -> 
             for key, value, _ in sorted(entries, key=lambda entry: entry[2], reverse=True):
                 if key in doomed or key.startswith("lineage:"):
                     continue
-                own = _cache_layer_digests(value) - image_blobs - counted
+                own = entry_blobs(value) - image_blobs - counted
                 size = sum(_blob_size(store, digest) for digest in own)
                 if kept_bytes + size > keep_storage:
                     doomed.append(key)
@@ -108,7 +104,7 @@ def disk_usage(store: Store) -> dict[str, dict[str, int]]:
     cache_blobs: set[str] = set()
     entries = store.cache_entries()
     for _, value, _ in entries:
-        cache_blobs |= _cache_layer_digests(value)
+        cache_blobs |= entry_blobs(value)
     cache_only = cache_blobs - image_blobs
     all_blobs = [path for path in store.blobs_dir.iterdir()]
     snapshot_count = sum(1 for _ in store.snapshots_dir.iterdir())

@@ -252,17 +252,32 @@ def make_image_config(
         runtime["Shell"] = list(shell)
     if on_build:
         runtime["OnBuild"] = list(on_build)
+    return image_config(runtime, platform=plat, created=created, diff_ids=diff_ids, history=history)
+
+
+def image_config(
+    runtime: Mapping[str, Any],
+    *,
+    platform: Platform,
+    created: str | None = None,
+    diff_ids: Sequence[str] = (),
+    history: Sequence[Mapping[str, Any]] = (),
+    author: str | None = None,
+) -> dict[str, Any]:
+    """An OCI image config around a runtime ("config") object taken as it is."""
     config: dict[str, Any] = {
-        "architecture": plat.architecture,
-        "os": plat.os,
-        "config": runtime,
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "config": dict(runtime),
         "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
         "history": [dict(h) for h in history],
     }
-    if plat.variant:
-        config["variant"] = plat.variant
+    if platform.variant:
+        config["variant"] = platform.variant
     if created:
         config["created"] = created
+    if author:
+        config["author"] = author
     return config
 
 

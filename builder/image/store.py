@@ -617,23 +617,35 @@ class Store:
 
     # --- step cache ---
 
-    def cache_get(self, key: str) -> dict | None:
+    def cache_get(self, key: str, *, touch: bool = True) -> dict | None:
+        """A step-cache value; `touch` marks it used now (else call cache_touch later, in bulk)."""
         row = self._db().execute("SELECT value, last_used FROM cache WHERE key=?", (key,)).fetchone()
         if row is None:
             return None
-        now = time.time()
-        if now - row[1] > 60:  # coarse: avoids a write transaction per cache hit
-            with self._tx() as tx:
-                tx.execute("UPDATE cache SET last_used=? WHERE key=?", (now, key))
+        if touch and time.time() - row[1] > 60:  # coarse: avoids a write transaction per cache hit
+            self.cache_touch([key])
         return json.loads(row[0])
 
-    def cache_put(self, key: str, value: dict) -> None:
+    def cache_touch(self, keys: Iterable[str]) -> None:
+        """Mark entries used now, in one transaction (prune forgets entries unused for long)."""
         now = time.time()
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-        with self._tx() as tx:
-            tx.execute("INSERT INTO cache(key, value, created, last_used) VALUES (?,?,?,?) "
-                       "ON CONFLICT(key) DO UPDATE SET value=excluded.value, last_used=excluded.last_used",
-                       (key, text, now, now))
+        rows = [(now, key, now - 60) for key in keys]
+        if rows:
+            with self._tx() as tx:
+                tx.executemany("UPDATE cache SET last_used=? WHERE key=? AND last_used<?", rows)
+
+    def cache_put(self, key: str, value: dict) -> None:
+        self.cache_put_many([(key, value)])
+
+    def cache_put_many(self, items: Iterable[tuple[str, dict]]) -> None:
+        """Write step-cache entries in one transaction (one fsync however many)."""
+        now = time.time()
+        rows = [(key, json.dumps(value, sort_keys=True, separators=(",", ":")), now, now) for key, value in items]
+        if rows:
+            with self._tx() as tx:
+                tx.executemany("INSERT INTO cache(key, value, created, last_used) VALUES (?,?,?,?) "
+                               "ON CONFLICT(key) DO UPDATE SET value=excluded.value, last_used=excluded.last_used",
+                               rows)
 
     def cache_delete(self, key: str) -> bool:
         with self._tx() as tx:

@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping, Protocol
-
-
-class CacheIndex(Protocol):
-    def cache_get(self, key: str) -> dict | None: ...
-
-    def cache_put(self, key: str, value: dict) -> None: ...
+from typing import Any, Mapping
 
 
 def _digest(data: Any) -> str:
@@ -43,6 +37,7 @@ _COMPONENT_WORDS = {
     "mounts": "RUN --mount inputs changed",
     "from": "the --from source changed",
     "options": "build options changed",
+    "change": "the config change differs",
 }
 
 
@@ -70,3 +65,12 @@ def explain_miss(
     if not reasons:
         return "the cached result is no longer in the store"
     return "; ".join(reasons)
+
+
+def entry_blobs(value: Mapping[str, Any]) -> set[str]:
+    """The layer blobs a step-cache value needs to be usable (what `prune` and `df` count): a
+    step's entry names its layer under "layer"; a COPY --link entry is a layer itself."""
+    layer = value.get("layer") if "layer" in value else value
+    if isinstance(layer, Mapping) and isinstance(layer.get("digest"), str):
+        return {layer["digest"]}
+    return set()

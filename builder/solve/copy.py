@@ -497,6 +497,7 @@ def stage_copy(
     image_dir_meta: Callable[[str], DirMeta | None] | None = None,
     resolve_image_path: Callable[[str], str] | None = None,
     download_dir: Path | None = None,
+    downloads: Mapping[str, "Download"] | None = None,
 ) -> CopyResult:
     """Write what one COPY/ADD adds into the empty `staging_dir`; see the module docstring.
 
@@ -508,7 +509,10 @@ def stage_copy(
     the layer repeats it unchanged); `resolve_image_path(path)` resolves symlinks of the parent
     image in a destination path, chroot-like, keeping missing components as written (so
     `COPY x /bin/` lands in /usr/bin when /bin -> usr/bin). `view_dir_meta(view)` and
-    `view_resolver(view)` build both from a builder.snapshot.view.LayeredView."""
+    `view_resolver(view)` build both from a builder.snapshot.view.LayeredView.
+
+    `downloads` holds URL sources already fetched (the bytes the step's cache key was made
+    from); they are moved into place. Other URLs are fetched into `download_dir`."""
     heredocs = heredocs or {}
     if not sources:
         raise ContextError("COPY/ADD needs at least one source and a destination", pos=pos)
@@ -589,7 +593,8 @@ def stage_copy(
                 target = posixpath.join(dest_clean, name) if dir_mode else dest_clean
                 _write_heredoc(opts, target, text, invented_ns)
             elif kind == "url":
-                _stage_url(opts, str(item), dest_clean, dir_mode, checksum, invented_ns, download_dir)
+                fetched = (downloads or {}).get(str(item))
+                _stage_url(opts, str(item), dest_clean, dir_mode, checksum, invented_ns, download_dir, fetched)
             else:
                 _stage_selected(opts, item, dest_clean, dir_mode, parents, is_add)  # type: ignore[arg-type]
     staging.finish()
@@ -663,9 +668,10 @@ def _stage_url(
     checksum: str | None,
     invented_ns: int,
     download_dir: Path | None,
+    fetched: "Download | None" = None,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="builder-add-", dir=download_dir) as tmp:
-        got = download_url(url, Path(tmp), checksum=checksum, pos=opts.pos)
+        got = fetched if fetched is not None else download_url(url, Path(tmp), checksum=checksum, pos=opts.pos)
         if dir_mode:
             if not got.name:
                 raise ContextError(

@@ -1,13 +1,20 @@
-"""Metadata instructions: they change the image config and history, never the file system."""
+"""Metadata instructions: they change the image config and history, never the file system.
+
+Each instruction becomes a `ConfigChange` when it is prepared (after expansion, against the state
+before it). The change is part of the step's cache key and is applied the same way whether the
+step came from the cache or not; it is small (what the instruction says, not the whole config),
+so applying it costs the same however large the image's config already is.
+"""
 from __future__ import annotations
 
 import json
 import posixpath
-import re
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from builder.errors import BuildError, PlanError
 from builder.parse import ast
+from builder.parse.parser import parse_duration
 from builder.solve.state import ImageState
 
 Expand = Callable[[str], str]
@@ -23,28 +30,41 @@ def json_list(values: list[str]) -> str:
     return json.dumps(values, ensure_ascii=False)
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_NANOS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+@dataclass(frozen=True)
+class ConfigChange:
+    """What one metadata instruction does to the image config, in JSON-able parts."""
 
+    set: dict[str, Any] = field(default_factory=dict)  # config keys replaced
+    unset: tuple[str, ...] = ()  # config keys removed
+    env: tuple[tuple[str, str], ...] = ()  # ENV assignments, in order
+    merge: dict[str, dict[str, Any]] = field(default_factory=dict)  # Labels / ExposedPorts / Volumes entries
+    append: dict[str, tuple[str, ...]] = field(default_factory=dict)  # OnBuild triggers
+    author: str | None = None
+    sets_cmd: bool = False
 
-def parse_duration(text: str, instruction: ast.Instruction, flag: str) -> int:
-    """Go's time.ParseDuration subset Docker accepts for HEALTHCHECK, in nanoseconds."""
-    position = 0
-    total = 0.0
-    while position < len(text):
-        match = _DURATION_PART.match(text, position)
-        if not match:
-            raise PlanError(
-                f"invalid duration {text!r} for --{flag}",
-                pos=instruction.pos,
-                source_line=instruction.source.splitlines()[0],
-                hint="use a Go duration such as 30s, 1m30s or 500ms",
-            )
-        total += float(match.group(1)) * _NANOS[match.group(2)]
-        position = match.end()
-    if not text:
-        raise PlanError(f"empty duration for --{flag}", pos=instruction.pos, hint="use a duration such as 30s")
-    return int(total)
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for name in ("set", "unset", "env", "merge", "append", "author", "sets_cmd"):
+            value = getattr(self, name)
+            if value:
+                data[name] = value
+        return data
+
+    def apply(self, state: ImageState) -> None:
+        config = state.config
+        for name, value in self.env:
+            state.set_env(name, value)
+        for key in self.unset:
+            config.pop(key, None)
+        config.update(self.set)
+        for key, entries in self.merge.items():
+            config[key] = {**(config.get(key) or {}), **entries}
+        for key, items in self.append.items():
+            config[key] = [*(config.get(key) or []), *items]
+        if self.author is not None:
+            state.author = self.author
+        if self.sets_cmd:
+            state.cmd_set_in_stage = True
 
 
 def _expose_ports(word: str) -> list[str]:
@@ -57,100 +77,130 @@ def _expose_ports(word: str) -> list[str]:
     return [f"{port}/{protocol}"]
 
 
-def apply_metadata(
-    instruction: ast.Instruction, state: ImageState, expand: Expand, *, cmd_set_in_stage: list[bool]
-) -> str:
-    """Apply one metadata instruction to `state`; returns the history `created_by` text."""
-    config = state.config
-    if isinstance(instruction, ast.Env):
-        pairs = [(expand(name), expand(value)) for name, value in instruction.pairs]
-        for name, value in pairs:
-            state.set_env(name, value)
-        return "ENV " + " ".join(f"{name}={value}" for name, value in pairs)
-    if isinstance(instruction, ast.Label):
-        pairs = [(expand(name), expand(value)) for name, value in instruction.pairs]
-        labels = dict(config.get("Labels") or {})
-        labels.update(pairs)
-        config["Labels"] = labels
-        return "LABEL " + " ".join(f"{name}={value}" for name, value in pairs)
-    if isinstance(instruction, ast.Maintainer):
-        state.author = instruction.name
-        return f"MAINTAINER {instruction.name}"
-    if isinstance(instruction, ast.Cmd):
-        argv = command_argv(instruction.command, state.shell())
-        config["Cmd"] = argv
-        cmd_set_in_stage[0] = True
-        return f"CMD {json_list(argv)}"
-    if isinstance(instruction, ast.Entrypoint):
-        argv = command_argv(instruction.command, state.shell())
-        config["Entrypoint"] = argv
-        if not cmd_set_in_stage[0]:
-            # Docker: a CMD inherited from the base does not survive a new ENTRYPOINT.
-            config.pop("Cmd", None)
-        return f"ENTRYPOINT {json_list(argv)}"
-    if isinstance(instruction, ast.Expose):
-        ports = dict(config.get("ExposedPorts") or {})
-        words = [expand(word) for word in instruction.ports]
-        for word in words:
-            for port in _expose_ports(word):
-                ports[port] = {}
-        config["ExposedPorts"] = ports
-        return "EXPOSE map[" + " ".join(f"{port}:{{}}" for port in sorted(ports)) + "]"
-    if isinstance(instruction, ast.User):
-        config["User"] = expand(instruction.user)
-        return f"USER {config['User']}"
-    if isinstance(instruction, ast.Workdir):
-        path = expand(instruction.path)
-        if not path:
-            raise PlanError("WORKDIR needs a path", pos=instruction.pos, hint="e.g. WORKDIR /app")
-        joined = posixpath.normpath(posixpath.join(state.workdir(), path))
-        config["WorkingDir"] = "/" + joined.lstrip("/") if joined != "/" else "/"
-        return f"WORKDIR {config['WorkingDir']}"
-    if isinstance(instruction, ast.Volume):
-        volumes = dict(config.get("Volumes") or {})
-        paths = [expand(path) for path in instruction.paths]
-        for path in paths:
-            if not path:
-                raise PlanError("VOLUME with an empty path", pos=instruction.pos, hint="name a path")
-            volumes[path] = {}
-        config["Volumes"] = volumes
-        return f"VOLUME {json_list(paths)}"
-    if isinstance(instruction, ast.Stopsignal):
-        config["StopSignal"] = expand(instruction.signal)
-        return f"STOPSIGNAL {config['StopSignal']}"
-    if isinstance(instruction, ast.Healthcheck):
-        if instruction.command is None:
-            config["Healthcheck"] = {"Test": ["NONE"]}
-            return "HEALTHCHECK NONE"
-        if isinstance(instruction.command, ast.ExecCommand):
-            test = ["CMD", *instruction.command.argv]
-        else:
-            test = ["CMD-SHELL", instruction.command.text]
-        check: dict[str, object] = {"Test": test}
-        for attribute, key in (
-            ("interval", "Interval"),
-            ("timeout", "Timeout"),
-            ("start_period", "StartPeriod"),
-            ("start_interval", "StartInterval"),
-        ):
-            raw = getattr(instruction, attribute)
-            if raw is not None:
-                check[key] = parse_duration(raw, instruction, attribute.replace("_", "-"))
-        if instruction.retries is not None:
-            check["Retries"] = instruction.retries
-        config["Healthcheck"] = check
-        return f"HEALTHCHECK &{{{json_list(test)}}}"
-    if isinstance(instruction, ast.Shell):
-        config["Shell"] = list(instruction.argv)
-        return f"SHELL {json_list(list(instruction.argv))}"
-    if isinstance(instruction, ast.Onbuild):
-        trigger_text = _onbuild_text(instruction)
-        config["OnBuild"] = [*(config.get("OnBuild") or []), trigger_text]
-        return f"ONBUILD {trigger_text}"
-    raise BuildError(f"{instruction.keyword} is not a metadata instruction", pos=instruction.pos)
+Described = tuple[str, ConfigChange]  # (history created_by, change)
 
 
-def _onbuild_text(instruction: ast.Onbuild) -> str:
+def _env(instruction: ast.Env, state: ImageState, expand: Expand) -> Described:
+    pairs = tuple((expand(name), expand(value)) for name, value in instruction.pairs)
+    return "ENV " + " ".join(f"{name}={value}" for name, value in pairs), ConfigChange(env=pairs)
+
+
+def _label(instruction: ast.Label, state: ImageState, expand: Expand) -> Described:
+    pairs = [(expand(name), expand(value)) for name, value in instruction.pairs]
+    text = "LABEL " + " ".join(f"{name}={value}" for name, value in pairs)
+    return text, ConfigChange(merge={"Labels": dict(pairs)})
+
+
+def _maintainer(instruction: ast.Maintainer, state: ImageState, expand: Expand) -> Described:
+    return f"MAINTAINER {instruction.name}", ConfigChange(author=instruction.name)
+
+
+def _cmd(instruction: ast.Cmd, state: ImageState, expand: Expand) -> Described:
+    argv = command_argv(instruction.command, state.shell())
+    return f"CMD {json_list(argv)}", ConfigChange(set={"Cmd": argv}, sets_cmd=True)
+
+
+def _entrypoint(instruction: ast.Entrypoint, state: ImageState, expand: Expand) -> Described:
+    argv = command_argv(instruction.command, state.shell())
+    # Docker: a CMD inherited from the base does not survive a new ENTRYPOINT.
+    unset = () if state.cmd_set_in_stage else ("Cmd",)
+    return f"ENTRYPOINT {json_list(argv)}", ConfigChange(set={"Entrypoint": argv}, unset=unset)
+
+
+def _expose(instruction: ast.Expose, state: ImageState, expand: Expand) -> Described:
+    added = {port: {} for word in instruction.ports for port in _expose_ports(expand(word))}
+    shown = sorted({**(state.config.get("ExposedPorts") or {}), **added})
+    text = "EXPOSE map[" + " ".join(f"{port}:{{}}" for port in shown) + "]"
+    return text, ConfigChange(merge={"ExposedPorts": added})
+
+
+def _user(instruction: ast.User, state: ImageState, expand: Expand) -> Described:
+    user = expand(instruction.user)
+    return f"USER {user}", ConfigChange(set={"User": user})
+
+
+def _workdir(instruction: ast.Workdir, state: ImageState, expand: Expand) -> Described:
+    path = expand(instruction.path)
+    if not path:
+        raise PlanError("WORKDIR needs a path", pos=instruction.pos, hint="e.g. WORKDIR /app")
+    joined = posixpath.normpath(posixpath.join(state.workdir(), path))
+    workdir = "/" + joined.lstrip("/") if joined != "/" else "/"
+    return f"WORKDIR {workdir}", ConfigChange(set={"WorkingDir": workdir})
+
+
+def _volume(instruction: ast.Volume, state: ImageState, expand: Expand) -> Described:
+    paths = [expand(path) for path in instruction.paths]
+    if any(not path for path in paths):
+        raise PlanError("VOLUME with an empty path", pos=instruction.pos, hint="name a path")
+    return f"VOLUME {json_list(paths)}", ConfigChange(merge={"Volumes": {path: {} for path in paths}})
+
+
+def _stopsignal(instruction: ast.Stopsignal, state: ImageState, expand: Expand) -> Described:
+    signal = expand(instruction.signal)
+    return f"STOPSIGNAL {signal}", ConfigChange(set={"StopSignal": signal})
+
+
+def _healthcheck(instruction: ast.Healthcheck, state: ImageState, expand: Expand) -> Described:
+    if instruction.command is None:
+        return "HEALTHCHECK NONE", ConfigChange(set={"Healthcheck": {"Test": ["NONE"]}})
+    if isinstance(instruction.command, ast.ExecCommand):
+        test = ["CMD", *instruction.command.argv]
+    else:
+        test = ["CMD-SHELL", instruction.command.text]
+    check: dict[str, object] = {"Test": test}
+    for attribute, key in (
+        ("interval", "Interval"),
+        ("timeout", "Timeout"),
+        ("start_period", "StartPeriod"),
+        ("start_interval", "StartInterval"),
+    ):
+        raw = getattr(instruction, attribute)
+        if raw is not None:
+            nanos = parse_duration(raw)
+            if nanos is None:  # the parser checked it; a hand-made AST may not have been
+                raise PlanError(f"invalid duration {raw!r} for --{attribute.replace('_', '-')}",
+                                pos=instruction.pos, hint="use a Go duration such as 30s, 1m30s or 500ms")
+            check[key] = nanos
+    if instruction.retries is not None:
+        check["Retries"] = instruction.retries
+    return f"HEALTHCHECK &{{{json_list(test)}}}", ConfigChange(set={"Healthcheck": check})
+
+
+def _shell(instruction: ast.Shell, state: ImageState, expand: Expand) -> Described:
+    return f"SHELL {json_list(list(instruction.argv))}", ConfigChange(set={"Shell": list(instruction.argv)})
+
+
+def _onbuild(instruction: ast.Onbuild, state: ImageState, expand: Expand) -> Described:
+    trigger = onbuild_text(instruction)
+    return f"ONBUILD {trigger}", ConfigChange(append={"OnBuild": (trigger,)})
+
+
+def onbuild_text(instruction: ast.Onbuild) -> str:
     source = " ".join(line.strip() for line in instruction.source.splitlines())
     keyword_end = source.lower().find("onbuild") + len("onbuild")
     return source[keyword_end:].strip()
+
+
+DESCRIBERS: dict[type, Callable[[Any, ImageState, Expand], Described]] = {
+    ast.Env: _env,
+    ast.Label: _label,
+    ast.Maintainer: _maintainer,
+    ast.Cmd: _cmd,
+    ast.Entrypoint: _entrypoint,
+    ast.Expose: _expose,
+    ast.User: _user,
+    ast.Workdir: _workdir,
+    ast.Volume: _volume,
+    ast.Stopsignal: _stopsignal,
+    ast.Healthcheck: _healthcheck,
+    ast.Shell: _shell,
+    ast.Onbuild: _onbuild,
+}
+
+
+def describe(instruction: ast.Instruction, state: ImageState, expand: Expand) -> Described:
+    """The history text and config change of a metadata instruction, against `state`."""
+    describer = DESCRIBERS.get(type(instruction))
+    if describer is None:
+        raise BuildError(f"{instruction.keyword} is not a metadata instruction", pos=instruction.pos)
+    return describer(instruction, state, expand)

@@ -1,0 +1,68 @@
+"""How a RUN step's command is run: in a snapshot of its parent layers, inside the sandbox.
+
+The solver only needs "run this command over these layers and give me the diff"; this module is
+that one seam, so the scheduler and the cache can be tested with a fake executor and no root.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+from builder.sandbox import Bind
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One command to run over a stack of layer dirs (lowest first)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    workdir: str
+    user: str | None
+    network: str
+    lower_dirs: list[Path]
+    binds: Sequence[Bind] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: int  # the command's exit status (128+N when killed by signal N)
+    diff_dir: Path | None  # the layer dir of what it changed; None unless status is 0
+
+
+class Executor(Protocol):
+    def run(self, spec: RunSpec, work: Path, on_output: Callable[[bytes], None]) -> RunOutcome:
+        """Run `spec` using the empty dir `work` for scratch space."""
+        ...
+
+
+class SandboxExecutor:
+    """The real thing: an overlay (or copy) snapshot and the namespaced sandbox."""
+
+    def __init__(self, snapshotter: str = "auto") -> None:
+        self.snapshotter = snapshotter
+
+    def run(self, spec: RunSpec, work: Path, on_output: Callable[[bytes], None]) -> RunOutcome:
+        from builder.sandbox import run as sandbox_run
+        from builder.snapshot import prepare
+
+        snapshot = prepare(spec.lower_dirs, work / "w", kind=self.snapshotter)
+        try:
+            status = sandbox_run(
+                snapshot,
+                spec.argv,
+                env=spec.env,
+                workdir=spec.workdir,
+                user=spec.user,
+                network=spec.network,
+                on_output=on_output,
+                extra_binds=spec.binds,
+            )
+            if status != 0:
+                return RunOutcome(status, None)
+            diff_dir = work / "diff"
+            snapshot.diff(diff_dir)
+            return RunOutcome(0, diff_dir)
+        finally:
+            snapshot.cleanup()

@@ -1,0 +1,100 @@
+"""What every stage and step of one build shares: the store, the plan, the options, a scratch
+area, the results so far, and the helpers steps use (sources, the stat cache, the executor)."""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from builder.image.inuse import hold_image
+from builder.image.oci import format_time
+from builder.image.store import Store
+from builder.plan.dockerignore import IgnoreMatcher
+from builder.plan.planner import Plan
+from builder.plan.statcache import StatCache
+from builder.progress import Event
+from builder.solve.executor import Executor
+from builder.solve.options import BuildOptions, StepResult
+from builder.solve.sources import SourceResolver
+from builder.solve.state import ImageState, LayerRef
+
+
+@dataclass
+class BuildSession:
+    """Shared by all stages of one build."""
+
+    store: Store
+    plan: Plan
+    options: BuildOptions
+    work_dir: Path
+    executor: Executor
+    steps_total: int
+    results: list[StepResult] = field(default_factory=list)
+    stage_states: dict[int, ImageState] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    step_counter: int = 0
+    # Images this build reads stay "in use" until it ends, so `rmi` cannot delete them under it.
+    held_images: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    sources: SourceResolver = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sources = SourceResolver(self)
+
+    def emit(self, event: Event) -> None:
+        if self.options.on_event is not None:
+            self.options.on_event(event)
+
+    def next_step_number(self) -> int:
+        with self.lock:
+            self.step_counter += 1
+            return self.step_counter
+
+    def hold(self, manifest_digest: str) -> None:
+        with self.lock:
+            self.held_images.enter_context(hold_image(self.store, manifest_digest))
+
+    def created(self) -> str:
+        """The time stamp of a history entry made now: SOURCE_DATE_EPOCH when set."""
+        return format_time(self.options.source_date_epoch)
+
+    def scratch_dir(self, prefix: str) -> Path:
+        """A fresh private directory under the build's work dir (removed with it at the end)."""
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work_dir))
+
+    # Made on first use, by whichever stage thread asks first; cached_property is not atomic,
+    # hence the lock.
+    @cached_property
+    def _ignore_matcher(self) -> IgnoreMatcher:
+        return IgnoreMatcher.load(self.options.context_dir, self.options.buildfile_path)
+
+    @cached_property
+    def _stat_cache(self) -> StatCache:
+        return StatCache(self.store.root / "statcache.db")
+
+    def ignore_matcher(self) -> IgnoreMatcher:
+        with self.lock:
+            return self._ignore_matcher
+
+    def stat_cache(self) -> StatCache:
+        with self.lock:
+            return self._stat_cache
+
+    def commit_layer(self, layer_dir: Path | None) -> LayerRef | None:
+        """Store a step's layer dir (taken over by the store); None when it holds nothing."""
+        if layer_dir is None or not any(layer_dir.iterdir()):
+            return None
+        digests = self.store.put_layer_from_dir(
+            layer_dir,
+            compression=self.options.compression,
+            level=self.options.compression_level,
+            source_date_epoch=self.options.source_date_epoch,
+            adopt=True,
+        )
+        return LayerRef(digests.diff_id, digests.digest, digests.size, digests.media_type)
+
+    def lower_dirs(self, layers: list[LayerRef]) -> list[Path]:
+        return [self.store.snapshot_dir(layer.diff_id, layer.digest) for layer in layers]

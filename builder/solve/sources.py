@@ -1,0 +1,170 @@
+"""Where steps read files and images from: the build context, another stage, or an image.
+
+One path loads or pulls an image for FROM, `COPY --from=<image>` and `RUN --mount=from=<image>`
+alike, honouring `--pull` (pull even when the store has it) and pulling a name at most once per
+build. A stage or image is flattened only when a step really runs, never to compute a cache
+key, and then only as far as the step's paths reach.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from builder.errors import BuildError, ImageNotFound, Pos
+from builder.image import oci
+from builder.image.store import ImageRecord
+from builder.plan.context import BuildContext
+from builder.plan.platforms import Platform
+from builder.solve.state import LayerRef
+
+if TYPE_CHECKING:
+    from builder.solve.session import BuildSession
+
+
+class Source:
+    """A place files are read from; `identity` stands for its content in cache keys (None for the
+    context, whose selected files are hashed instead), `context()` gives it as a BuildContext."""
+
+    def __init__(self, identity: str | None, make_context: Callable[[], BuildContext]) -> None:
+        self.identity = identity
+        self._make_context = make_context
+        self._context: BuildContext | None = None
+
+    def context(self) -> BuildContext:
+        if self._context is None:
+            self._context = self._make_context()
+        return self._context
+
+
+def image_layers(record: ImageRecord) -> list[LayerRef]:
+    """An image's layers as (diff_id, blob) pairs, checked to agree in number."""
+    diff_ids = oci.config_diff_ids(record.config)
+    layers = oci.manifest_layers(record.manifest)
+    if len(diff_ids) != len(layers):
+        raise BuildError(
+            f"image {record.manifest_digest} is inconsistent: its config and manifest list different numbers of layers",
+            hint="re-import or re-pull the image",
+        )
+    return [LayerRef(diff_id, layer.digest, layer.size, layer.media_type) for diff_id, layer in zip(diff_ids, layers)]
+
+
+class SourceResolver:
+    def __init__(self, session: "BuildSession") -> None:
+        self.session = session
+        self._images: dict[str, ImageRecord] = {}
+
+    def context(self) -> Source:
+        session = self.session
+        return Source(None, lambda: BuildContext(session.options.context_dir, session.ignore_matcher()))
+
+    def source_for(self, from_value: str | None, paths: Sequence[str], *, platform: Platform,
+                   pos: Pos, source_line: str) -> Source:
+        """Where COPY/ADD or a bind mount reads `paths` from: the context, a stage, or an image."""
+        if from_value is None:
+            return self.context()
+        session = self.session
+        referenced = None
+        for stage in session.plan.stages:
+            if stage.name == from_value.lower():
+                referenced = stage.index
+        if referenced is None and from_value.isdigit():
+            referenced = int(from_value)
+        if referenced is not None:
+            with session.lock:
+                source_state = session.stage_states[referenced]
+            layers = list(source_state.layers)
+            name = f"stage{referenced}"
+            identity = "stage:" + source_state.chain
+        else:
+            record = self.load_or_pull(from_value, platform, pos=pos, source_line=source_line,
+                                       what=f"--from={from_value}")
+            layers = image_layers(record)
+            name = "image-" + record.manifest_digest.split(":")[-1][:16]
+            identity = "image:" + record.manifest_digest
+        reach = sorted({static_prefix(path) for path in paths})
+        return Source(identity, lambda: BuildContext.for_rootfs(self._flattened(name, layers, reach)))
+
+    def load_or_pull(self, name: str, platform: Platform, *, pos: Pos | None, source_line: str | None,
+                     what: str) -> ImageRecord:
+        """The image `name` from the store, or pulled (always pulled first with --pull); held in
+        use until the build ends. `what` names the reference in errors (`FROM`, `--from=x`)."""
+        session = self.session
+        with session.lock:
+            known = self._images.get(name)
+        if known is not None:
+            return known
+        record = self._load_or_pull(name, platform, pos=pos, source_line=source_line, what=what)
+        session.hold(record.manifest_digest)
+        with session.lock:
+            self._images.setdefault(name, record)
+        return record
+
+    def _load_or_pull(self, name: str, platform: Platform, *, pos: Pos | None, source_line: str | None,
+                      what: str) -> ImageRecord:
+        session = self.session
+        if not session.options.pull:
+            try:
+                return session.store.load_image(name)
+            except ImageNotFound:
+                pass
+        from builder.registry import pull
+
+        try:
+            return pull(session.store, name, platform=str(platform), insecure=session.options.insecure_registries)
+        except BuildError as error:
+            if error.pos is None:
+                error.pos = pos
+                error.source_line = source_line
+            if not session.options.pull:
+                missing = ("is not in the local store" if what == "FROM"
+                           else "is neither in the local store nor a stage of this Buildfile")
+                error.hint = (
+                    f"{name!r} {missing}, and pulling it failed; add it with `builder import`, "
+                    "`builder load` or `builder pull`, or check the name"
+                )
+            raise
+
+    def _flattened(self, name: str, layers: list[LayerRef], reach: list[str]) -> Path:
+        from builder.snapshot.view import flatten
+
+        session = self.session
+        if "/" in reach:
+            reach = ["/"]
+        label = f"{name}-" + hashlib.sha256("\0".join(reach).encode()).hexdigest()[:12]
+        target = session.work_dir / f"src-{label}"
+        with session.lock:
+            if target.exists():
+                return target
+            partial = session.work_dir / f"partial-{label}"
+            shutil.rmtree(partial, ignore_errors=True)
+            flatten(session.lower_dirs(layers), partial, only=None if reach == ["/"] else reach)
+            partial.rename(target)
+            return target
+
+
+_WILDCARD = re.compile(r"[*?\[\\]")
+
+
+def static_prefix(pattern: str) -> str:
+    """The part of a source path before its first wildcard component: what a copy can reach."""
+    kept: list[str] = []
+    for part in pattern.split("/"):
+        if _WILDCARD.search(part):
+            break
+        if part and part != ".":
+            kept.append(part)
+    return "/" + "/".join(kept)
+
+
+def describe_source_for_key(source: Source, patterns: Sequence[str], *, pos: Pos, session: "BuildSession") -> Any:
+    """What a COPY's sources contribute to its cache key: the stage/image identity, or the
+    content digest of what the patterns select in the context."""
+    if source.identity is not None:
+        return source.identity
+    if not patterns:
+        return ""
+    context = source.context()
+    return context.content_digest(context.select(list(patterns), pos=pos), session.stat_cache())
