@@ -1,6 +1,7 @@
-"""Blob files of the store: the hashing temp-file writer, staged publication, and the file
-system helpers (fsync of dirs, syncfs, the checks of the store's root and dirs, link-proof
-removal of trees) that keep writes atomic and walks inside the store."""
+"""Blob files of the store: the hashing temp-file writer (which can also learn a layer's diff_id
+on the way), staged publication, and the file system helpers (fsync of dirs, syncfs, the checks
+of the store's root and dirs, link-proof removal of trees) that keep writes atomic and walks
+inside the store."""
 from __future__ import annotations
 
 import ctypes
@@ -10,8 +11,10 @@ import hashlib
 import io
 import itertools
 import os
+import queue
 import stat
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
@@ -27,6 +30,18 @@ CHUNK = 1 << 20
 
 class DigestMismatch(StoreError):
     """Content written for a blob does not hash to the digest it was announced with."""
+
+
+class DiffIdMismatch(StoreError):
+    """A config claims a diff_id for a layer blob whose uncompressed content hashes to another."""
+
+    def __init__(self, blob_digest: str, claimed: str, actual: str) -> None:
+        self.blob_digest, self.claimed, self.actual = blob_digest, claimed, actual
+        super().__init__(
+            f"layer {blob_digest}: the image config claims diff_id {claimed}, "
+            f"but the layer's uncompressed content hashes to {actual}",
+            hint="the image is corrupt or was crafted to pass one layer off as another; nothing of it was stored",
+        )
 
 
 # --- file system helpers -------------------------------------------------------------------------
@@ -291,10 +306,88 @@ def check_store_entry(root: Path, relpath: str, *, directory: bool) -> bool:
 # --- blob writer ---------------------------------------------------------------------------------
 
 
-class BlobWriter(io.RawIOBase):
-    """A write-only file that hashes what it is given; published by `Store.blob_writer` on success."""
+class _QueueReader(io.RawIOBase):
+    """The read side of UncompressedDigest's queue: chunks until the empty end marker."""
 
-    def __init__(self, tmp_dir: Path, expected_digest: str | None) -> None:
+    def __init__(self, chunks: "queue.Queue[bytes]") -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._current = memoryview(b"")
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001
+        while not self._current and not self._ended:
+            chunk = self._chunks.get()
+            if not chunk:
+                self._ended = True
+            self._current = memoryview(chunk)
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), len(self._current))
+        view[:n] = self._current[:n]
+        self._current = self._current[n:]
+        return n
+
+    def drain(self) -> None:
+        while not self._ended:
+            self._ended = not self._chunks.get()
+
+
+class UncompressedDigest:
+    """The diff_id of a layer blob, learnt while the blob's compressed bytes are written: one pass.
+
+    The bytes fed in go through a small queue to a helper thread that decompresses them with the
+    reader unpacking uses (format by magic bytes, zstd fed in bounded pieces) and hashes the
+    output, beside the writer's own hashing and disk writes. A blob that does not decompress gets
+    no diff_id (`error` says why) rather than failing the write: its digest is still right, and
+    whoever wants it as a layer reports the error."""
+
+    def __init__(self) -> None:
+        from builder.image.layerapi import open_layer_stream
+
+        self._open_layer_stream = open_layer_stream
+        self._chunks: queue.Queue[bytes] = queue.Queue(maxsize=4)
+        self.diff_id: str | None = None
+        self.error: str | None = None
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="diff-id", daemon=True)
+        self._thread.start()
+
+    def feed(self, data: bytes) -> None:
+        if data and not self._ended:
+            self._chunks.put(data)
+
+    def finish(self) -> str | None:
+        """All bytes fed: the diff_id, or None when they are not a layer (see `error`)."""
+        if not self._ended:
+            self._ended = True
+            self._chunks.put(b"")
+            self._thread.join()
+        return self.diff_id
+
+    def _run(self) -> None:
+        source = _QueueReader(self._chunks)
+        try:
+            stream = self._open_layer_stream(source)
+            hasher = hashlib.sha256()
+            while chunk := stream.read(CHUNK):
+                hasher.update(chunk)
+            self.diff_id = "sha256:" + hasher.hexdigest()
+        except Exception as exc:  # noqa: BLE001 - any decoding failure means "not a layer"
+            self.error = str(exc) or type(exc).__name__
+        finally:
+            source.drain()  # keep taking chunks, so the writer never blocks on a full queue
+
+
+class BlobWriter(io.RawIOBase):
+    """A write-only file that hashes what it is given; published by `Store.blob_writer` on success.
+
+    With `layer=True` it also hashes the decompressed content as it goes: `diff_id` is set by
+    `finish()` (None when the bytes do not decompress; `layer_error` says why)."""
+
+    def __init__(self, tmp_dir: Path, expected_digest: str | None, *, layer: bool = False) -> None:
         super().__init__()
         try:
             fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="blob-")
@@ -307,7 +400,10 @@ class BlobWriter(io.RawIOBase):
         self.expected_digest = expected_digest
         self.size = 0
         self.digest: str | None = None
+        self.diff_id: str | None = None
+        self.layer_error: str | None = None
         self._buffer = bytearray()
+        self._uncompressed = UncompressedDigest() if layer else None
 
     def writable(self) -> bool:
         return True
@@ -326,6 +422,8 @@ class BlobWriter(io.RawIOBase):
         return self.size
 
     def _drain(self) -> None:
+        if self._uncompressed is not None and self._buffer:
+            self._uncompressed.feed(bytes(self._buffer))
         try:
             with memoryview(self._buffer) as whole:
                 view = whole
@@ -350,9 +448,14 @@ class BlobWriter(io.RawIOBase):
                 f"content does not match its digest: expected {self.expected_digest}, got {self.digest}",
                 hint="the source is corrupt or was modified while it was read",
             )
+        if self._uncompressed is not None:
+            self.diff_id = self._uncompressed.finish()
+            self.layer_error = self._uncompressed.error
         return self.digest
 
     def discard(self) -> None:
+        if self._uncompressed is not None:
+            self._uncompressed.finish()
         self.release()
         try:
             self.temp_path.unlink()
@@ -379,8 +482,8 @@ class Staging:
         self._pending: list[BlobWriter] = []
 
     @contextmanager
-    def blob_writer(self, expected_digest: str | None = None) -> Iterator[BlobWriter]:
-        writer = BlobWriter(self._store.tmp_dir, expected_digest)
+    def blob_writer(self, expected_digest: str | None = None, *, layer: bool = False) -> Iterator[BlobWriter]:
+        writer = BlobWriter(self._store.tmp_dir, expected_digest, layer=layer)
         try:
             yield writer
             writer.finish()

@@ -14,6 +14,11 @@ and device nodes as images ship them); the store's own dirs must be real dirs, a
 delete or read (gc, fsck, prune) go by dir fds opened with O_NOFOLLOW, so a link planted in the
 store never leads outside it. See `prepare_root` in blobfiles.py.
 
+What is trusted: a blob only under the sha256 of its bytes (hashed while written); a row of the
+`layers` table (blob -> diff_id) only after the builder hashed that blob's uncompressed stream
+itself (while writing it, while unpacking it, or by reading it once), never because a config
+says so. Saving an image checks each diff_id its config claims against that.
+
 Why it survives kills and concurrency:
 - a blob is written to tmp/, fsynced, then renamed to its final name; readers never see a partial
   blob, and two writers of the same content both succeed (the second finds it already there);
@@ -42,10 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from builder.errors import ImageNotFound, StoreError
+from builder.errors import ArchiveError, ImageNotFound, StoreError
 from builder.image import oci
 from builder.image.blobfiles import (
     BlobWriter,
+    DiffIdMismatch,
     HashingReader,
     StagingContext,
     check_digest,
@@ -65,7 +71,8 @@ from builder.image.reference import InvalidReference, normalize_tag, parse_refer
 
 _DIGEST_IN_TEXT = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
-SCHEMA_VERSION = 1
+# 2: rows of `layers` are only written after hashing; v1 rows (taken from configs) are dropped.
+SCHEMA_VERSION = 2
 
 # The store's own dirs (made on open), dirs other rooms make on demand, and its database files:
 # none may be a link or another's.
@@ -146,6 +153,10 @@ class Store:
         self.locks_dir = root / "locks"
         self.db_path = root / "index.db"
         self._local = threading.local()
+        # blob digest -> diff_id for layer blobs this process hashed while writing them; saved
+        # into `layers` only when an image that uses them is saved.
+        self._hashed_layers: dict[str, str] = {}
+        self._hashed_lock = threading.Lock()
 
     @classmethod
     def open(cls, root: str | Path | None = None) -> "Store":
@@ -227,9 +238,14 @@ class Store:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
                 with self._tx() as tx:
+                    version = tx.execute("PRAGMA user_version").fetchone()[0]
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             tx.execute(statement)
+                    if version == 1:
+                        # v1 recorded the blob -> diff_id pairs configs claimed, unchecked: forget
+                        # them; each is learnt again by hashing its blob when it is next needed.
+                        tx.execute("DELETE FROM layers")
                     tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise StoreError(f"the store at {self.root} was created by a newer builder (schema {version})")
@@ -275,10 +291,12 @@ class Store:
             return False
 
     @contextmanager
-    def blob_writer(self, expected_digest: str | None = None) -> Iterator[BlobWriter]:
+    def blob_writer(self, expected_digest: str | None = None, *, layer: bool = False) -> Iterator[BlobWriter]:
+        """A temp file published under its digest on success; `layer=True` also learns the
+        blob's diff_id on the way (see `layer_diff_id`)."""
         if expected_digest is not None:
             check_digest(expected_digest)
-        writer = BlobWriter(self.tmp_dir, expected_digest)
+        writer = BlobWriter(self.tmp_dir, expected_digest, layer=layer)
         try:
             yield writer
             writer.finish()
@@ -296,6 +314,8 @@ class Store:
         assert writer.digest is not None
         final = self.blobs_dir / writer.digest.removeprefix("sha256:")
         writer.release()
+        if writer.diff_id is not None:
+            self._note_layer(writer.digest, writer.diff_id)
         if final.exists():
             # Same content is already there (another build wrote it): keep the existing file, and
             # refresh its mtime so gc's min_age protects it until our image references it.
@@ -359,16 +379,49 @@ class Store:
 
     # --- layers and snapshots ---
 
-    def record_layer(self, diff_id: str, blob_digest: str, media_type: str, size: int) -> None:
-        """Remember that `blob_digest` is a (compressed) tar whose uncompressed digest is `diff_id`."""
+    def _record_layer(self, diff_id: str, blob_digest: str, media_type: str, size: int) -> None:
+        """Remember that `blob_digest` is a (compressed) tar whose uncompressed digest is `diff_id`.
+
+        Only for a pair the builder hashed itself (write_layer hashes the tar it writes)."""
         check_digest(diff_id)
         check_digest(blob_digest)
         with self._tx() as tx:
-            tx.execute("INSERT OR IGNORE INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?)",
+            tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
+                       "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id",
                        (blob_digest, diff_id, media_type, size))
 
+    def _note_layer(self, blob_digest: str, diff_id: str) -> None:
+        with self._hashed_lock:
+            self._hashed_layers[blob_digest] = diff_id
+
+    def layer_diff_id(self, blob_digest: str) -> str:
+        """The diff_id of a stored layer blob as the builder itself hashed it: learnt while this
+        process wrote or unpacked the blob, else from the `layers` table (written only after
+        hashing), else by reading the blob once now. Never what a config claims."""
+        check_digest(blob_digest)
+        with self._hashed_lock:
+            known = self._hashed_layers.get(blob_digest)
+        if known is not None:
+            return known
+        row = self._db().execute("SELECT diff_id FROM layers WHERE blob_digest=?", (blob_digest,)).fetchone()
+        if row is not None:
+            return row[0]
+        from builder.image.layerapi import open_layer_stream
+
+        try:
+            with self.open_blob(blob_digest) as raw:
+                stream = HashingReader(open_layer_stream(raw))
+                stream.drain()
+        except ArchiveError as exc:
+            raise StoreError(f"layer blob {blob_digest} is not a readable layer: {exc.message}",
+                             hint="the image is corrupt; remove it and pull or load it again") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot read layer blob {blob_digest}: {exc}") from exc
+        self._note_layer(blob_digest, stream.digest())
+        return stream.digest()
+
     def layer_blobs(self, diff_id: str) -> list[tuple[str, str, int]]:
-        """(blob digest, media type, size) of every stored blob known to hold this diff_id."""
+        """(blob digest, media type, size) of every stored blob known (by hashing) to hold this diff_id."""
         rows = self._db().execute(
             "SELECT blob_digest, media_type, size FROM layers WHERE diff_id=? ORDER BY blob_digest", (diff_id,)
         ).fetchall()
@@ -386,7 +439,7 @@ class Store:
                                   source_date_epoch=source_date_epoch, threads=threads)
         if writer.digest != digests.digest:
             raise StoreError(f"layer writer reported {digests.digest} but wrote {writer.digest}")
-        self.record_layer(digests.diff_id, digests.digest, digests.media_type, digests.size)
+        self._record_layer(digests.diff_id, digests.digest, digests.media_type, digests.size)
         if adopt:
             from builder.layer.times import match_layer_times
 
@@ -483,6 +536,7 @@ class Store:
         if stream.digest() != diff_id:
             raise StoreError(f"layer blob {blob_digest} unpacks to {stream.digest()}, not {diff_id}",
                              hint="the store is corrupt; run fsck and remove the image")
+        self._note_layer(blob_digest, diff_id)
 
     def snapshot_dirs(self, ref: str) -> list[Path]:
         """The snapshot dirs of an image's layers, lowest first."""
@@ -525,11 +579,16 @@ class Store:
         diff_ids = oci.config_diff_ids(config)
         if len(diff_ids) != len(layers):
             raise StoreError(f"the config lists {len(diff_ids)} diff_ids but the manifest {len(layers)} layers")
+        for layer, claimed in zip(layers, diff_ids):
+            actual = self.layer_diff_id(layer.digest)
+            if actual != claimed:
+                raise DiffIdMismatch(layer.digest, claimed, actual)
         self.put_blob(config_bytes, config_digest)
         manifest_digest, _ = self.put_blob(manifest_bytes)
         with self._tx() as tx:
-            for layer, diff_id in zip(layers, diff_ids):
-                tx.execute("INSERT OR IGNORE INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?)",
+            for layer, diff_id in zip(layers, diff_ids):  # each pair hashed above
+                tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
+                           "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id",
                            (layer.digest, diff_id, layer.media_type, layer.size))
             tx.execute("INSERT OR IGNORE INTO images(manifest_digest, config_digest, created) VALUES (?,?,?)",
                        (manifest_digest, config_digest, time.time()))
@@ -822,30 +881,55 @@ class Store:
         return removed
 
     def fsck(self) -> list[str]:
-        """Check the store; returns one line per problem (empty when healthy)."""
+        """Check the store; returns one line per problem (empty when healthy).
+
+        Re-hashes every blob, and the uncompressed content of every layer blob (in the same read)
+        against the diff_id the `layers` table and the images' configs say it has."""
         problems: list[str] = []
         for sub in (*_STORE_DIRS, *_ON_DEMAND_DIRS):
             try:
                 check_store_entry(self.root, sub, directory=True)
             except StoreError as exc:
                 problems.append(exc.message)
-        present = self._fsck_blobs(problems)
         db = self._db()
+        recorded: dict[str, str] = dict(db.execute("SELECT blob_digest, diff_id FROM layers").fetchall())
+        images = db.execute("SELECT manifest_digest, config_digest FROM images").fetchall()
+        parsed: dict[str, tuple[oci.Descriptor, list[oci.Descriptor]] | str] = {}
+        for manifest_digest, _ in images:
+            try:
+                manifest = self.read_json(manifest_digest)
+                parsed[manifest_digest] = (oci.manifest_config(manifest), oci.manifest_layers(manifest))
+            except (StoreError, KeyError, ValueError, TypeError) as exc:
+                parsed[manifest_digest] = getattr(exc, "message", None) or str(exc)
+        layer_digests = set(recorded)
+        for entry in parsed.values():
+            if not isinstance(entry, str):
+                layer_digests.update(layer.digest for layer in entry[1])
+        present, uncompressed = self._fsck_blobs(layer_digests, problems)
+        for blob_digest, diff_id in sorted(recorded.items()):
+            if blob_digest not in present:
+                continue
+            actual = uncompressed.get(blob_digest)
+            if isinstance(actual, Exception):
+                problems.append(f"layer blob {blob_digest} (recorded with diff_id {diff_id}) does not "
+                                f"decompress: {actual}")
+            elif actual != diff_id:
+                problems.append(f"layer blob {blob_digest}: recorded diff_id {diff_id}, but its "
+                                f"uncompressed content hashes to {actual}")
         image_digests = set()
-        for manifest_digest, config_digest in db.execute("SELECT manifest_digest, config_digest FROM images"):
+        for manifest_digest, config_digest in images:
             image_digests.add(manifest_digest)
             if manifest_digest not in present:
                 problems.append(f"image {manifest_digest}: manifest blob missing")
                 continue
-            try:
-                manifest = self.read_json(manifest_digest)
-                declared = oci.manifest_config(manifest).digest
-                layers = oci.manifest_layers(manifest)
-            except (StoreError, KeyError, ValueError, TypeError) as exc:
-                problems.append(f"image {manifest_digest}: manifest unreadable: {exc}")
+            entry = parsed[manifest_digest]
+            if isinstance(entry, str):
+                problems.append(f"image {manifest_digest}: manifest unreadable: {entry}")
                 continue
+            declared, layers = entry[0].digest, entry[1]
             if declared != config_digest:
                 problems.append(f"image {manifest_digest}: config {declared} differs from recorded {config_digest}")
+            diff_ids: list[str] = []
             if config_digest not in present:
                 problems.append(f"image {manifest_digest}: config blob {config_digest} missing")
             else:
@@ -855,9 +939,17 @@ class Store:
                         problems.append(f"image {manifest_digest}: {len(layers)} layers but {len(diff_ids)} diff_ids")
                 except StoreError as exc:
                     problems.append(f"image {manifest_digest}: config unreadable: {exc.message}")
-            for layer in layers:
+            for index, layer in enumerate(layers):
                 if layer.digest not in present:
                     problems.append(f"image {manifest_digest}: layer blob {layer.digest} missing")
+                    continue
+                actual = uncompressed.get(layer.digest)
+                claimed = diff_ids[index] if index < len(diff_ids) else None
+                if claimed is not None and isinstance(actual, str) and actual != claimed:
+                    problems.append(f"image {manifest_digest}: layer {layer.digest}: the config claims diff_id "
+                                    f"{claimed}, but its uncompressed content hashes to {actual}")
+                elif isinstance(actual, Exception) and layer.digest not in recorded:
+                    problems.append(f"image {manifest_digest}: layer {layer.digest} does not decompress: {actual}")
         for name, manifest_digest in self.tags():
             if manifest_digest not in image_digests:
                 problems.append(f"tag {name} points to unknown image {manifest_digest}")
@@ -873,16 +965,20 @@ class Store:
             pass  # reported above
         return problems
 
-    def _fsck_blobs(self, problems: list[str]) -> set[str]:
-        """Hash every blob, by a dir fd and without following links; returns the digests present."""
+    def _fsck_blobs(self, layer_digests: set[str], problems: list[str]) -> tuple[set[str], dict[str, str | Exception]]:
+        """Hash every blob (and a layer's uncompressed stream in the same read); returns the
+        digests present and intact, and the uncompressed digest (or the error) of each layer."""
+        from builder.image.layerapi import open_layer_stream
+
         present: set[str] = set()
+        uncompressed: dict[str, str | Exception] = {}
         try:
             blobs_fd = open_store_dir(self.root, "blobs/sha256")
         except StoreError:
-            return present  # reported with the dir checks
+            return present, uncompressed  # reported with the dir checks
         except OSError as exc:
             problems.append(f"cannot read blobs/sha256: {exc.strerror}")
-            return present
+            return present, uncompressed
         try:
             for name in sorted(os.listdir(blobs_fd)):
                 digest = "sha256:" + name
@@ -900,10 +996,18 @@ class Store:
                     continue
                 with os.fdopen(fd, "rb") as f:
                     raw = HashingReader(f)  # type: ignore[arg-type]
+                    if digest in layer_digests:
+                        try:
+                            stream = HashingReader(open_layer_stream(raw))
+                            stream.drain()
+                            uncompressed[digest] = stream.digest()
+                        except ArchiveError as exc:
+                            uncompressed[digest] = exc
                     raw.drain()
                 if raw.digest() != digest:
                     problems.append(f"blob {digest} is corrupt (content hashes to {raw.digest()})")
+                    uncompressed.pop(digest, None)
                 present.add(digest)
         finally:
             os.close(blobs_fd)
-        return present
+        return present, uncompressed
