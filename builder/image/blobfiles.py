@@ -121,6 +121,16 @@ def not_a_store_dir(root: Path, relpath: str) -> StoreError:
     )
 
 
+def open_lock_file(path: Path) -> int:
+    """Open (creating) a flock file in the store's locks dir; a link in its place is refused."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        hint = ("a symbolic link is in the store's locks dir: someone tampered with the store; remove it"
+                if exc.errno == errno.ELOOP else None)
+        raise StoreError(f"cannot open the lock file {path}: {exc.strerror}", hint=hint) from exc
+
+
 def remove_tree(path: Path) -> None:
     """Remove a file or a tree (layer contents may hold read-only dirs); best effort, never
     follows a symbolic link out of the tree."""

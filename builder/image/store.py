@@ -60,6 +60,7 @@ from builder.image.blobfiles import (
     default_root,
     fsync_dir,
     open_dir_nofollow,
+    open_lock_file,
     open_store_dir,
     prepare_root,
     remove_tree,
@@ -256,7 +257,7 @@ class Store:
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
-        fd = os.open(self.locks_dir / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = open_lock_file(self.locks_dir / name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

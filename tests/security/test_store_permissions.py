@@ -261,3 +261,15 @@ def test_snapshot_dir_link_is_not_a_snapshot(tmp_path):
     snapshot.symlink_to(victim)
     assert not store.has_snapshot(digests.diff_id)
     assert any("is not a directory" in p for p in store.fsck())
+
+
+def test_lock_file_link_is_refused(tmp_path, capsys):
+    """A link in place of a lock file made prune open (and create) its target read-write."""
+    root = tmp_path / "store"
+    Store.open(root)
+    victim = tmp_path / "victim-file"
+    (root / "locks" / "builds").unlink(missing_ok=True)
+    (root / "locks" / "builds").symlink_to(victim)
+    code = cli_main(["--root", str(root), "prune"])
+    assert not os.path.lexists(victim)
+    assert code == 1 and "symbolic link" in capsys.readouterr().err
