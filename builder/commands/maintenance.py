@@ -6,10 +6,12 @@ import fcntl
 import json
 import os
 import re
+import stat
 import sys
 
 from builder.commands.images import human_size
 from builder.errors import BuildError
+from builder.image.blobfiles import store_dir
 from builder.image.inuse import no_build_running
 from builder.image.store import Store
 from builder.solve.cache import entry_blobs
@@ -84,19 +86,28 @@ def prune_cache(store: Store, *, everything: bool, keep_storage: int | None) -> 
 
 
 def _remove_idle_step_locks(store: Store) -> None:
-    """Step locks (one per step a build ran) are kept while some build may wait on them."""
-    for path in store.locks_dir.glob("step-*"):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            path.unlink(missing_ok=True)
-        except BlockingIOError:
-            continue
-        finally:
-            os.close(fd)
+    """Step locks (one per step a build ran) are kept while some build may wait on them.
+
+    By the locks dir's fd, never following a link (a link named step-* is just removed)."""
+    with store_dir(store.root, "locks") as locks_fd:
+        for name in os.listdir(locks_fd):
+            if not name.startswith("step-"):
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=locks_fd)
+            except OSError:
+                try:
+                    os.unlink(name, dir_fd=locks_fd)  # not a lock file we made (e.g. a link)
+                except OSError:
+                    pass
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(name, dir_fd=locks_fd)
+            except (BlockingIOError, FileNotFoundError):
+                continue
+            finally:
+                os.close(fd)
 
 
 def disk_usage(store: Store) -> dict[str, dict[str, int]]:
@@ -106,15 +117,23 @@ def disk_usage(store: Store) -> dict[str, dict[str, int]]:
     for _, value, _ in entries:
         cache_blobs |= entry_blobs(value)
     cache_only = cache_blobs - image_blobs
-    all_blobs = [path for path in store.blobs_dir.iterdir()]
-    snapshot_count = sum(1 for _ in store.snapshots_dir.iterdir())
+    all_blobs: list[os.stat_result] = []
+    with store_dir(store.root, "blobs/sha256") as blobs_fd:  # lstat only: a link is not followed
+        for name in os.listdir(blobs_fd):
+            try:
+                all_blobs.append(os.stat(name, dir_fd=blobs_fd, follow_symlinks=False))
+            except FileNotFoundError:  # removed by a concurrent prune
+                continue
+    with store_dir(store.root, "s") as snapshots_fd:
+        snapshot_count = len(os.listdir(snapshots_fd))
     return {
         "images": {"count": len(store.images()), "bytes": sum(_blob_size(store, d) for d in image_blobs)},
         "build cache": {
             "count": sum(1 for key, _, _ in entries if not key.startswith("lineage:")),
             "bytes": sum(_blob_size(store, d) for d in cache_only),
         },
-        "all blobs": {"count": len(all_blobs), "bytes": sum(p.stat().st_size for p in all_blobs)},
+        "all blobs": {"count": len(all_blobs),
+                      "bytes": sum(st.st_size for st in all_blobs if stat.S_ISREG(st.st_mode))},
         "snapshots": {"count": snapshot_count, "bytes": 0},
     }
 

@@ -1,13 +1,13 @@
 """Getting images into the store: docker-archive / OCI archive or layout (`load`), rootfs (`import`).
 
 `load_archive` verifies everything first: every blob is written to the store's staging area and
-checked against its digest (layers against their diff_ids too for docker-archives), and only
-when the whole archive is good are the blobs published and the images and tags recorded. A
-malformed archive leaves the store as it was.
+checked against its digest, every layer's uncompressed content is hashed on the way (one read)
+and checked against the diff_id its config claims, and only when the whole archive is good are
+the blobs published and the images and tags recorded. A malformed or lying archive leaves the
+store as it was: its staged blobs are deleted.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
@@ -22,7 +22,7 @@ from builder.errors import ArchiveError, BuildError, StoreError
 from builder.image import oci
 from builder.image.layerapi import open_layer_stream, unpack_layer
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
-from builder.image.blobfiles import DigestMismatch, Staging
+from builder.image.blobfiles import BlobWriter, DigestMismatch, Staging
 from builder.image.store import ImageRecord, Store
 
 _CHUNK = 1 << 20
@@ -184,15 +184,18 @@ class _Loader:
         self.source = source
         self.name = name
         self.staged: dict[str, tuple[str, int]] = {}  # blob digest -> (media type, size), this archive
+        self.layer_diff_ids: dict[str, str] = {}  # layer blob digest -> diff_id we hashed
         self.images: list[_PendingImage] = []
 
     # -- helpers --
 
-    def _stage_blob(self, member: str, expected: str, size: int | None = None) -> None:
+    def _stage_blob(self, member: str, expected: str, size: int | None = None, *,
+                    layer: bool = False) -> BlobWriter | None:
+        """Stage one blob unless it is here already; with `layer=True` the writer learns its diff_id."""
         if expected in self.staged or self.store.has_blob(expected):
-            return
+            return None
         try:
-            with self.source.open(member) as f, self.staging.blob_writer(expected) as writer:
+            with self.source.open(member) as f, self.staging.blob_writer(expected, layer=layer) as writer:
                 while chunk := f.read(_CHUNK):
                     writer.write(chunk)
         except DigestMismatch as exc:
@@ -203,6 +206,34 @@ class _Loader:
         if size is not None and writer.size != size:
             raise ArchiveError(f"{self.source.label}: {member} is {writer.size} bytes, its descriptor says {size}")
         self.staged[expected] = ("", writer.size)
+        return writer
+
+    def _stage_layer(self, member: str, digest: str, size: int | None) -> str:
+        """Stage a layer blob; returns the diff_id hashed from its uncompressed content."""
+        if digest in self.layer_diff_ids:
+            return self.layer_diff_ids[digest]
+        writer = self._stage_blob(member, digest, size, layer=True)
+        if writer is not None:
+            if writer.diff_id is None:
+                raise ArchiveError(f"{self.source.label}: layer {digest} is not a readable layer: {writer.layer_error}")
+            diff_id = writer.diff_id
+        elif digest in self.staged:  # staged by this archive as something else first
+            with open(self.staging.path_of(digest), "rb") as raw:
+                diff_id = _digest_stream(open_layer_stream(raw))
+        else:  # in the store already: what the builder hashed, never what some config said
+            try:
+                diff_id = self.store.layer_diff_id(digest)
+            except StoreError as exc:
+                raise ArchiveError(f"{self.source.label}: {exc.message}", hint=exc.hint) from exc
+        self.layer_diff_ids[digest] = diff_id
+        return diff_id
+
+    def _check_diff_id(self, where: str, layer: str, claimed: str, actual: str) -> None:
+        if claimed != actual:
+            raise ArchiveError(
+                f"{self.source.label}: layer {layer} does not match diff_id {claimed} that {where} "
+                f"claims: its uncompressed content hashes to {actual}",
+                hint="the archive is corrupt or was crafted to pass one layer off as another; nothing was loaded")
 
     def _read_verified(self, member: str, digest: str) -> bytes:
         data = self.source.read_bytes(member)
@@ -288,10 +319,11 @@ class _Loader:
         if len(oci.config_diff_ids(config)) != len(layers):
             raise ArchiveError(f"{self.source.label}: manifest {desc.digest} has {len(layers)} layers but its "
                                f"config lists {len(oci.config_diff_ids(config))} diff_ids")
-        for layer in layers:
+        for layer, claimed in zip(layers, oci.config_diff_ids(config)):
             if not oci.is_digest(layer.digest):
                 raise ArchiveError(f"{self.source.label}: unsupported layer digest {layer.digest!r}")
-            self._stage_blob(self._blob_member(layer.digest), layer.digest, layer.size)
+            actual = self._stage_layer(self._blob_member(layer.digest), layer.digest, layer.size)
+            self._check_diff_id(f"the config {config_desc.digest}", layer.digest, claimed, actual)
         media_type = manifest.get("mediaType") or desc.media_type
         if media_type == oci.DOCKER_MANIFEST:
             # Rebuild as OCI: same config bytes (image ID kept) and same layer blobs.
@@ -357,43 +389,37 @@ class _Loader:
             kind = detect_compression(f.read(6))
         try:
             if kind in ("none", "gzip", "zstd"):
-                # Kept byte for byte; the diff_id is checked on the staged copy.
-                with self.source.open(member) as f, self.staging.blob_writer() as writer:
+                # Kept byte for byte; its diff_id is hashed while it is written (one read).
+                with self.source.open(member) as f, self.staging.blob_writer(layer=True) as writer:
                     while chunk := f.read(_CHUNK):
                         writer.write(chunk)
-                digest, size = writer.digest, writer.size
-                assert digest is not None
-                if kind == "none":
-                    actual = digest
-                else:
-                    with open(self.staging.path_of(digest), "rb") as raw:
-                        actual = _digest_stream(open_layer_stream(raw))
                 media_type = oci.oci_layer_media_type("uncompressed" if kind == "none" else kind)
             else:
                 # bzip2/xz have no OCI media type: store the plain tar (its digest is the diff_id).
-                with self.source.open(member) as f, self.staging.blob_writer(diff_id) as writer:
+                with self.source.open(member) as f, self.staging.blob_writer(layer=True) as writer:
                     stream = open_layer_stream(f)
                     while chunk := stream.read(_CHUNK):
                         writer.write(chunk)
-                digest, size, actual = diff_id, writer.size, diff_id
                 media_type = oci.OCI_LAYER_TAR
-        except DigestMismatch as exc:
-            raise ArchiveError(f"{self.source.label}: layer {member} does not match diff_id {diff_id}",
-                               hint="the archive is corrupt or was modified") from exc
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise ArchiveError(f"{self.source.label}: cannot read {member}: {exc}") from exc
-        if actual != diff_id:
-            raise ArchiveError(f"{self.source.label}: layer {member} does not match diff_id {diff_id}",
+        digest, size, actual = writer.digest, writer.size, writer.diff_id
+        assert digest is not None
+        if actual is None:
+            raise ArchiveError(f"{self.source.label}: layer {member} is not a readable layer: {writer.layer_error}",
                                hint="the archive is corrupt or was modified")
+        self._check_diff_id("the config", member, diff_id, actual)
         self.staged[digest] = (media_type, size)
+        self.layer_diff_ids[digest] = actual
         return oci.Descriptor(media_type, digest, size)
 
 
 def _digest_stream(stream: BinaryIO) -> str:
-    hasher = hashlib.sha256()
-    while chunk := stream.read(_CHUNK):
-        hasher.update(chunk)
-    return "sha256:" + hasher.hexdigest()
+    from builder.image.blobfiles import HashingReader
+
+    hashing = HashingReader(stream)
+    hashing.drain()
+    return hashing.digest()
 
 
 def load_archive(store: Store, path: Path | str, *, name: str | None = None) -> list[tuple[str | None, str]]:

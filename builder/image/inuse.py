@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from builder.image.blobfiles import open_lock_file
 from builder.image.store import Store
 
 
@@ -29,7 +30,7 @@ def _locked(store: Store, name: str, operation: int) -> Iterator[bool]:
     """Holds flock `operation` on locks/<name> for the block; yields False if LOCK_NB found it busy."""
     path = _lock_path(store, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_lock_file(path)
     try:
         try:
             fcntl.flock(fd, operation)

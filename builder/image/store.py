@@ -9,6 +9,16 @@ Layout under `root`:
     tmp/                 in-progress writes, on the same file system so a rename publishes them
     locks/               flock files serialising the unpacking of one diff_id across processes
 
+Who may reach it: the root is 0700 and must belong to the user (snapshot dirs hold setuid files
+and device nodes as images ship them); the store's own dirs must be real dirs, and walks that
+delete or read (gc, fsck, prune) go by dir fds opened with O_NOFOLLOW, so a link planted in the
+store never leads outside it. See `prepare_root` in blobfiles.py.
+
+What is trusted: a blob only under the sha256 of its bytes (hashed while written); a row of the
+`layers` table (blob -> diff_id) only after the builder hashed that blob's uncompressed stream
+itself (while writing it, while unpacking it, or by reading it once), never because a config
+says so. Saving an image checks each diff_id its config claims against that.
+
 Why it survives kills and concurrency:
 - a blob is written to tmp/, fsynced, then renamed to its final name; readers never see a partial
   blob, and two writers of the same content both succeed (the second finds it already there);
@@ -23,11 +33,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
+import secrets
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -36,25 +47,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from builder.errors import ImageNotFound, StoreError
+from builder.errors import ArchiveError, ImageNotFound, StoreError
 from builder.image import oci
 from builder.image.blobfiles import (
-    CHUNK,
     BlobWriter,
+    DiffIdMismatch,
     HashingReader,
     StagingContext,
     check_digest,
+    check_store_entry,
     copy_into,
     default_root,
     fsync_dir,
+    open_dir_nofollow,
+    open_lock_file,
+    open_store_dir,
+    prepare_root,
     remove_tree,
+    remove_tree_at,
+    store_dir,
     syncfs,
 )
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 
 _DIGEST_IN_TEXT = re.compile(r"sha256:[0-9a-f]{64}")
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
-SCHEMA_VERSION = 1
+# 2: rows of `layers` are only written after hashing; v1 rows (taken from configs) are dropped.
+SCHEMA_VERSION = 2
+
+# The store's own dirs (made on open), dirs other rooms make on demand, and its database files:
+# none may be a link or another's.
+_STORE_DIRS = ("blobs", "blobs/sha256", "s", "tmp", "locks")
+_ON_DEMAND_DIRS = ("cache-mounts", "registry-sources")
+_STORE_FILES = ("index.db", "index.db-wal", "index.db-shm", "statcache.db", "statcache.db-wal",
+                "statcache.db-shm")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -128,17 +154,31 @@ class Store:
         self.locks_dir = root / "locks"
         self.db_path = root / "index.db"
         self._local = threading.local()
+        # blob digest -> diff_id for layer blobs this process hashed while writing them; saved
+        # into `layers` only when an image that uses them is saved.
+        self._hashed_layers: dict[str, str] = {}
+        self._hashed_lock = threading.Lock()
 
     @classmethod
     def open(cls, root: str | Path | None = None) -> "Store":
         path = Path(root) if root is not None else default_root()
         path = path.expanduser().absolute()
-        try:
-            for sub in ("blobs/sha256", "s", "tmp", "locks"):
-                (path / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the store at {path}: {exc.strerror}",
-                             hint="set BUILDER_ROOT to a writable directory") from exc
+        prepare_root(path)
+        for sub in _STORE_DIRS:
+            if check_store_entry(path, sub, directory=True):
+                continue
+            try:
+                os.mkdir(path / sub, 0o755)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"cannot create the store at {path}: {exc.strerror}",
+                                 hint="set BUILDER_ROOT to a writable directory") from exc
+            check_store_entry(path, sub, directory=True)
+        for sub in _ON_DEMAND_DIRS:
+            check_store_entry(path, sub, directory=True)
+        for name in _STORE_FILES:
+            check_store_entry(path, name, directory=False)
         store = cls(path)
         store._init_db()
         return store
@@ -199,9 +239,14 @@ class Store:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
                 with self._tx() as tx:
+                    version = tx.execute("PRAGMA user_version").fetchone()[0]
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             tx.execute(statement)
+                    if version == 1:
+                        # v1 recorded the blob -> diff_id pairs configs claimed, unchecked: forget
+                        # them; each is learnt again by hashing its blob when it is next needed.
+                        tx.execute("DELETE FROM layers")
                     tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise StoreError(f"the store at {self.root} was created by a newer builder (schema {version})")
@@ -212,7 +257,7 @@ class Store:
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
-        fd = os.open(self.locks_dir / name, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(self.locks_dir / name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -241,13 +286,18 @@ class Store:
         return self.blobs_dir / check_digest(digest).removeprefix("sha256:")
 
     def has_blob(self, digest: str) -> bool:
-        return self.blob_path(digest).is_file()
+        try:
+            return stat.S_ISREG(os.lstat(self.blob_path(digest)).st_mode)
+        except OSError:
+            return False
 
     @contextmanager
-    def blob_writer(self, expected_digest: str | None = None) -> Iterator[BlobWriter]:
+    def blob_writer(self, expected_digest: str | None = None, *, layer: bool = False) -> Iterator[BlobWriter]:
+        """A temp file published under its digest on success; `layer=True` also learns the
+        blob's diff_id on the way (see `layer_diff_id`)."""
         if expected_digest is not None:
             check_digest(expected_digest)
-        writer = BlobWriter(self.tmp_dir, expected_digest)
+        writer = BlobWriter(self.tmp_dir, expected_digest, layer=layer)
         try:
             yield writer
             writer.finish()
@@ -265,6 +315,8 @@ class Store:
         assert writer.digest is not None
         final = self.blobs_dir / writer.digest.removeprefix("sha256:")
         writer.release()
+        if writer.diff_id is not None:
+            self._note_layer(writer.digest, writer.diff_id)
         if final.exists():
             # Same content is already there (another build wrote it): keep the existing file, and
             # refresh its mtime so gc's min_age protects it until our image references it.
@@ -301,10 +353,16 @@ class Store:
 
     def open_blob(self, digest: str) -> BinaryIO:
         try:
-            return open(self.blob_path(digest), "rb")
+            fd = os.open(self.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise StoreError(f"blob {digest} is missing from the store at {self.root}",
                              hint="run fsck on the store; the image may need to be pulled or built again") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # blobs are only ever made by renaming a regular file
+                raise StoreError(f"blob {digest} in the store at {self.root} is a symbolic link",
+                                 hint="someone tampered with the store; run fsck and remove the entry") from None
+            raise StoreError(f"cannot read blob {digest} in the store at {self.root}: {exc.strerror}") from exc
+        return os.fdopen(fd, "rb")
 
     def read_blob(self, digest: str) -> bytes:
         with self.open_blob(digest) as f:
@@ -322,16 +380,49 @@ class Store:
 
     # --- layers and snapshots ---
 
-    def record_layer(self, diff_id: str, blob_digest: str, media_type: str, size: int) -> None:
-        """Remember that `blob_digest` is a (compressed) tar whose uncompressed digest is `diff_id`."""
+    def _record_layer(self, diff_id: str, blob_digest: str, media_type: str, size: int) -> None:
+        """Remember that `blob_digest` is a (compressed) tar whose uncompressed digest is `diff_id`.
+
+        Only for a pair the builder hashed itself (write_layer hashes the tar it writes)."""
         check_digest(diff_id)
         check_digest(blob_digest)
         with self._tx() as tx:
-            tx.execute("INSERT OR IGNORE INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?)",
+            tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
+                       "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id",
                        (blob_digest, diff_id, media_type, size))
 
+    def _note_layer(self, blob_digest: str, diff_id: str) -> None:
+        with self._hashed_lock:
+            self._hashed_layers[blob_digest] = diff_id
+
+    def layer_diff_id(self, blob_digest: str) -> str:
+        """The diff_id of a stored layer blob as the builder itself hashed it: learnt while this
+        process wrote or unpacked the blob, else from the `layers` table (written only after
+        hashing), else by reading the blob once now. Never what a config claims."""
+        check_digest(blob_digest)
+        with self._hashed_lock:
+            known = self._hashed_layers.get(blob_digest)
+        if known is not None:
+            return known
+        row = self._db().execute("SELECT diff_id FROM layers WHERE blob_digest=?", (blob_digest,)).fetchone()
+        if row is not None:
+            return row[0]
+        from builder.image.layerapi import open_layer_stream
+
+        try:
+            with self.open_blob(blob_digest) as raw:
+                stream = HashingReader(open_layer_stream(raw))
+                stream.drain()
+        except ArchiveError as exc:
+            raise StoreError(f"layer blob {blob_digest} is not a readable layer: {exc.message}",
+                             hint="the image is corrupt; remove it and pull or load it again") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot read layer blob {blob_digest}: {exc}") from exc
+        self._note_layer(blob_digest, stream.digest())
+        return stream.digest()
+
     def layer_blobs(self, diff_id: str) -> list[tuple[str, str, int]]:
-        """(blob digest, media type, size) of every stored blob known to hold this diff_id."""
+        """(blob digest, media type, size) of every stored blob known (by hashing) to hold this diff_id."""
         rows = self._db().execute(
             "SELECT blob_digest, media_type, size FROM layers WHERE diff_id=? ORDER BY blob_digest", (diff_id,)
         ).fetchall()
@@ -349,7 +440,7 @@ class Store:
                                   source_date_epoch=source_date_epoch, threads=threads)
         if writer.digest != digests.digest:
             raise StoreError(f"layer writer reported {digests.digest} but wrote {writer.digest}")
-        self.record_layer(digests.diff_id, digests.digest, digests.media_type, digests.size)
+        self._record_layer(digests.diff_id, digests.digest, digests.media_type, digests.size)
         if adopt:
             from builder.layer.times import match_layer_times
 
@@ -368,9 +459,16 @@ class Store:
                        (diff_id, now, now))
             return int(tx.execute("SELECT n FROM snapshots WHERE diff_id=?", (diff_id,)).fetchone()[0])
 
+    def _snapshot_present(self, n: int) -> bool:
+        """s/<n> exists as a real dir (a link there would lead an overlay lowerdir outside)."""
+        try:
+            return stat.S_ISDIR(os.lstat(self.snapshots_dir / str(n)).st_mode)
+        except OSError:
+            return False
+
     def has_snapshot(self, diff_id: str) -> bool:
         n = self._snapshot_row(diff_id)
-        return n is not None and (self.snapshots_dir / str(n)).is_dir()
+        return n is not None and self._snapshot_present(n)
 
     def adopt_snapshot(self, diff_id: str, layer_dir: Path) -> bool:
         """Move `layer_dir` in as the snapshot of `diff_id`; False (dir left alone) when one exists
@@ -395,14 +493,14 @@ class Store:
         """The unpacked layer (overlay-upper format) for `diff_id`, unpacked once and shared."""
         check_digest(diff_id)
         row = self._db().execute("SELECT n, last_used FROM snapshots WHERE diff_id=?", (diff_id,)).fetchone()
-        if row is not None and (self.snapshots_dir / str(row[0])).is_dir():
+        if row is not None and self._snapshot_present(row[0]):
             if time.time() - row[1] > 600:  # coarse last-use mark, so gc's min_age spares dirs in use
                 with self._tx() as tx:
                     tx.execute("UPDATE snapshots SET last_used=? WHERE n=?", (time.time(), row[0]))
             return self.snapshots_dir / str(row[0])
         with self._lock("snap-" + diff_id.removeprefix("sha256:")):
             n = self._snapshot_row(diff_id)
-            if n is not None and (self.snapshots_dir / str(n)).is_dir():
+            if n is not None and self._snapshot_present(n):
                 return self.snapshots_dir / str(n)
             if blob_digest is None or not self.has_blob(blob_digest):
                 known = self.layer_blobs(diff_id)
@@ -439,6 +537,7 @@ class Store:
         if stream.digest() != diff_id:
             raise StoreError(f"layer blob {blob_digest} unpacks to {stream.digest()}, not {diff_id}",
                              hint="the store is corrupt; run fsck and remove the image")
+        self._note_layer(blob_digest, diff_id)
 
     def snapshot_dirs(self, ref: str) -> list[Path]:
         """The snapshot dirs of an image's layers, lowest first."""
@@ -481,11 +580,16 @@ class Store:
         diff_ids = oci.config_diff_ids(config)
         if len(diff_ids) != len(layers):
             raise StoreError(f"the config lists {len(diff_ids)} diff_ids but the manifest {len(layers)} layers")
+        for layer, claimed in zip(layers, diff_ids):
+            actual = self.layer_diff_id(layer.digest)
+            if actual != claimed:
+                raise DiffIdMismatch(layer.digest, claimed, actual)
         self.put_blob(config_bytes, config_digest)
         manifest_digest, _ = self.put_blob(manifest_bytes)
         with self._tx() as tx:
-            for layer, diff_id in zip(layers, diff_ids):
-                tx.execute("INSERT OR IGNORE INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?)",
+            for layer, diff_id in zip(layers, diff_ids):  # each pair hashed above
+                tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
+                           "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id",
                            (layer.digest, diff_id, layer.media_type, layer.size))
             tx.execute("INSERT OR IGNORE INTO images(manifest_digest, config_digest, created) VALUES (?,?,?)",
                        (manifest_digest, config_digest, time.time()))
@@ -688,55 +792,93 @@ class Store:
     def gc(self, *, min_age: float = 3600.0, dry_run: bool = False) -> GCResult:
         """Remove blobs and snapshots no image or cache entry references, and stale temp files.
 
-        `min_age` protects what builds running right now wrote but have not referenced yet."""
+        `min_age` protects what builds running right now wrote but have not referenced yet.
+        Walks by dir fds without following links (a link in the store is removed, never followed);
+        a store dir replaced by a link raises StoreError before anything is removed from it."""
         result = GCResult()
         now = time.time()
         live_blobs, live_diff_ids = self._live_digests()
-        for path in sorted(self.blobs_dir.iterdir()):
-            digest = "sha256:" + path.name
-            if digest in live_blobs:
-                continue
-            st = path.lstat()
-            if now - st.st_mtime < min_age:
-                continue
-            result.removed_blobs.append(digest)
-            result.freed_bytes += st.st_size
-            if not dry_run:
-                path.unlink(missing_ok=True)
+        with store_dir(self.root, "blobs/sha256") as blobs_fd:
+            for name in sorted(os.listdir(blobs_fd)):
+                digest = "sha256:" + name
+                if digest in live_blobs:
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=blobs_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode) or now - st.st_mtime < min_age:
+                    continue  # a dir is never a blob: left for fsck to report
+                result.removed_blobs.append(digest)
+                result.freed_bytes += st.st_size if stat.S_ISREG(st.st_mode) else 0
+                if not dry_run:
+                    try:
+                        os.unlink(name, dir_fd=blobs_fd)
+                    except FileNotFoundError:
+                        pass
         if not dry_run and result.removed_blobs:
             with self._tx() as tx:
                 tx.executemany("DELETE FROM layers WHERE blob_digest=?", [(d,) for d in result.removed_blobs])
         rows = self._db().execute("SELECT n, diff_id, last_used FROM snapshots").fetchall()
-        for n, diff_id, last_used in rows:
-            if diff_id in live_diff_ids or now - last_used < min_age:
-                continue
-            result.removed_snapshots.append(diff_id)
-            if dry_run:
-                continue
-            with self._lock("snap-" + diff_id.removeprefix("sha256:")):
-                path = self.snapshots_dir / str(n)
-                if path.exists():
-                    # Move it out of s/ first: a kill then leaves a row without dir (re-unpacked on use).
-                    trash = Path(tempfile.mkdtemp(dir=self.tmp_dir, prefix="del-"))
-                    os.rename(path, trash / "d")
-                else:
-                    trash = None
-                with self._tx() as tx:
-                    tx.execute("DELETE FROM snapshots WHERE n=?", (n,))
-                if trash is not None:
-                    remove_tree(trash)
-        result.removed_tmp = self._clean_tmp(dry_run=dry_run)
+        with store_dir(self.root, "s") as snapshots_fd, store_dir(self.root, "tmp") as tmp_fd:
+            for n, diff_id, last_used in rows:
+                if diff_id in live_diff_ids or now - last_used < min_age:
+                    continue
+                result.removed_snapshots.append(diff_id)
+                if dry_run:
+                    continue
+                with self._lock("snap-" + diff_id.removeprefix("sha256:")):
+                    trash = self._move_to_trash(snapshots_fd, str(n), tmp_fd)
+                    with self._tx() as tx:
+                        tx.execute("DELETE FROM snapshots WHERE n=?", (n,))
+                    if trash is not None:
+                        remove_tree_at(tmp_fd, trash)
+            result.removed_tmp = self._clean_tmp(tmp_fd, dry_run=dry_run)
         return result
 
-    def _clean_tmp(self, *, dry_run: bool, min_age: float = 60.0) -> list[str]:
+    @staticmethod
+    def _move_to_trash(dir_fd: int, name: str, tmp_fd: int) -> str | None:
+        """Move entry `name` into a fresh tmp/del-* dir (a kill then leaves a row without dir,
+        re-unpacked on use); returns that dir's name, None when there was no entry."""
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        while True:
+            trash = "del-" + secrets.token_hex(8)
+            try:
+                os.mkdir(trash, 0o700, dir_fd=tmp_fd)
+                break
+            except FileExistsError:
+                continue
+        trash_fd = open_dir_nofollow(trash, tmp_fd)
+        try:
+            os.rename(name, "d", src_dir_fd=dir_fd, dst_dir_fd=trash_fd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(trash_fd)
+        return trash
+
+    def _clean_tmp(self, tmp_fd: int, *, dry_run: bool, min_age: float = 60.0) -> list[str]:
         """Remove temp entries whose writer is gone (we can take their flock)."""
         removed = []
         now = time.time()
-        for path in sorted(self.tmp_dir.iterdir()):
+        for name in sorted(os.listdir(tmp_fd)):
             try:
-                if now - path.lstat().st_mtime < min_age:
-                    continue
-                fd = os.open(path, os.O_RDONLY)
+                st = os.stat(name, dir_fd=tmp_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if now - st.st_mtime < min_age:
+                continue
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                # Nothing the builder makes (a link, a fifo, a device): removed without opening it.
+                removed.append(name)
+                if not dry_run:
+                    remove_tree_at(tmp_fd, name)
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=tmp_fd)
             except OSError:
                 continue
             try:
@@ -744,45 +886,63 @@ class Store:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a live process is writing it
-                removed.append(path.name)
+                removed.append(name)
                 if not dry_run:
-                    remove_tree(path)
+                    remove_tree_at(tmp_fd, name)
             finally:
                 os.close(fd)
         return removed
 
     def fsck(self) -> list[str]:
-        """Check the store; returns one line per problem (empty when healthy)."""
+        """Check the store; returns one line per problem (empty when healthy).
+
+        Re-hashes every blob, and the uncompressed content of every layer blob (in the same read)
+        against the diff_id the `layers` table and the images' configs say it has."""
         problems: list[str] = []
-        present: set[str] = set()
-        for path in sorted(self.blobs_dir.iterdir()):
-            digest = "sha256:" + path.name
-            if not oci.is_digest(digest) or not path.is_file():
-                problems.append(f"stray entry in blobs/sha256: {path.name}")
-                continue
-            hasher = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    hasher.update(chunk)
-            if hasher.hexdigest() != path.name:
-                problems.append(f"blob {digest} is corrupt (content hashes to sha256:{hasher.hexdigest()})")
-            present.add(digest)
+        for sub in (*_STORE_DIRS, *_ON_DEMAND_DIRS):
+            try:
+                check_store_entry(self.root, sub, directory=True)
+            except StoreError as exc:
+                problems.append(exc.message)
         db = self._db()
+        recorded: dict[str, str] = dict(db.execute("SELECT blob_digest, diff_id FROM layers").fetchall())
+        images = db.execute("SELECT manifest_digest, config_digest FROM images").fetchall()
+        parsed: dict[str, tuple[oci.Descriptor, list[oci.Descriptor]] | str] = {}
+        for manifest_digest, _ in images:
+            try:
+                manifest = self.read_json(manifest_digest)
+                parsed[manifest_digest] = (oci.manifest_config(manifest), oci.manifest_layers(manifest))
+            except (StoreError, KeyError, ValueError, TypeError) as exc:
+                parsed[manifest_digest] = getattr(exc, "message", None) or str(exc)
+        layer_digests = set(recorded)
+        for entry in parsed.values():
+            if not isinstance(entry, str):
+                layer_digests.update(layer.digest for layer in entry[1])
+        present, uncompressed = self._fsck_blobs(layer_digests, problems)
+        for blob_digest, diff_id in sorted(recorded.items()):
+            if blob_digest not in present:
+                continue
+            actual = uncompressed.get(blob_digest)
+            if isinstance(actual, Exception):
+                problems.append(f"layer blob {blob_digest} (recorded with diff_id {diff_id}) does not "
+                                f"decompress: {actual}")
+            elif actual != diff_id:
+                problems.append(f"layer blob {blob_digest}: recorded diff_id {diff_id}, but its "
+                                f"uncompressed content hashes to {actual}")
         image_digests = set()
-        for manifest_digest, config_digest in db.execute("SELECT manifest_digest, config_digest FROM images"):
+        for manifest_digest, config_digest in images:
             image_digests.add(manifest_digest)
             if manifest_digest not in present:
                 problems.append(f"image {manifest_digest}: manifest blob missing")
                 continue
-            try:
-                manifest = self.read_json(manifest_digest)
-                declared = oci.manifest_config(manifest).digest
-                layers = oci.manifest_layers(manifest)
-            except (StoreError, KeyError, ValueError, TypeError) as exc:
-                problems.append(f"image {manifest_digest}: manifest unreadable: {exc}")
+            entry = parsed[manifest_digest]
+            if isinstance(entry, str):
+                problems.append(f"image {manifest_digest}: manifest unreadable: {entry}")
                 continue
+            declared, layers = entry[0].digest, entry[1]
             if declared != config_digest:
                 problems.append(f"image {manifest_digest}: config {declared} differs from recorded {config_digest}")
+            diff_ids: list[str] = []
             if config_digest not in present:
                 problems.append(f"image {manifest_digest}: config blob {config_digest} missing")
             else:
@@ -792,16 +952,75 @@ class Store:
                         problems.append(f"image {manifest_digest}: {len(layers)} layers but {len(diff_ids)} diff_ids")
                 except StoreError as exc:
                     problems.append(f"image {manifest_digest}: config unreadable: {exc.message}")
-            for layer in layers:
+            for index, layer in enumerate(layers):
                 if layer.digest not in present:
                     problems.append(f"image {manifest_digest}: layer blob {layer.digest} missing")
+                    continue
+                actual = uncompressed.get(layer.digest)
+                claimed = diff_ids[index] if index < len(diff_ids) else None
+                if claimed is not None and isinstance(actual, str) and actual != claimed:
+                    problems.append(f"image {manifest_digest}: layer {layer.digest}: the config claims diff_id "
+                                    f"{claimed}, but its uncompressed content hashes to {actual}")
+                elif isinstance(actual, Exception) and layer.digest not in recorded:
+                    problems.append(f"image {manifest_digest}: layer {layer.digest} does not decompress: {actual}")
         for name, manifest_digest in self.tags():
             if manifest_digest not in image_digests:
                 problems.append(f"tag {name} points to unknown image {manifest_digest}")
         numbers = {str(n) for (n,) in db.execute("SELECT n FROM snapshots")}
-        for path in sorted(self.snapshots_dir.iterdir()):
-            if path.name not in numbers:
-                problems.append(f"snapshot dir s/{path.name} has no index entry")
+        try:
+            with store_dir(self.root, "s") as snapshots_fd:
+                for name in sorted(os.listdir(snapshots_fd)):
+                    if name not in numbers:
+                        problems.append(f"snapshot dir s/{name} has no index entry")
+                    elif not stat.S_ISDIR(os.stat(name, dir_fd=snapshots_fd, follow_symlinks=False).st_mode):
+                        problems.append(f"snapshot s/{name} is not a directory (a symbolic link or a file)")
+        except StoreError:
+            pass  # reported above
         return problems
 
+    def _fsck_blobs(self, layer_digests: set[str], problems: list[str]) -> tuple[set[str], dict[str, str | Exception]]:
+        """Hash every blob (and a layer's uncompressed stream in the same read); returns the
+        digests present and intact, and the uncompressed digest (or the error) of each layer."""
+        from builder.image.layerapi import open_layer_stream
 
+        present: set[str] = set()
+        uncompressed: dict[str, str | Exception] = {}
+        try:
+            blobs_fd = open_store_dir(self.root, "blobs/sha256")
+        except StoreError:
+            return present, uncompressed  # reported with the dir checks
+        except OSError as exc:
+            problems.append(f"cannot read blobs/sha256: {exc.strerror}")
+            return present, uncompressed
+        try:
+            for name in sorted(os.listdir(blobs_fd)):
+                digest = "sha256:" + name
+                try:
+                    st = os.stat(name, dir_fd=blobs_fd, follow_symlinks=False)
+                    # Only a regular file is opened (never a link, a fifo or a device node).
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                                 dir_fd=blobs_fd) if stat.S_ISREG(st.st_mode) else -1
+                except OSError:
+                    fd = -1
+                if fd < 0 or not oci.is_digest(digest):
+                    if fd >= 0:
+                        os.close(fd)
+                    problems.append(f"stray entry in blobs/sha256: {name}")
+                    continue
+                with os.fdopen(fd, "rb") as f:
+                    raw = HashingReader(f)  # type: ignore[arg-type]
+                    if digest in layer_digests:
+                        try:
+                            stream = HashingReader(open_layer_stream(raw))
+                            stream.drain()
+                            uncompressed[digest] = stream.digest()
+                        except ArchiveError as exc:
+                            uncompressed[digest] = exc
+                    raw.drain()
+                if raw.digest() != digest:
+                    problems.append(f"blob {digest} is corrupt (content hashes to {raw.digest()})")
+                    uncompressed.pop(digest, None)
+                present.add(digest)
+        finally:
+            os.close(blobs_fd)
+        return present, uncompressed

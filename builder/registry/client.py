@@ -5,7 +5,8 @@ pulling.py / pushing.py) move images between a registry and the local store.
 
 Every blob read is checked against its digest and size while it streams; a manifest is read
 whole but never more than 4 MiB. Authentication is discovered with a `GET /v2/` ping and then
-sent up front for each request's scopes (see auth.py).
+sent up front for each request's scopes (see auth.py), to the registry only: an upload Location
+on another scheme, host or port (blob storage) gets no credentials, as with Docker's client.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from builder.errors import RegistryError
 
 from . import mediatypes
 from .auth import DOCKER_HUB_HOSTS, Authenticator, Credentials, lookup_credentials
-from .transport import Response, Transport, TransientError, is_listed_insecure, is_loopback
+from .transport import Response, Transport, TransientError, is_listed_insecure, is_loopback, same_origin
 
 if TYPE_CHECKING:  # the store lives in another room; only its names are used here
     from builder.image.store import ImageRecord, Store
@@ -133,10 +134,15 @@ class RegistryClient:
         *,
         retry: bool | None = None,
     ) -> Response:
-        """One authenticated request; a 401 renews the token (once) with the challenge's scope."""
+        """One authenticated request; a 401 renews the token (once) with the challenge's scope.
+
+        `path` may be a full URL (an upload Location): one on another origin than the registry is
+        sent without credentials, and its 401 is its own answer, not a reason to send them."""
         self._ping()
         scopes = list(scopes)
-        send = dict(headers or {})
+        send = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+        if "://" in path and not same_origin(path, self.transport.base_url):
+            return self.transport.request(method, path, send, body, content_length, retry=retry)
         authorization = self.auth.header(scopes)
         if authorization:
             send["Authorization"] = authorization

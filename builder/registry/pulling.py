@@ -2,15 +2,17 @@
 
 Order of visibility (what makes a killed or failed pull harmless): each blob is streamed into
 the store's blob_writer, whose temp file is published only once complete and matching its
-digest; the image record and its tag are written only after every blob is in. A failure at any
-point leaves at most some verified, unreferenced blobs (reused by the next pull, swept by gc).
+digest; a layer's uncompressed content is hashed on the way (one pass) and must be the diff_id
+the config claims for it; the image record, its layer rows and its tag are written only after
+every blob is in and every diff_id checked. A failure at any point leaves at most some
+digest-verified, unreferenced blobs (reused by the next pull, swept by gc), nothing else.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterable
 
-from builder.errors import RegistryError, StoreError
+from builder.errors import BuildError, RegistryError, StoreError
 
 from . import mediatypes
 from .client import Manifest, RegistryClient
@@ -37,16 +39,19 @@ def _descriptor(raw: object, what: str) -> tuple[str, int, str]:
 
 
 def fetch_into_store(
-    store: "Store", client: RegistryClient, repository: str, digest: str, size: int, attempts: int = 3
+    store: "Store", client: RegistryClient, repository: str, digest: str, size: int, attempts: int = 3,
+    *, layer: bool = False,
 ) -> None:
-    """Download one blob unless the store has it; a broken transfer starts over (bounded)."""
+    """Download one blob unless the store has it; a broken transfer starts over (bounded).
+
+    `layer=True` hashes the uncompressed content while it streams in (see Store.layer_diff_id)."""
     if store.has_blob(digest):
         return
     last: Exception | None = None
     for _attempt in range(attempts):
         try:
             # The writer's temp file is discarded on any exception: nothing partial is published.
-            with store.blob_writer(expected_digest=digest) as writer:
+            with store.blob_writer(expected_digest=digest, layer=layer) as writer:
                 client.fetch_blob(repository, digest, writer, size)
             return
         except TransientError as exc:
@@ -57,6 +62,30 @@ def fetch_into_store(
         f"cannot download blob {digest} from {client.registry}/{repository}: {last}",
         hint="the connection keeps breaking; try again",
     )
+
+
+def check_diff_ids(store: "Store", config: dict, layer_digests: list[str], what: str) -> None:
+    """Each layer's uncompressed content (hashed by us) must be the diff_id the config claims."""
+    from builder.image import oci
+
+    try:
+        claimed_ids = oci.config_diff_ids(config)
+    except (BuildError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RegistryError(f"{what}: the image config has no valid rootfs.diff_ids ({exc})") from exc
+    if len(claimed_ids) != len(layer_digests):
+        raise RegistryError(f"{what}: the manifest lists {len(layer_digests)} layers but the config "
+                            f"{len(claimed_ids)} diff_ids")
+    for digest, claimed in zip(layer_digests, claimed_ids):
+        try:
+            actual = store.layer_diff_id(digest)
+        except StoreError as exc:
+            raise RegistryError(f"{what}: {exc.message}", hint=exc.hint) from exc
+        if actual != claimed:
+            raise RegistryError(
+                f"{what}: layer {digest}: the image config claims diff_id {claimed}, but the layer's "
+                f"uncompressed content hashes to {actual}",
+                hint="the registry's image is corrupt or was crafted to pass one layer off as another; "
+                     "nothing was recorded (the downloaded blobs are left for prune)")
 
 
 def resolve_image_manifest(
@@ -118,10 +147,12 @@ def pull_image(
         )
     with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
         futures = [
-            pool.submit(fetch_into_store, store, client, repository, digest, size) for digest, size, _ in layers
+            pool.submit(fetch_into_store, store, client, repository, digest, size, layer=True)
+            for digest, size, _ in layers
         ]
         for future in futures:
             future.result()  # re-raises the first failure after the pool has finished
+    check_diff_ids(store, config, [digest for digest, _, _ in layers], what)
 
     # Every blob is in: now, and only now, the image and its tag become visible.
     record = store.save_image_bytes(manifest.data, store.read_blob(config_digest))

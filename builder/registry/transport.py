@@ -69,6 +69,24 @@ def is_listed_insecure(host: str, insecure: Iterable[str]) -> bool:
     return host in insecure_set or name in insecure_set
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Same scheme, host and port: where credentials for one may also be sent to the other."""
+    def origin(text: str) -> tuple[str, str, int | None] | None:
+        parts = urllib.parse.urlsplit(text)
+        scheme = parts.scheme.lower()
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(scheme)
+        except ValueError:  # a port that is not a number
+            return None
+        return scheme, (parts.hostname or "").lower(), port
+
+    mine = origin(url)
+    return mine is not None and mine == origin(other)
+
+
 @dataclass
 class Response:
     """An HTTP answer whose body is read on demand; close() frees the connection."""
@@ -173,8 +191,8 @@ class Transport:
         """Send one request; 5xx and broken connections are retried for idempotent methods.
 
         `body` is bytes or a zero-argument callable opening a fresh stream (so a redirect or a
-        retry can send it again). A redirect to another host drops the Authorization header,
-        as blob storage behind a redirect has its own signed URL.
+        retry can send it again). A redirect to another origin (scheme, host or port) drops
+        the Authorization header, as blob storage behind a redirect has its own signed URL.
         """
         retryable = method in IDEMPOTENT_METHODS if retry is None else retry
         attempts = 1 + (self.retries if retryable else 0)
@@ -222,7 +240,7 @@ class Transport:
     def _follow_redirects(
         self, method: str, url: str, headers: dict[str, str], body: Body, content_length: int | None
     ) -> Response:
-        origin = urllib.parse.urlsplit(url).netloc
+        origin = url
         for _ in range(MAX_REDIRECTS + 1):
             response = self._send_once(method, url, headers, body, content_length)
             if response.status not in REDIRECT_STATUSES or method not in ("GET", "HEAD"):
@@ -233,7 +251,7 @@ class Transport:
             if not location:
                 raise RegistryError(f"{method} {url}: redirect without a Location header")
             url = urllib.parse.urljoin(url, location)
-            if urllib.parse.urlsplit(url).netloc != origin:
+            if not same_origin(url, origin):
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         raise RegistryError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
 
