@@ -256,7 +256,8 @@ class Store:
     # --- locks and temp space ---
 
     @contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive flock on `locks/<name>` held while the block runs (across processes)."""
         fd = open_lock_file(self.locks_dir / name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -474,7 +475,7 @@ class Store:
         """Move `layer_dir` in as the snapshot of `diff_id`; False (dir left alone) when one exists
         already or the dir is on another file system."""
         check_digest(diff_id)
-        with self._lock("snap-" + diff_id.removeprefix("sha256:")):
+        with self.lock("snap-" + diff_id.removeprefix("sha256:")):
             if self.has_snapshot(diff_id):
                 return False
             n = self._claim_snapshot_number(diff_id)
@@ -498,7 +499,7 @@ class Store:
                 with self._tx() as tx:
                     tx.execute("UPDATE snapshots SET last_used=? WHERE n=?", (time.time(), row[0]))
             return self.snapshots_dir / str(row[0])
-        with self._lock("snap-" + diff_id.removeprefix("sha256:")):
+        with self.lock("snap-" + diff_id.removeprefix("sha256:")):
             n = self._snapshot_row(diff_id)
             if n is not None and self._snapshot_present(n):
                 return self.snapshots_dir / str(n)
@@ -827,7 +828,7 @@ class Store:
                 result.removed_snapshots.append(diff_id)
                 if dry_run:
                     continue
-                with self._lock("snap-" + diff_id.removeprefix("sha256:")):
+                with self.lock("snap-" + diff_id.removeprefix("sha256:")):
                     trash = self._move_to_trash(snapshots_fd, str(n), tmp_fd)
                     with self._tx() as tx:
                         tx.execute("DELETE FROM snapshots WHERE n=?", (n,))

@@ -9,8 +9,6 @@ it, never the whole image state, so the index grows linearly with the number of 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -184,13 +182,12 @@ class Solver:
         try:
             key = cache_keys.step_key(state.chain, step.components)
             no_cache = self.options.no_cache or bool({stage.label, str(stage.index)} & set(self.options.no_cache_filter))
-            step_lock: int | None = None
             cached = None if no_cache else self._cached(key)
-            if cached is None and not no_cache and step.makes_layer:
-                # Another build may be running this very step: wait for it, then take its result.
-                step_lock = self._lock_step(key)
-                cached = self._cached(key)
-            try:
+            with contextlib.ExitStack() as step_lock:
+                if cached is None and not no_cache and step.makes_layer:
+                    # Another build may be running this very step: wait for it, then take its result.
+                    step_lock.enter_context(self.store.lock("step-" + key.removeprefix("sha256:")))
+                    cached = self._cached(key)
                 if cached is not None:
                     writes.touched.append(key)
                     reason = ""
@@ -203,9 +200,6 @@ class Solver:
                     writes.puts.append((lineage, {"parent": state.chain, "components": step.components}))
                     if step.makes_layer:
                         writes.flush()  # at once: a build waiting on the step lock reads it next
-            finally:
-                if step_lock is not None:
-                    os.close(step_lock)
         finally:
             step.close()
         step.apply(state)
@@ -245,13 +239,6 @@ class Solver:
         if cached is None or (cached.layer is not None and not self.store.has_blob(cached.layer.digest)):
             return None
         return cached
-
-    def _lock_step(self, key: str) -> int:
-        path = self.store.locks_dir / ("step-" + key.removeprefix("sha256:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
 
     def _expander(self, state: ImageState, instruction: ast.Instruction):
         env = state.expansion_env()
