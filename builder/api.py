@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 
 from builder.errors import BuildError, ContextError, StoreError
 from builder.image.inuse import hold_store_for_build
+from builder.image.oci import format_time, source_date_epoch_from_env
 from builder.image.store import Store
 from builder.parse import parse_buildfile
 from builder.plan.planner import Plan, make_plan
@@ -37,15 +38,6 @@ def find_buildfile(context: Path, file: str | os.PathLike[str] | None) -> Path:
         f"no Buildfile or Dockerfile in {str(context)!r}",
         hint="name one with -f/--file, or create Buildfile in the context directory",
     )
-
-
-def source_date_epoch_from_env() -> int | None:
-    value = os.environ.get("SOURCE_DATE_EPOCH")
-    if value is None or value == "":
-        return None
-    if not value.isdigit():
-        raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds", hint="unset it or give an integer")
-    return int(value)
 
 
 def _read_buildfile(context: Path, file, buildfile_text: str | None) -> tuple[Path | None, str, str]:
@@ -175,9 +167,9 @@ def build(
         with hold_store_for_build(store):
             final_state, steps = solver.solve()
             created = (
-                _format_epoch(source_date_epoch)
+                format_time(source_date_epoch)
                 if source_date_epoch is not None
-                else (final_state.history[-1]["created"] if final_state.history else _format_epoch(0))
+                else (final_state.history[-1]["created"] if final_state.history else format_time(0))
             )
             config_digest, config, manifest_digest, manifest = assemble_image(store, final_state, options, created)
             for tag in tags:
@@ -206,9 +198,3 @@ def _os_error_as_build_error(error: OSError, store_root: Path) -> BuildError:
         )
     where = f" ({error.filename})" if error.filename else ""
     return BuildError(f"{error.strerror or error}{where}", hint="a file system error stopped the build")
-
-
-def _format_epoch(epoch: int) -> str:
-    from builder.image.oci import format_time
-
-    return format_time(epoch)

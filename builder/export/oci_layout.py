@@ -19,6 +19,7 @@ from builder.image import oci
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 from builder.image.blobfiles import fsync_dir
 from builder.image.store import Store
+from builder.platforms import Platform
 
 
 def image_blobs(store: Store, manifest_digest: str) -> list[tuple[str, int]]:
@@ -41,8 +42,7 @@ def index_descriptors(store: Store, manifest_digest: str, tags: Sequence[str]) -
     media_type = manifest.get("mediaType") or oci.OCI_MANIFEST
     size = store.blob_path(manifest_digest).stat().st_size
     config = store.read_json(oci.manifest_config(manifest).digest)
-    platform = oci.Platform(os=config.get("os", "linux"), architecture=config.get("architecture", "amd64"),
-                            variant=config.get("variant") or None)
+    platform = Platform.from_json(config)
     if not tags:
         return [oci.Descriptor(media_type, manifest_digest, size, platform=platform)]
     parsed_tags = []

@@ -24,6 +24,7 @@ from builder.image.layerapi import open_layer_stream, unpack_layer
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 from builder.image.blobfiles import BlobWriter, DigestMismatch, Staging
 from builder.image.store import ImageRecord, Store
+from builder.platforms import Platform
 
 _CHUNK = 1 << 20
 _MAX_JSON = 64 << 20  # manifests/configs/indexes larger than this are not plausible
@@ -298,7 +299,7 @@ class _Loader:
                 raise ArchiveError(f"{self.source.label}: indexes nested too deeply")
             nested = json.loads(self._read_verified(self._blob_member(desc.digest), desc.digest))
             candidates = [self._descriptor(m, desc.digest) for m in nested.get("manifests") or []]
-            host = oci.default_platform()
+            host = Platform.host()
             chosen = [c for c in candidates if c.platform is None or c.platform.matches(host)]
             chosen = [c for c in chosen if c.media_type in oci.MANIFEST_TYPES | oci.INDEX_TYPES]
             if not chosen:
@@ -550,7 +551,7 @@ def _newest_mtime(root: Path) -> int:
 
 
 def import_rootfs(store: Store, source: Path | str, ref: str | None = None, *, changes: Sequence[str] = (),
-                  message: str | None = None, platform: oci.Platform | None = None,
+                  message: str | None = None, platform: Platform | None = None,
                   compression: str = "gzip", source_date_epoch: int | None = None) -> ImageRecord:
     """Like `docker import`: a rootfs tar (any compression) or directory becomes a one-layer image.
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform as _platform
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
+
+from builder.errors import BuildError
+from builder.platforms import Platform
 
 # --- media types -------------------------------------------------------------------------------
 
@@ -97,58 +99,6 @@ def is_digest(value: str) -> bool:
     return all(c in "0123456789abcdef" for c in value[7:])
 
 
-# --- platform ------------------------------------------------------------------------------------
-
-_MACHINE_TO_GOARCH = {
-    "x86_64": ("amd64", None), "amd64": ("amd64", None),
-    "aarch64": ("arm64", "v8"), "arm64": ("arm64", "v8"),
-    "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
-    "i386": ("386", None), "i686": ("386", None),
-    "ppc64le": ("ppc64le", None), "s390x": ("s390x", None), "riscv64": ("riscv64", None),
-}
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str = "linux"
-    architecture: str = "amd64"
-    variant: str | None = None
-
-    def to_json(self) -> dict[str, str]:
-        out = {"architecture": self.architecture, "os": self.os}
-        if self.variant:
-            out["variant"] = self.variant
-        return out
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> "Platform":
-        return cls(os=obj.get("os", "linux"), architecture=obj.get("architecture", "amd64"),
-                   variant=obj.get("variant") or None)
-
-    @classmethod
-    def parse(cls, text: str) -> "Platform":
-        """`linux/amd64`, `linux/arm64/v8`, or just `arm64`."""
-        parts = text.strip().lower().split("/")
-        if len(parts) == 1:
-            return cls(architecture=parts[0])
-        return cls(os=parts[0], architecture=parts[1], variant=parts[2] if len(parts) > 2 else None)
-
-    def matches(self, other: "Platform") -> bool:
-        if self.os != other.os or self.architecture != other.architecture:
-            return False
-        return not self.variant or not other.variant or self.variant == other.variant
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-def default_platform() -> Platform:
-    """The host's platform in Go's GOOS/GOARCH names (linux/amd64 unless the machine says otherwise)."""
-    arch, variant = _MACHINE_TO_GOARCH.get(_platform.machine().lower(), ("amd64", None))
-    # arm64 images conventionally omit the v8 variant in configs.
-    return Platform(os="linux", architecture=arch, variant=None if arch == "arm64" else variant)
-
-
 # --- descriptors ---------------------------------------------------------------------------------
 
 
@@ -195,8 +145,14 @@ def format_time(epoch: float | int | None = None) -> str:
 
 
 def source_date_epoch_from_env() -> int | None:
+    """$SOURCE_DATE_EPOCH as seconds; None when unset or empty; a BuildError when malformed
+    (ignoring it would silently give a build that is not reproducible)."""
     value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    return int(value) if value.isdigit() else None
+    if not value:
+        return None
+    if not value.isdigit():
+        raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds", hint="unset it or give an integer")
+    return int(value)
 
 
 # The keys of the OCI config's "config" object, in the spelling the spec uses.
@@ -226,7 +182,7 @@ def make_image_config(
     history: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """A new OCI image config. Empty runtime settings are left out, as Docker does."""
-    plat = platform or default_platform()
+    plat = platform or Platform.host()
     runtime: dict[str, Any] = {}
     if user:
         runtime["User"] = user

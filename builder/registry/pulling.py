@@ -16,7 +16,9 @@ from builder.errors import BuildError, RegistryError, StoreError
 
 from . import mediatypes
 from .client import Manifest, RegistryClient
-from .platform import parse_platform, select_manifest
+from builder.platforms import Platform
+
+from .platform import select_manifest
 from .sources import remember_source
 from .transport import TransientError
 
@@ -94,7 +96,7 @@ def resolve_image_manifest(
     """The image manifest for `reference`, going through an index to the wanted platform."""
     top = client.get_manifest(repository, reference)
     if top.media_type in mediatypes.INDEXES:
-        entry = select_manifest(top.json(), parse_platform(platform), what)
+        entry = select_manifest(top.json(), Platform.parse(platform) if platform else Platform.host(), what)
         digest, _size, _media = _descriptor(entry, what)
         manifest = client.get_manifest(repository, digest)
         if manifest.media_type in mediatypes.INDEXES:
@@ -139,9 +141,9 @@ def pull_image(
             raise RegistryError(f"{what}: layer {digest} has unsupported media type {media_type!r}")
 
     fetch_into_store(store, client, repository, config_digest, config_size)
-    wanted = parse_platform(platform) if platform else None
+    wanted = Platform.parse(platform) if platform else None
     config = store.read_json(config_digest)
-    if wanted and (config.get("os"), config.get("architecture")) != (wanted.os, wanted.architecture):
+    if wanted and not Platform.from_json(config).matches(wanted):
         raise RegistryError(
             f"{what} is for {config.get('os')}/{config.get('architecture')}, not the requested {wanted}"
         )

@@ -5,6 +5,7 @@ from typing import Any
 
 from builder.image import oci
 from builder.image.store import Store
+from builder.platforms import Platform
 from builder.solve.options import BuildOptions
 from builder.solve.state import ImageState
 
@@ -18,7 +19,7 @@ def assemble_image(
         runtime["Labels"] = {**(runtime.get("Labels") or {}), **options.labels}
     config = oci.image_config(
         runtime,
-        platform=oci.Platform(os=state.os, architecture=state.architecture, variant=state.variant or None),
+        platform=Platform(os=state.os, architecture=state.architecture, variant=state.variant),
         created=created,
         diff_ids=[layer.diff_id for layer in state.layers],
         history=state.history,

@@ -13,7 +13,8 @@ import pytest
 from builder.errors import RegistryError
 from builder.registry.auth import Credentials, lookup_credentials, parse_challenge
 from builder.registry.client import RegistryClient
-from builder.registry.platform import parse_platform, select_manifest
+from builder.platforms import Platform
+from builder.registry.platform import select_manifest
 from builder.registry.transport import TransientError, uses_plain_http
 from registry_helpers import PASSWORD, REFRESH_TOKEN, USERNAME, make_image, push_raw, sha256
 
@@ -101,12 +102,12 @@ def test_platform_selection_from_an_index(registry):
     client.put_manifest("test/multi", "latest", index, "application/vnd.oci.image.index.v1+json")
     got = client.get_manifest("test/multi", "latest")
     assert got.media_type == "application/vnd.oci.image.index.v1+json"
-    assert select_manifest(got.json(), parse_platform("linux/arm64"), "x")["digest"] == arm.manifest_digest
-    assert select_manifest(got.json(), parse_platform("linux/arm64/v8"), "x")["digest"] == arm.manifest_digest
-    assert select_manifest(got.json(), parse_platform("linux/amd64"), "x")["digest"] == amd.manifest_digest
+    assert select_manifest(got.json(), Platform.parse("linux/arm64"), "x")["digest"] == arm.manifest_digest
+    assert select_manifest(got.json(), Platform.parse("linux/arm64/v8"), "x")["digest"] == arm.manifest_digest
+    assert select_manifest(got.json(), Platform.parse("linux/amd64"), "x")["digest"] == amd.manifest_digest
     with pytest.raises(RegistryError, match="no image for platform linux/s390x") as err:
-        select_manifest(got.json(), parse_platform("linux/s390x"), "x")
-    assert "linux/amd64" in err.value.hint and "linux/arm64/v8" in err.value.hint
+        select_manifest(got.json(), Platform.parse("linux/s390x"), "x")
+    assert "linux/amd64" in err.value.hint and "linux/arm64" in err.value.hint  # arm64/v8, normalised
 
 
 # -- auth ------------------------------------------------------------------------------------------

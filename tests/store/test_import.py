@@ -268,3 +268,20 @@ def test_import_without_epoch_is_still_deterministic(busybox_tar, tmp_path):
     b = import_rootfs(Store.open(tmp_path / "b"), busybox_tar, "bb")
     assert a.manifest_digest == b.manifest_digest
     assert a.config["created"] == oci.format_time(FIXED_MTIME)
+
+
+def test_a_malformed_source_date_epoch_is_an_error_for_import_as_for_build(tmp_path, monkeypatch, busybox_tar) -> None:
+    """One reader of $SOURCE_DATE_EPOCH: a value that is not seconds is refused, never ignored."""
+    import builder
+    from builder.errors import BuildError
+    from builder.image.importer import import_rootfs
+    from builder.image.store import Store
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    store = Store.open(tmp_path / "store")
+    with pytest.raises(BuildError, match="SOURCE_DATE_EPOCH"):
+        import_rootfs(store, busybox_tar, "bb:1")
+    (tmp_path / "ctx").mkdir()
+    with pytest.raises(BuildError, match="SOURCE_DATE_EPOCH"):
+        builder.build(tmp_path / "ctx", buildfile_text="FROM scratch\nENV A=1\n", root=store.root)
+    assert store.images() == []
