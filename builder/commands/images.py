@@ -374,6 +374,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from builder.image.importer import import_rootfs
+    from builder.solve.changes import apply_changes
 
     store = open_store(args)
     if args.reference:
@@ -381,7 +382,9 @@ def cmd_import(args: argparse.Namespace) -> int:
             normalize_tag(args.reference)
         except InvalidReference as exc:
             raise BuildError(f"invalid image name {args.reference!r}: {exc.message}", hint=exc.hint) from None
-    record = import_rootfs(store, args.source, args.reference, changes=args.change or (), message=args.message)
+    changes = args.change or ()
+    record = import_rootfs(store, args.source, args.reference, message=args.message,
+                           edit_config=lambda config: apply_changes(config, changes))
     print(record.config_digest)
     return 0
 

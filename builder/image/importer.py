@@ -12,11 +12,10 @@ import json
 import os
 import posixpath
 import re
-import shlex
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 from builder.errors import ArchiveError, BuildError, StoreError
 from builder.image import oci
@@ -464,80 +463,6 @@ def load_archive(store: Store, path: Path | str, *, name: str | None = None) -> 
 # --- import of a root file system ----------------------------------------------------------------
 
 
-_CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "USER", "VOLUME",
-                        "WORKDIR", "STOPSIGNAL", "SHELL")
-
-
-def _command(value: str) -> list[str]:
-    text = value.strip()
-    if text.startswith("["):
-        try:
-            argv = json.loads(text)
-            if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
-                return argv
-        except json.JSONDecodeError:
-            pass
-    return ["/bin/sh", "-c", text]
-
-
-def _pairs(value: str, what: str) -> list[tuple[str, str]]:
-    words = shlex.split(value)
-    if len(words) >= 2 and "=" not in words[0]:
-        return [(words[0], value.strip().split(None, 1)[1])]  # legacy `ENV key value`
-    pairs = []
-    for word in words:
-        key, eq, val = word.partition("=")
-        if not eq or not key:
-            raise BuildError(f"{what} change {value!r}: expected key=value")
-        pairs.append((key, val))
-    return pairs
-
-
-def apply_changes(config: dict, changes: Sequence[str]) -> None:
-    """Apply `docker import --change` style instructions to a config's runtime settings."""
-    runtime = config.setdefault("config", {})
-    for change in changes:
-        keyword, _, value = change.strip().partition(" ")
-        keyword = keyword.upper()
-        if keyword not in _CHANGE_INSTRUCTIONS:
-            raise BuildError(f"unsupported change {change!r}",
-                             hint="allowed: " + ", ".join(_CHANGE_INSTRUCTIONS))
-        value = value.strip()
-        if keyword == "CMD":
-            runtime["Cmd"] = _command(value)
-        elif keyword == "ENTRYPOINT":
-            runtime["Entrypoint"] = _command(value)
-        elif keyword == "SHELL":
-            runtime["Shell"] = _command(value)
-        elif keyword == "ENV":
-            env = [e for e in runtime.get("Env") or []]
-            for key, val in _pairs(value, "ENV"):
-                env = [e for e in env if e.split("=", 1)[0] != key] + [f"{key}={val}"]
-            runtime["Env"] = env
-        elif keyword == "LABEL":
-            labels = dict(runtime.get("Labels") or {})
-            labels.update(_pairs(value, "LABEL"))
-            runtime["Labels"] = labels
-        elif keyword == "EXPOSE":
-            ports = dict(runtime.get("ExposedPorts") or {})
-            for port in value.split():
-                ports[port if "/" in port else f"{port}/tcp"] = {}
-            runtime["ExposedPorts"] = ports
-        elif keyword == "VOLUME":
-            vols = dict(runtime.get("Volumes") or {})
-            for vol in _command(value) if value.startswith("[") else value.split():
-                vols[vol] = {}
-            runtime["Volumes"] = vols
-        elif keyword == "ONBUILD":
-            runtime["OnBuild"] = [*(runtime.get("OnBuild") or []), value]
-        elif keyword == "USER":
-            runtime["User"] = value
-        elif keyword == "WORKDIR":
-            runtime["WorkingDir"] = value
-        elif keyword == "STOPSIGNAL":
-            runtime["StopSignal"] = value
-
-
 def _newest_mtime(root: Path) -> int:
     """The latest mtime below `root` (its own is not part of a layer): depends only on the rootfs."""
     newest = 0
@@ -550,10 +475,12 @@ def _newest_mtime(root: Path) -> int:
     return newest
 
 
-def import_rootfs(store: Store, source: Path | str, ref: str | None = None, *, changes: Sequence[str] = (),
+def import_rootfs(store: Store, source: Path | str, ref: str | None = None, *,
+                  edit_config: Callable[[dict], None] | None = None,
                   message: str | None = None, platform: Platform | None = None,
                   compression: str = "gzip", source_date_epoch: int | None = None) -> ImageRecord:
     """Like `docker import`: a rootfs tar (any compression) or directory becomes a one-layer image.
+    `edit_config` may change the config before it is stored (`--change`).
 
     Deterministic: the layer goes through write_layer, and the image's `created` time is
     SOURCE_DATE_EPOCH when set, else the newest mtime in the rootfs (not the time of the import),
@@ -585,7 +512,8 @@ def import_rootfs(store: Store, source: Path | str, ref: str | None = None, *, c
             config["rootfs"]["diff_ids"] = [digests.diff_id]
     else:
         raise ArchiveError(f"cannot import {source}: no such file or directory")
-    apply_changes(config, changes)
+    if edit_config is not None:
+        edit_config(config)
     layer = oci.Descriptor(digests.media_type, digests.digest, digests.size)
     record = store.save_image(oci.make_manifest_for_config(config, [layer]), config)
     if ref:

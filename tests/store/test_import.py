@@ -14,6 +14,7 @@ from builder.export import export_docker_archive, export_oci
 from builder.image import oci
 from builder.image.importer import import_rootfs, load_archive
 from builder.image.store import Store
+from builder.solve.changes import apply_changes
 
 from storehelpers import build_image, make_tree, store_state
 
@@ -213,10 +214,12 @@ def test_import_rootfs_deterministic(busybox_tar, busybox_rootfs, tmp_path, monk
 
 
 def test_import_rootfs_adopts_snapshot_and_changes(store, busybox_tar):
-    record = import_rootfs(store, busybox_tar, "bb:1", changes=[
-        'CMD ["/bin/sh", "-c", "echo hi"]', "ENV A=1 B=two", "ENV C three words", "LABEL org.x=y 'k=v w'",
+    changes = [
+        'CMD ["/bin/sh", "-c", "echo hi"]', "ENV A=1 B=two", "ENV C three words", "LABEL org.x=y k=\"v w\"",
         "EXPOSE 80 53/udp", "WORKDIR /srv", "USER app", "ENTRYPOINT /bin/env",
-    ], message="from test")
+    ]
+    record = import_rootfs(store, busybox_tar, "bb:1", edit_config=lambda config: apply_changes(config, changes),
+                           message="from test")
     runtime = record.config["config"]
     assert runtime["Cmd"] == ["/bin/sh", "-c", "echo hi"]
     assert runtime["Entrypoint"] == ["/bin/sh", "-c", "/bin/env"]
@@ -230,8 +233,23 @@ def test_import_rootfs_adopts_snapshot_and_changes(store, busybox_tar):
     assert os.readlink(snap / "bin/sh") == "busybox"
     assert oct(os.lstat(snap / "tmp").st_mode & 0o7777) == "0o1777"
     with pytest.raises(BuildError) as info:
-        import_rootfs(store, busybox_tar, changes=["RUN rm -rf /"])
+        import_rootfs(store, busybox_tar, edit_config=lambda config: apply_changes(config, ["RUN rm -rf /"]))
     assert "unsupported change" in info.value.message
+
+
+def test_import_changes_mean_what_they_mean_in_a_build(store, busybox_tar, tmp_path):
+    """EXPOSE ranges, variables and ENTRYPOINT after CMD, as the same lines give in a Buildfile."""
+    import builder
+
+    changes = ["ENV PORT=8080 APP=/srv", "EXPOSE 9000-9002/udp $PORT", "WORKDIR $APP", "CMD [\"serve\"]",
+               "ENTRYPOINT [\"/bin/app\"]", "HEALTHCHECK --interval=.5s CMD true"]
+    imported = import_rootfs(store, busybox_tar, "bb:changed", edit_config=lambda config: apply_changes(config, changes))
+    (tmp_path / "ctx").mkdir()
+    built = builder.build(tmp_path / "ctx", buildfile_text="FROM scratch\n" + "\n".join(changes) + "\n", root=store.root)
+    assert imported.config["config"] == built.config["config"]
+    assert imported.config["config"]["ExposedPorts"] == {"9000/udp": {}, "9001/udp": {}, "9002/udp": {}, "8080/tcp": {}}
+    assert imported.config["config"]["Cmd"] == ["serve"]
+    assert imported.config["config"]["Healthcheck"]["Interval"] == 500_000_000
 
 
 def test_oci_layout_holding_docker_manifest_is_rebuilt_as_oci(target, store, archives, tmp_path):
