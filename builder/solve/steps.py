@@ -69,12 +69,12 @@ class StepRunner:
         network = instruction.network or self.options.network
         if network == "default":
             network = self.options.network
-        if network not in ("host", "none"):
+        if network not in ("default", "host", "none"):
             raise PlanError(
                 f"RUN --network={network} is not supported",
                 pos=instruction.pos,
                 source_line=instruction.source.splitlines()[0],
-                hint="use --network=host or --network=none",
+                hint="use --network=default, --network=host or --network=none",
             )
         if instruction.security not in (None, "sandbox"):
             raise PlanError(
