@@ -317,7 +317,7 @@ def setup(spec: dict) -> None:
     pivot_root(rootfs)
 
 
-def enter(spec: dict, syscall_filter: "seccomp_filter.Filter | None") -> None:
+def enter(spec: dict, syscall_filter: "seccomp_filter.Filter") -> None:
     workdir = spec.get("workdir") or "/"
     uid, gid = spec.get("uid", 0), spec.get("gid", 0)
     # The container's umask is Docker's 0022 whatever the builder's is: layers must not
@@ -329,10 +329,12 @@ def enter(spec: dict, syscall_filter: "seccomp_filter.Filter | None") -> None:
         except OSError as exc:
             raise SetupError(f"cannot create working directory {workdir}: {exc.strerror}") from exc
     drop_capabilities()
-    if syscall_filter is not None:
-        # Last thing done with CAP_SYS_ADMIN (needed to install a filter without no_new_privs);
-        # what follows (setgroups, setuid, chdir, execve) is all allowed by the filter.
+    # The last thing done with CAP_SYS_ADMIN (a filter without no_new_privs needs it); what
+    # follows (setgroups, setuid, chdir, stat, execve) is all allowed by the filter.
+    try:
         syscall_filter.load()
+    except seccomp_filter.SeccompUnavailable as exc:
+        raise SetupError(str(exc), kind="seccomp") from exc
     os.setgroups(spec.get("groups", []))
     os.setgid(gid)
     os.setuid(uid)
@@ -408,18 +410,13 @@ def child(spec: dict, status_fd: int, alive_fd: int) -> int:
         pass
     os.close(alive_fd)
     try:
-        syscall_filter = None
-        if spec.get("seccomp", True):
-            try:  # built while the host's libseccomp can still be loaded, before pivot_root
-                syscall_filter = seccomp_filter.Filter(spec.get("seccomp_library") or seccomp_filter.LIBRARY)
-            except seccomp_filter.SeccompUnavailable as exc:
-                raise SetupError(str(exc), kind="seccomp") from exc
+        try:  # built while the host's libseccomp can still be loaded, before pivot_root
+            syscall_filter = seccomp_filter.Filter(spec.get("seccomp_library") or seccomp_filter.LIBRARY)
+        except seccomp_filter.SeccompUnavailable as exc:
+            raise SetupError(str(exc), kind="seccomp") from exc
         setup(spec)
         enter(spec, syscall_filter)
         exec_command(spec, status_fd)
-    except seccomp_filter.SeccompUnavailable as exc:
-        _report(status_fd, {"kind": "seccomp", "error": str(exc)})
-        return 125
     except SetupError as exc:
         _report(status_fd, {"kind": exc.kind, "error": str(exc)})
         return exc.code
