@@ -82,3 +82,29 @@ def test_plain_bind_sources_still_work(busybox_rootfs, tmp_path):
                                  extra_binds=[Bind(place, "/mnt/h", readonly=False)])
     assert (status, out) == (0, "host-only\n")
     assert (place / "written").read_text() == "new\n"
+
+
+def test_the_issues_exploit_build_leaves_the_host_untouched(tmp_path, busybox_store):
+    """`RUN ln -s / /r` in stage a, then a rw bind of a's /r: whatever the source side makes of
+    the link (resolved in the stage's root, or refused), the host is neither read nor written."""
+    import builder
+    from builder.errors import BuildError
+
+    place = host_dir(tmp_path)
+    context = tmp_path / "ctx"
+    context.mkdir()
+    text = (
+        "FROM busybox AS a\n"
+        "RUN ln -s / /r\n"
+        "FROM busybox\n"
+        "RUN --mount=type=bind,from=a,source=/r,target=/h,rw "
+        f"sh -c 'cat /h{place}/marker > /seen 2>/dev/null; echo pwned > /h{place}/written 2>/dev/null; true'\n"
+    )
+    dest = tmp_path / "out"
+    try:
+        builder.build(context, buildfile_text=text, root=busybox_store.root, outputs=[f"type=local,dest={dest}"])
+    except BuildError:
+        pass  # refused: fine
+    else:
+        assert (dest / "seen").read_text() == ""
+    assert_host_untouched(place)
