@@ -146,3 +146,16 @@ def test_secret_and_tmpfs_mounts_live_in_memory(tmp_path, busybox_store):
     assert (dest / "scratch-fill").read_text() == "full\n"
     assert not (dest / "scratch").exists() or os.listdir(dest / "scratch") == []
     assert source.read_text() == token
+
+
+def test_a_bad_tmpfs_size_is_a_positioned_error(tmp_path, busybox_store):
+    import pytest
+
+    from builder.errors import PlanError
+
+    context = tmp_path / "ctx"
+    context.mkdir()
+    with pytest.raises(PlanError, match="invalid tmpfs size") as caught:
+        builder.build(context, buildfile_text="FROM busybox\nRUN --mount=type=tmpfs,target=/t,size=lots true\n",
+                      root=busybox_store.root)
+    assert caught.value.pos.line == 2
