@@ -101,7 +101,7 @@ def build(
     source_date_epoch: int | None = None,
     reproducible: bool = False,
     snapshotter: str = "auto",
-    network: str = "host",
+    network: str = "default",
     pull: bool = False,
     insecure_registries: Sequence[str] = (),
     secrets: Mapping[str, str | os.PathLike[str]] | None = None,

@@ -59,7 +59,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-date-epoch", type=int, help="timestamp for everything this build writes (or $SOURCE_DATE_EPOCH)")
     parser.add_argument("--reproducible", action="store_true", help="use timestamp 0 when no SOURCE_DATE_EPOCH is set")
     parser.add_argument("--snapshotter", default="auto", choices=["auto", "overlay", "copy"], help="how RUN steps get their file system")
-    parser.add_argument("--network", default="host", choices=["host", "none"], help="default network of RUN steps")
+    parser.add_argument("--network", default="default", choices=["default", "host", "none"],
+                        help="default network of RUN steps: default (private, outbound through slirp4netns), host, none")
     parser.add_argument("--pull", action="store_true", help="pull base images even when the store has them")
     parser.add_argument("--push", action="store_true", help="push every tag after the build")
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]", help="allow plain HTTP to this registry")

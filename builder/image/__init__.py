@@ -19,5 +19,5 @@ Modules:
   force=False)`. Step cache: `cache_get`, `cache_put`, `cache_delete`, `cache_prune(unused_for=)`,
   `cache_entries`. Upkeep: `gc(min_age=3600, dry_run=False)`, `fsck()`, `tempdir(prefix)`.
 - `importer`: `load_archive(store, path, name=None)` (docker-archive, OCI archive or layout dir),
-  `import_rootfs(store, source, ref=None, changes=(), message=None, ...)`.
+  `import_rootfs(store, source, ref=None, edit_config=None, message=None, ...)`.
 """

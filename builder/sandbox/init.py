@@ -4,20 +4,39 @@ the supervisor waits and reports the exact exit status.
 
 Run as `python3 -I -S init.py SPEC_FD STATUS_FD` (or `-m builder.sandbox.init`); it imports only
 the standard library so it starts fast and needs no install. The JSON spec is read from SPEC_FD.
-On STATUS_FD, one JSON object per line: {"ready": true} just before exec, or {"error": ...}
-if setting up failed (the fd is close-on-exec, so a setup failure is told apart from the
-command's own exit status), then {"exit": N, "signal": S} from the supervisor.
+On STATUS_FD, one JSON object per line: {"started": true} from the supervisor as soon as it runs
+(it is then in the new namespaces: the builder may attach a network to them before it sends
+the spec), {"ready": true} just before exec, or {"error": ...} if setting up failed (the fd is
+close-on-exec, so a setup failure is told apart from the command's own exit status), then
+{"exit": N, "signal": S} from the supervisor.
+
+What the command gets (see seccomp_filter.py for the syscalls): every mount but /dev's device
+binds and devpts is nodev, so a device node the command makes (it keeps CAP_MKNOD, as under
+Docker, since images do mknod) cannot be opened; /dev holds only null, zero, full, random,
+urandom, tty, ptmx and pts. The rootfs keeps setuid (no nosuid, no no_new_privs), as Docker.
+Host paths are bound only after opening them without following any symlink on the way.
+Secrets and the files the builder injects live on a tmpfs of this mount namespace only.
 """
 from __future__ import annotations
 
+import base64
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import platform
 import signal
 import socket
+import stat
+import struct
 import sys
+
+if __package__:  # imported as builder.sandbox.init
+    from builder.sandbox import seccomp_filter
+else:  # run as a script with -I, which leaves the script's dir off sys.path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import seccomp_filter  # noqa: E402
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -79,10 +98,58 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
     )
 
 
-def bind(source: str, target: str, *, readonly: bool, recursive: bool = False, nodev: bool = True) -> None:
+def bind(source: str, target: str, *, readonly: bool, recursive: bool = False,
+         flags: int = MS_NOSUID | MS_NODEV) -> None:
+    """Bind `source` on `target`, then set the bind's own flags (a bind keeps its source mount's
+    flags otherwise): nodev and nosuid unless told, read-only if asked."""
     mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
-    if readonly:
-        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | (MS_NODEV if nodev else 0))
+    flags |= MS_RDONLY if readonly else 0
+    if flags:
+        mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
+
+
+def open_no_follow(path: str) -> int:
+    """An O_PATH fd of the absolute `path`, walked one component at a time without following
+    any symlink (RESOLVE_NO_SYMLINKS semantics): a link anywhere on the way is an error."""
+    if not path.startswith("/"):
+        raise SetupError(f"bind source {path!r} is not absolute")
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parts = [p for p in path.split("/") if p]
+        for index, part in enumerate(parts):
+            if part in (".", ".."):
+                raise SetupError(f"bind source {path!r} is not a plain path")
+            last = index == len(parts) - 1
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | (0 if last else os.O_DIRECTORY)
+            try:
+                child_fd = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                raise SetupError(f"cannot open bind source {path}: {exc.strerror} at {part!r} "
+                                 "(a symlink on the way is refused)") from exc
+            os.close(fd)
+            fd = child_fd
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise SetupError(f"bind source {path} is a symlink")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def bind_verified(item: dict, target: str) -> None:
+    """Bind a host path the builder checked: open it again here without following links, make
+    sure it is the very file or dir the builder saw, and bind that open file."""
+    fd = open_no_follow(item["source"])
+    try:
+        st = os.fstat(fd)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if (st.st_dev, st.st_ino) != (item["dev"], item["ino"]) or is_dir != item["is_dir"]:
+            raise SetupError(f"bind source {item['source']} changed before it was mounted")
+        if not is_dir and not stat.S_ISREG(st.st_mode):
+            raise SetupError(f"bind source {item['source']} is not a regular file or directory")
+        bind(f"/proc/self/fd/{fd}", target, readonly=item.get("readonly", False), recursive=True)
+    finally:
+        os.close(fd)
 
 
 def pivot_root(new_root: str) -> None:
@@ -111,12 +178,13 @@ def inside(rootfs: str, canonical: str) -> str:
 
 
 def mount_dev(dev: str) -> None:
-    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
+    # nodev: a node made here cannot be opened; the allowed nodes are binds (own mounts, with dev).
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=65536k")
     for name in DEV_NODES:
         target = os.path.join(dev, name)
         open(target, "w").close()
         try:
-            bind(f"/dev/{name}", target, readonly=False)
+            bind(f"/dev/{name}", target, readonly=False, flags=MS_NOSUID | MS_NOEXEC)
         except SetupError:
             os.unlink(target)  # e.g. no /dev/tty on the host
     os.mkdir(os.path.join(dev, "pts"))
@@ -137,13 +205,13 @@ def mount_proc(target: str) -> None:
     for name in PROC_READ_ONLY:
         path = os.path.join(target, name)
         if os.path.exists(path):
-            bind(path, path, readonly=True, recursive=True)
+            bind(path, path, readonly=True, recursive=True, flags=MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for name in PROC_MASKED:
         path = os.path.join(target, name)
         if os.path.isdir(path):
             mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0")
         elif os.path.exists(path):
-            bind("/dev/null", path, readonly=True, nodev=False)
+            bind("/dev/null", path, readonly=True, flags=MS_NOSUID | MS_NOEXEC)  # reads as empty
 
 
 def drop_capabilities() -> None:
@@ -162,7 +230,48 @@ def mount_sys(target: str) -> None:
     try:
         mount("sysfs", target, "sysfs", flags)
     except SetupError:
-        bind("/sys", target, readonly=True, recursive=True)
+        bind("/sys", target, readonly=True, recursive=True, flags=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def stage_files(staging: str, files: list[dict]) -> list[str]:
+    """Write the given files (secrets, /etc/hosts, ...) on a tmpfs mounted on `staging` in this
+    mount namespace only, with their owner and mode; returns their paths there. Once they are
+    bound into the rootfs the tmpfs is detached from `staging`: the content never touches a disk
+    and goes away with the namespace, even if the builder is killed."""
+    size = sum(len(item["data"]) for item in files) + 4096 * (len(files) + 1)
+    mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=700,size={size}")
+    paths = []
+    for index, item in enumerate(files):
+        path = os.path.join(staging, str(index))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            data = base64.b64decode(item["data"])
+            while data:
+                data = data[os.write(fd, data):]
+            os.fchown(fd, item.get("uid", 0), item.get("gid", 0))
+            os.fchmod(fd, item.get("mode", 0o644))
+        finally:
+            os.close(fd)
+        paths.append(path)
+    return paths
+
+
+def mount_tmpfs(target: str, size: int | None) -> None:
+    options = "mode=1777" + (f",size={size}" if size else "")
+    mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+
+def loopback_up() -> None:
+    """A fresh network namespace starts with `lo` down; bring it up as Docker does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sh14x", b"lo", 0)
+        flags = struct.unpack("16sh14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | IFF_UP))
 
 
 def setup(spec: dict) -> None:
@@ -171,10 +280,11 @@ def setup(spec: dict) -> None:
     overlay = spec.get("overlay")
     if overlay:
         os.chdir(overlay["cwd"])  # lowerdirs are short paths relative to here
-        mount("overlay", overlay["target"], "overlay", 0, overlay["options"])
+        mount("overlay", overlay["target"], "overlay", MS_NODEV, overlay["options"])
         os.chdir("/")
     else:
-        bind(rootfs, rootfs, readonly=False, recursive=True)  # pivot_root needs a mount point
+        # pivot_root needs a mount point; nodev but not nosuid: setuid programs of the image work.
+        bind(rootfs, rootfs, readonly=False, recursive=True, flags=MS_NODEV)
 
     mounts = spec.get("mounts", {})
     if mounts.get("proc"):
@@ -183,16 +293,31 @@ def setup(spec: dict) -> None:
         mount_dev(inside(rootfs, mounts["dev"]))
     if mounts.get("sys"):
         mount_sys(inside(rootfs, mounts["sys"]))
-    for item in spec.get("binds", []):
-        bind(item["source"], inside(rootfs, item["target"]), readonly=item.get("readonly", False),
-             recursive=True)
+    extra = spec.get("extra", [])
+    files = [item for item in extra if item["type"] == "file"]
+    staged = iter(stage_files(spec["files_dir"], files) if files else [])
+    for item in extra:  # in the order given: a later mount may sit on an earlier one
+        target = inside(rootfs, item["target"])
+        if item["type"] == "bind":
+            bind_verified(item, target)
+        elif item["type"] == "tmpfs":
+            mount_tmpfs(target, item.get("size"))
+        elif item["type"] == "file":
+            bind(next(staged), target, readonly=item.get("readonly", False),
+                 flags=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        else:
+            raise SetupError(f"unknown mount type {item['type']!r}")
+    if files:
+        _check(_libc.umount2(os.fsencode(spec["files_dir"]), MNT_DETACH), "detach the files tmpfs")
 
+    if spec.get("loopback_up"):
+        loopback_up()
     if spec.get("hostname"):
         socket.sethostname(spec["hostname"])
     pivot_root(rootfs)
 
 
-def enter(spec: dict) -> None:
+def enter(spec: dict, syscall_filter: "seccomp_filter.Filter") -> None:
     workdir = spec.get("workdir") or "/"
     uid, gid = spec.get("uid", 0), spec.get("gid", 0)
     # The container's umask is Docker's 0022 whatever the builder's is: layers must not
@@ -204,6 +329,12 @@ def enter(spec: dict) -> None:
         except OSError as exc:
             raise SetupError(f"cannot create working directory {workdir}: {exc.strerror}") from exc
     drop_capabilities()
+    # The last thing done with CAP_SYS_ADMIN (a filter without no_new_privs needs it); what
+    # follows (setgroups, setuid, chdir, stat, execve) is all allowed by the filter.
+    try:
+        syscall_filter.load()
+    except seccomp_filter.SeccompUnavailable as exc:
+        raise SetupError(str(exc), kind="seccomp") from exc
     os.setgroups(spec.get("groups", []))
     os.setgid(gid)
     os.setuid(uid)
@@ -279,8 +410,12 @@ def child(spec: dict, status_fd: int, alive_fd: int) -> int:
         pass
     os.close(alive_fd)
     try:
+        try:  # built while the host's libseccomp can still be loaded, before pivot_root
+            syscall_filter = seccomp_filter.Filter(spec.get("seccomp_library") or seccomp_filter.LIBRARY)
+        except seccomp_filter.SeccompUnavailable as exc:
+            raise SetupError(str(exc), kind="seccomp") from exc
         setup(spec)
-        enter(spec)
+        enter(spec, syscall_filter)
         exec_command(spec, status_fd)
     except SetupError as exc:
         _report(status_fd, {"kind": exc.kind, "error": str(exc)})
@@ -301,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     spec_fd, status_fd = int(args[0]), int(args[1])
     os.set_inheritable(status_fd, False)
     os.set_inheritable(spec_fd, False)
+    _report(status_fd, {"started": True})
     with os.fdopen(spec_fd, "rb") as handle:
         spec = json.loads(handle.read())
     alive_r, alive_w = os.pipe()

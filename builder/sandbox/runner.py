@@ -2,8 +2,16 @@
 
 `unshare` (util-linux) makes the namespaces and runs init.py, which forks pid 1 of the new PID
 namespace; that builds the mounts (overlay or bind of the copy, /proc, a minimal /dev, read-only /sys, /etc/hosts,
-/etc/resolv.conf, /etc/hostname), pivots into the rootfs, creates WORKDIR, drops to the user
-and execs the command, which thereby is pid 1.
+/etc/resolv.conf, /etc/hostname), pivots into the rootfs, creates WORKDIR, installs the seccomp
+filter, drops to the user and execs the command, which thereby is pid 1.
+
+Network modes: "default" is a private network namespace with outbound access through
+slirp4netns (network.py), "none" a private namespace with only `lo`, "host" the host's own.
+
+Host paths given as `Bind`s are never resolved here: a source that is a symlink (or has one on
+its way, which init refuses) or is neither a regular file nor a directory is an error. Secrets
+and the injected files reach init over the spec pipe and live on a tmpfs of the sandbox's
+mount namespace only; `Tmpfs` mounts are real tmpfs mounts there.
 
 Nothing outlives the builder: `setpriv --pdeathsig KILL` kills init's supervisor if the builder
 dies (even by SIGKILL), pid 1 has the same death signal on the supervisor, and the kernel kills
@@ -11,24 +19,29 @@ the rest of the PID namespace with its pid 1. Every mount lives only in the sand
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Sequence
 
 from builder.errors import SandboxError
+from builder.sandbox import network as user_network
 from builder.sandbox.users import resolve_user
 from builder.snapshot.base import ActiveSnapshot
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NETWORK_MODES = ("host", "none")
+NETWORK_MODES = ("default", "host", "none")
+# The library init loads to filter syscalls (a test points it elsewhere to see the error).
+SECCOMP_LIBRARY = "libseccomp.so.2"
 INIT_SCRIPT = Path(__file__).with_name("init.py")
 # Paths the sandbox mounts things on; they never show up in a diff unless the command made them.
 INJECTED_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
@@ -44,6 +57,28 @@ class Bind:
     readonly: bool = True
 
 
+@dataclass(frozen=True)
+class Tmpfs:
+    """A fresh tmpfs at `target`, mounted inside the sandbox (nothing of it reaches a disk)."""
+
+    target: str
+    size: int | None = None  # bytes; None: the kernel's default
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A read-only file at `target` whose content exists only in the sandbox's memory."""
+
+    target: str
+    data: bytes = field(repr=False)
+    mode: int = 0o400
+    uid: int = 0
+    gid: int = 0
+
+
+ExtraMount = Bind | Tmpfs | SecretFile
+
+
 def _hosts_content(hostname: str) -> str:
     return (
         "127.0.0.1\tlocalhost\n"
@@ -56,9 +91,10 @@ def _resolv_content(network: str) -> str:
     if network == "none":
         return ""
     try:
-        return Path("/etc/resolv.conf").read_text()
+        host = Path("/etc/resolv.conf").read_text()
     except OSError:
-        return ""
+        host = ""
+    return host if network == "host" else user_network.resolv_conf(host)
 
 
 def _tool(name: str) -> str:
@@ -72,7 +108,7 @@ def build_command(network: str) -> list[str]:
     """The host command that makes the namespaces and starts init (spec/status fds appended)."""
     command = [_tool("setpriv"), "--pdeathsig", "KILL",
                _tool("unshare"), "--mount", "--pid", "--uts", "--ipc", "--propagation", "private"]
-    if network == "none":
+    if network != "host":
         command.append("--net")
     command += ["--", sys.executable, "-I", "-S", str(INIT_SCRIPT)]
     return command
@@ -85,32 +121,38 @@ def run(
     env: dict[str, str],
     workdir: str,
     user: str | None,
-    network: str = "host",
+    network: str = "default",
     hostname: str = "builder",
     on_output: Callable[[bytes], None] | None = None,
     stdin: int | IO[bytes] | None = None,
-    extra_binds: Sequence[Bind] = (),
+    extra_binds: Sequence[ExtraMount] = (),
 ) -> int:
     """Run `argv` in the snapshot's rootfs; returns its exit status (128+N if killed by signal N).
 
     Output (stdout and stderr merged) goes to `on_output` chunk by chunk as it comes, or to the
-    builder's own stdout/stderr if None. `stdin` defaults to /dev/null.
+    builder's own stdout/stderr if None. `stdin` defaults to /dev/null. `extra_binds` are the
+    step's own mounts, in order: host paths (`Bind`), `Tmpfs` and `SecretFile`.
     """
     if network not in NETWORK_MODES:
-        raise SandboxError(f"unknown network mode {network!r}", hint="use --network=host or --network=none")
+        raise SandboxError(f"unknown network mode {network!r}",
+                           hint="use --network=default, --network=host or --network=none")
     if not argv:
         raise SandboxError("no command to run", hint="give a command, or set CMD/ENTRYPOINT in the image")
+    if network == "default":
+        user_network.slirp_tool()  # fail before any work if the private network cannot be had
     if not workdir.startswith("/"):
         workdir = "/" + workdir
     ids = resolve_user(user or "0", snapshot.view)
 
-    bind_files = [b for b in extra_binds if not Path(b.source).is_dir()]
-    bind_dirs = [b for b in extra_binds if Path(b.source).is_dir()]
-    targets = snapshot.ensure_mount_points(
-        files=list(INJECTED_FILES) + [b.target for b in bind_files],
-        dirs=list(INJECTED_DIRS) + [b.target for b in bind_dirs],
-    )
+    checked = {id(m): _check_bind_source(m) for m in extra_binds if isinstance(m, Bind)}
+    file_targets = [m.target for m in extra_binds
+                    if isinstance(m, SecretFile) or (isinstance(m, Bind) and not checked[id(m)]["is_dir"])]
+    dir_targets = [m.target for m in extra_binds
+                   if isinstance(m, Tmpfs) or (isinstance(m, Bind) and checked[id(m)]["is_dir"])]
+    targets = snapshot.ensure_mount_points(files=list(INJECTED_FILES) + file_targets,
+                                           dirs=list(INJECTED_DIRS) + dir_targets)
 
+    # An empty mount point for the tmpfs that holds secrets and injected files inside the sandbox.
     files_dir = Path(tempfile.mkdtemp(prefix="i", dir=snapshot.work_dir))
     try:
         injected = {
@@ -118,17 +160,22 @@ def run(
             "/etc/resolv.conf": _resolv_content(network),
             "/etc/hostname": hostname + "\n",
         }
-        binds = []
-        for index, (path, content) in enumerate(injected.items()):
-            source = files_dir / str(index)
-            source.write_text(content)
-            os.chmod(source, 0o644)
+        extra: list[dict] = []
+        for path, content in injected.items():
             if path in targets:
-                binds.append({"source": str(source), "target": targets[path], "readonly": False})
-        for bind in extra_binds:
-            if bind.target in targets:
-                binds.append({"source": str(Path(bind.source).resolve()), "target": targets[bind.target],
-                              "readonly": bind.readonly})
+                extra.append(_file_entry(targets[path], content.encode(), mode=0o644, readonly=False))
+        for mount in extra_binds:
+            if mount.target not in targets:
+                continue  # the image has something of another type there
+            target = targets[mount.target]
+            if isinstance(mount, Bind):
+                extra.append({"type": "bind", "target": target, "readonly": mount.readonly,
+                              **checked[id(mount)]})
+            elif isinstance(mount, Tmpfs):
+                extra.append({"type": "tmpfs", "target": target, "size": mount.size})
+            else:
+                extra.append(_file_entry(target, mount.data, mode=mount.mode, uid=mount.uid,
+                                         gid=mount.gid, readonly=True))
         full_env = dict(env)
         full_env.setdefault("PATH", DEFAULT_PATH)
         overlay = snapshot.overlay
@@ -137,7 +184,10 @@ def run(
             "overlay": None if overlay is None else {
                 "cwd": overlay.cwd, "options": overlay.options, "target": overlay.target},
             "mounts": {name.strip("/"): targets.get(name) for name in INJECTED_DIRS},
-            "binds": binds,
+            "extra": extra,
+            "files_dir": str(files_dir),
+            "loopback_up": network == "none",  # slirp4netns brings it up in the default mode
+            "seccomp_library": SECCOMP_LIBRARY,
             "hostname": hostname,
             "workdir": workdir,
             "uid": ids.uid,
@@ -150,6 +200,29 @@ def run(
         return _launch(spec, network, on_output, stdin)
     finally:
         shutil.rmtree(files_dir, ignore_errors=True)
+
+
+def _check_bind_source(bind: Bind) -> dict:
+    """What init must find at a bind's source: never resolved or followed here (lstat), only
+    a regular file or a directory, identified by device and inode so init can tell it is the
+    very same file when it opens it again without following links."""
+    source = os.path.abspath(os.fspath(bind.source))  # lexical: no link is resolved
+    try:
+        st = os.lstat(source)
+    except OSError as exc:
+        raise SandboxError(f"cannot mount {source} at {bind.target}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise SandboxError(f"refusing to mount {source} at {bind.target}: it is a symlink",
+                           hint="a mount source is resolved inside its own root before it is staged; "
+                                "a symlink left here would point into the host")
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise SandboxError(f"refusing to mount {source} at {bind.target}: not a regular file or directory")
+    return {"source": source, "dev": st.st_dev, "ino": st.st_ino, "is_dir": stat.S_ISDIR(st.st_mode)}
+
+
+def _file_entry(target: str, data: bytes, *, mode: int, readonly: bool, uid: int = 0, gid: int = 0) -> dict:
+    return {"type": "file", "target": target, "data": base64.b64encode(data).decode("ascii"),
+            "mode": mode, "uid": uid, "gid": gid, "readonly": readonly}
 
 
 def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
@@ -172,12 +245,22 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
         raise SandboxError(f"cannot start the sandbox: {exc}") from exc
     os.close(spec_r)
     os.close(status_w)
+    status = os.fdopen(status_r, "rb")
+    spec_out = os.fdopen(spec_w, "wb")
+    attached: user_network.UserModeNetwork | None = None
+    first_status = b""
     with _LIVE_LOCK:
         _LIVE.add(process)
     try:
+        if network == "default":
+            # Once init says it runs, it is in its own network namespace: attach slirp4netns
+            # there and send the spec (which lets the command start) only when the network is up.
+            first_status = status.readline()
+            if b'"started"' in first_status:
+                attached = user_network.UserModeNetwork(process.pid)
         try:
-            with os.fdopen(spec_w, "wb") as handle:
-                handle.write(json.dumps(spec).encode())
+            with spec_out:
+                spec_out.write(json.dumps(spec).encode())
         except BrokenPipeError:
             pass  # init died before reading its spec; its status (or none) tells why
         if on_output is not None and process.stdout is not None:
@@ -191,16 +274,19 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
     except BaseException:
         # Ctrl-C, an error in on_output, ...: take the whole sandbox down before going on.
         _kill(process)
-        os.close(status_r)
+        status.close()
         raise
     finally:
+        spec_out.close()
         with _LIVE_LOCK:
             _LIVE.discard(process)
         if process.stdout is not None:
             process.stdout.close()
+        if attached is not None:
+            attached.close()
     messages = []
-    with os.fdopen(status_r, "rb") as handle:
-        for line in handle.read().splitlines():
+    with status:
+        for line in [first_status] + status.read().splitlines():
             try:
                 messages.append(json.loads(line))
             except ValueError:
@@ -210,6 +296,8 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
             hint = None
             if message.get("kind") == "exec":
                 hint = "install it in an earlier step or use a base image that has it"
+            elif message.get("kind") == "seccomp":
+                hint = "apt-get install libseccomp2: RUN steps never run without their syscall filter"
             raise SandboxError(message["error"], hint=hint)
     for message in messages:
         if "exit" in message:

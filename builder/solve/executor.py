@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from builder.sandbox import Bind
+from builder.sandbox.runner import ExtraMount
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class RunSpec:
     user: str | None
     network: str
     lower_dirs: list[Path]
-    binds: Sequence[Bind] = field(default_factory=tuple)
+    binds: Sequence[ExtraMount] = field(default_factory=tuple)  # the step's --mounts, in order
 
 
 @dataclass(frozen=True)

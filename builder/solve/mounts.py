@@ -1,4 +1,8 @@
-"""RUN --mount: bind, cache, tmpfs and secret mounts, prepared as host dirs bound into the sandbox.
+"""RUN --mount: bind, cache, tmpfs and secret mounts, prepared for the sandbox.
+
+Bind and cache mounts are host dirs bound into the sandbox. A tmpfs mount is a real tmpfs
+mounted inside the sandbox; a secret's content is read here and handed to the sandbox, which
+keeps it on a tmpfs of its own mount namespace: neither is ever written to the store's disk.
 
 What a mount contributes to the step's cache key: a bind mount its source's content digest (or
 the source stage's chain id); a cache or tmpfs mount only its options, as BuildKit does; a
@@ -10,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import posixpath
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +24,21 @@ from builder.errors import BuildError, ContextError, PlanError, Pos
 from builder.parse import ast
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret")
+# BuildKit's limit on a secret: it is held in memory, never on disk.
+MAX_SECRET_SIZE = 500 * 1024
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """A tmpfs `size=`: bytes, or with a k/m/g/t/p suffix (binary units, as BuildKit reads it)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"invalid size {text!r}")
+    number, unit = match.groups()
+    size = int(float(number) * 1024 ** " kmgtp".index(unit.lower() or " "))
+    if size <= 0:
+        raise ValueError(f"invalid size {text!r}")
+    return size
 
 
 @dataclass
@@ -82,20 +102,30 @@ def plan_mounts(
             key_options = {name: value for name, value in sorted(options.items())}
             prepared.append(PreparedMount(kind, target, options, key=["cache", key_options]))
         else:
+            if options.get("size"):
+                try:
+                    parse_size(options["size"])
+                except ValueError:
+                    raise _error(instruction, f"invalid tmpfs size {options['size']!r}",
+                                 "give bytes or a size like 64m or 1g") from None
             prepared.append(PreparedMount(kind, target, options, key=["tmpfs", target]))
     return prepared
 
 
 class MountSetup:
-    """Host dirs for one RUN's mounts; `close()` releases cache locks."""
+    """The sandbox mounts of one RUN; `close()` releases cache locks."""
 
     def __init__(self, store_root: Path, work: Path) -> None:
-        self.store_root = store_root
-        self.work = work
+        # The sandbox refuses a bind source with a symlink anywhere on its path; these two
+        # builder-made prefixes are resolved once here, so only what is staged below them counts.
+        self.store_root = Path(os.path.realpath(store_root))
+        self.work = Path(os.path.realpath(work))
         self.locks: list[int] = []
 
     def binds(self, prepared: list[PreparedMount], secrets: dict[str, Path]):
-        from builder.sandbox import Bind
+        """The sandbox mounts, in the order of the --mount flags: `Bind`s of host dirs for bind
+        and cache mounts, `Tmpfs` and `SecretFile` (content in memory only) for the others."""
+        from builder.sandbox import Bind, SecretFile, Tmpfs
         from builder.solve.copy import stage_entry
 
         binds = []
@@ -120,18 +150,17 @@ class MountSetup:
             elif mount.kind == "cache":
                 binds.append(Bind(self._cache_dir(mount), mount.target, readonly=mount.options.get("readonly") in ("true", "")))
             elif mount.kind == "tmpfs":
-                scratch = self.work / f"t{index}"
-                scratch.mkdir(mode=0o1777)
-                binds.append(Bind(scratch, mount.target, readonly=False))
+                size = mount.options.get("size")
+                binds.append(Tmpfs(mount.target, size=parse_size(size) if size else None))
             else:
                 source = secrets.get(mount.options["id"])
                 if source is None:
                     continue  # optional secret not given: Docker skips the mount
-                copy = self.work / f"secret{index}"
-                shutil.copyfile(source, copy)
-                os.chmod(copy, int(mount.options.get("mode", "0400"), 8))
-                os.chown(copy, int(mount.options.get("uid", "0")), int(mount.options.get("gid", "0")))
-                binds.append(Bind(copy, mount.target, readonly=True))
+                binds.append(SecretFile(
+                    mount.target, _read_secret(mount.options["id"], source),
+                    mode=int(mount.options.get("mode", "0400"), 8),
+                    uid=int(mount.options.get("uid", "0")), gid=int(mount.options.get("gid", "0")),
+                ))
         return binds
 
     def _cache_dir(self, mount: PreparedMount) -> Path:
@@ -158,6 +187,19 @@ class MountSetup:
         for fd in self.locks:
             os.close(fd)
         self.locks.clear()
+
+
+def _read_secret(secret_id: str, source: Path) -> bytes:
+    try:
+        with open(source, "rb") as handle:
+            data = handle.read(MAX_SECRET_SIZE + 1)
+    except OSError as exc:
+        raise BuildError(f"cannot read secret {secret_id!r} from {source}: {exc.strerror}",
+                         hint="check the src= path of --secret") from exc
+    if len(data) > MAX_SECRET_SIZE:
+        raise BuildError(f"secret {secret_id!r} is larger than {MAX_SECRET_SIZE // 1024} KiB",
+                         hint="secrets are held in memory only; BuildKit has the same limit")
+    return data
 
 
 def parse_secret_spec(text: str) -> tuple[str, Path]:

@@ -25,7 +25,7 @@ class BuildOptions:
     compression_level: int | None = None
     source_date_epoch: int | None = None
     snapshotter: str = "auto"
-    network: str = "host"  # default network mode of RUN steps
+    network: str = "default"  # default network mode of RUN steps: default (private), host, none
     pull: bool = False
     insecure_registries: tuple[str, ...] = ()
     secrets: dict[str, Path] = field(default_factory=dict)  # RUN --mount=type=secret sources by id

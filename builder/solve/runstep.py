@@ -15,7 +15,7 @@ from builder.solve.state import LayerRef
 from builder.solve.step import PreparedStep, StepInput
 
 OUTPUT_TAIL_LINES = 15
-NETWORK_MODES = ("host", "none")
+NETWORK_MODES = ("default", "host", "none")
 
 
 class RunStep(PreparedStep):
@@ -36,7 +36,7 @@ class RunStep(PreparedStep):
                 f"RUN --network={network} is not supported",
                 pos=instruction.pos,
                 source_line=step.source_line,
-                hint="use --network=host or --network=none",
+                hint="use --network=default, --network=host or --network=none",
             )
         if instruction.security not in (None, "sandbox"):
             raise PlanError(

@@ -11,6 +11,7 @@ import pytest
 
 from builder.errors import ImageNotFound, SandboxError
 from builder.image.importer import import_rootfs
+from builder.solve.changes import apply_changes
 from builder.image.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,13 +21,14 @@ REPO = Path(__file__).resolve().parents[2]
 def image_store(tmp_path: Path, busybox_layer: Path) -> Store:
     store = Store.open(tmp_path / "store")
     import_rootfs(store, busybox_layer, "bb:latest")
-    import_rootfs(store, busybox_layer, "configured:latest", changes=[
+    changes = [
         'ENV GREETING="hello there" A=1',
         "WORKDIR /srv/app",
         "USER app",
         'ENTRYPOINT ["/bin/sh", "-c"]',
         'CMD ["echo $GREETING from $(pwd) as $(id -un)"]',
-    ])
+    ]
+    import_rootfs(store, busybox_layer, "configured:latest", edit_config=lambda config: apply_changes(config, changes))
     return store
 
 
