@@ -1,4 +1,4 @@
-"""`builder run [--rm] [--network none|host] [--user U] [-e K=V] [-w DIR] IMAGE [CMD...]`.
+"""`builder run [--rm] [--network default|host|none] [--user U] [-e K=V] [-w DIR] IMAGE [CMD...]`.
 
 Runs a command in a throwaway container of a stored image, like `docker run`: the image's
 ENTRYPOINT, CMD, ENV, WORKDIR and USER apply, flags override them. Nothing is written to the
@@ -46,7 +46,7 @@ def run_image(
     env: Sequence[tuple[str, str]] = (),
     workdir: str | None = None,
     user: str | None = None,
-    network: str = "host",
+    network: str = "default",
     entrypoint: Sequence[str] | None = None,
     hostname: str | None = None,
     snapshotter: str = "auto",
@@ -124,7 +124,8 @@ def handler(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run a command in a throwaway container of an image")
     parser.add_argument("--rm", action="store_true", help="accepted for docker compatibility (always removed)")
-    parser.add_argument("--network", default="host", choices=["host", "none"], help="network namespace")
+    parser.add_argument("--network", default="default", choices=["default", "host", "none"],
+                        help="default: private, outbound through slirp4netns (as docker run's bridge); host; none")
     parser.add_argument("-u", "--user", help="user[:group] or uid[:gid] to run as")
     parser.add_argument("-e", "--env", action="append", default=[], type=_env_item, metavar="NAME=VALUE",
                         help="set an environment variable (NAME alone passes the caller's value)")

@@ -104,3 +104,15 @@ def test_without_slirp4netns_the_default_network_is_an_error_not_the_hosts(busyb
         run_in_sandbox([busybox_rootfs], tmp_path / "w", ["/bin/sh", "-c", "ls /sys/class/net"])
     assert "slirp4netns" in caught.value.message
     assert "--network=host" in (caught.value.hint or "") and "apt-get install slirp4netns" in caught.value.hint
+
+
+def test_builder_run_gets_the_private_network_too(busybox_store, host_service) -> None:
+    """`builder run` defaults like a build's RUN: the host's loopback services are out of reach."""
+    from builder.commands.run import run_image
+
+    port, token = host_service
+    probe = ["sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 {port} | tail -n 1"]
+    for network, reached in (("default", False), ("host", True)):
+        output: list[bytes] = []
+        run_image(busybox_store, "busybox:latest", probe, network=network, on_output=output.append)
+        assert (token in b"".join(output).decode()) is reached, network
