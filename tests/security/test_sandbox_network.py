@@ -108,11 +108,16 @@ def test_without_slirp4netns_the_default_network_is_an_error_not_the_hosts(busyb
 
 def test_builder_run_gets_the_private_network_too(busybox_store, host_service) -> None:
     """`builder run` defaults like a build's RUN: the host's loopback services are out of reach."""
-    from builder.commands.run import run_image
+    import argparse
+
+    from builder.commands.run import register, run_image
 
     port, token = host_service
     probe = ["sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 {port} | tail -n 1"]
-    for network, reached in (("default", False), ("host", True)):
+    for options, reached in (({}, False), ({"network": "host"}, True)):
         output: list[bytes] = []
-        run_image(busybox_store, "busybox:latest", probe, network=network, on_output=output.append)
-        assert (token in b"".join(output).decode()) is reached, network
+        run_image(busybox_store, "busybox:latest", probe, on_output=output.append, **options)
+        assert (token in b"".join(output).decode()) is reached, options
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert parser.parse_args(["run", "busybox:latest"]).network == "default"
