@@ -1,5 +1,5 @@
 """Blob files of the store: the hashing temp-file writer (which can also learn a layer's diff_id
-on the way), staged publication, and the file system helpers (fsync of dirs, syncfs, the checks
+on the way), and the file system helpers (fsync of dirs, syncfs, the checks
 of the store's root and dirs, link-proof removal of trees) that keep writes atomic and walks
 inside the store."""
 from __future__ import annotations
@@ -17,13 +17,10 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from builder.errors import StoreError
 from builder.image import oci
-
-if TYPE_CHECKING:
-    from builder.image.store import Store
 
 CHUNK = 1 << 20
 
@@ -481,53 +478,6 @@ class BlobWriter(io.RawIOBase):
         pass
 
 
-class Staging:
-    """Blobs written but not yet visible; `publish()` renames them all into place at once.
-
-    Used by importers: an archive is verified completely before any of its blobs appears.
-    """
-
-    def __init__(self, store: "Store") -> None:
-        self._store = store
-        self._pending: list[BlobWriter] = []
-
-    @contextmanager
-    def blob_writer(self, expected_digest: str | None = None, *, layer: bool = False) -> Iterator[BlobWriter]:
-        writer = BlobWriter(self._store.tmp_dir, expected_digest, layer=layer)
-        try:
-            yield writer
-            writer.finish()
-        except BaseException:
-            writer.discard()
-            raise
-        self._pending.append(writer)
-
-    def put_blob(self, data: bytes | BinaryIO | Iterable[bytes], expected_digest: str | None = None) -> tuple[str, int]:
-        with self.blob_writer(expected_digest) as writer:
-            copy_into(data, writer)
-        assert writer.digest is not None
-        return writer.digest, writer.size
-
-    def path_of(self, digest: str) -> Path:
-        """Where a staged (or already published) blob can be read before publish."""
-        for writer in self._pending:
-            if writer.digest == digest:
-                return writer.temp_path
-        return self._store.blob_path(digest)
-
-    def publish(self) -> None:
-        for writer in self._pending:
-            self._store._publish(writer)
-        if self._pending:
-            fsync_dir(self._store.blobs_dir)
-        self._pending.clear()
-
-    def discard(self) -> None:
-        for writer in self._pending:
-            writer.discard()
-        self._pending.clear()
-
-
 def copy_into(data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes], writer: BlobWriter) -> None:
     if isinstance(data, (bytes, bytearray, memoryview)):
         writer.write(data)
@@ -537,18 +487,6 @@ def copy_into(data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes],
     else:
         for chunk in data:
             writer.write(chunk)
-
-
-class StagingContext:
-    def __init__(self, store: Store) -> None:
-        self._staging = Staging(store)
-
-    def __enter__(self) -> Staging:
-        return self._staging
-
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
-        # Anything not published (error, or the caller never called publish) is thrown away.
-        self._staging.discard()
 
 
 class HashingReader(io.RawIOBase):

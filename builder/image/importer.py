@@ -21,7 +21,8 @@ from builder.errors import ArchiveError, BuildError, StoreError
 from builder.image import oci
 from builder.image.layerapi import open_layer_stream, unpack_layer
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
-from builder.image.blobfiles import BlobWriter, DigestMismatch, Staging
+from builder.image.blobfiles import BlobWriter, DigestMismatch
+from builder.image.content import Staging
 from builder.image.store import ImageRecord, Store
 from builder.platforms import Platform
 

@@ -3,9 +3,9 @@
 Layer dirs on disk use the overlay-upper format: a deleted path is a 0/0 character device, an
 opaque directory carries the xattr trusted.overlay.opaque=y. See docs/ARCHITECTURE.md.
 """
-from .applydir import apply_layer_dir
+from .applydir import apply_layer, apply_layer_dir
 from .decompress import detect_compression, open_layer_stream
-from .extract import apply_layer, unpack_layer
+from .extract import unpack_layer
 from .media import (
     DOCKER_MEDIA_TYPE_TAR,
     DOCKER_MEDIA_TYPE_TAR_GZIP,

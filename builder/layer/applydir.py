@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from builder.errors import ArchiveError
 
-from .extract import EntryMeta, _Target
+from .extract import EntryMeta, TreeWriter, apply_layer_stream
 from .tarwrite import decode_name, is_opaque_dir, is_whiteout, read_xattrs
 
 
@@ -26,10 +26,20 @@ def _walk(root: bytes, rel_parts: tuple[str, ...] = ()) -> Iterator[tuple[tuple[
             yield from _walk(root, parts)
 
 
+def apply_layer(source: BinaryIO | Path, merged_dir: Path) -> None:
+    """Apply a layer onto a flattened tree: a (possibly compressed) tar stream, or a layer dir
+    in overlay-upper format. Whiteouts delete, opaque markers empty the directory of earlier
+    content, other entries replace what is there."""
+    if isinstance(source, (str, os.PathLike)):
+        apply_layer_dir(Path(source), merged_dir)
+    else:
+        apply_layer_stream(source, merged_dir)
+
+
 def apply_layer_dir(layer_dir: Path, merged_dir: Path) -> None:
     """Apply `layer_dir` (0/0 char devices = deleted, opaque xattr = hides lower) onto merged_dir."""
     root = os.fsencode(layer_dir)
-    target = _Target(Path(merged_dir), upper=False)
+    target = TreeWriter(Path(merged_dir), upper=False)
     try:
         if is_opaque_dir(root):
             target.opaque(())
@@ -45,7 +55,7 @@ def merge_tree(entries: Iterable[tuple[tuple[str, ...], Path | bytes, os.stat_re
     """Write a finished tree (no whiteouts; `entries` as (parts, host path, lstat), dirs before
     their contents) into `dest_dir`, which may hold files of its own: those stay, unless an entry
     of the tree takes their path; a directory that holds something is never replaced."""
-    target = _Target(Path(dest_dir), upper=False, keep_full_dirs=True)
+    target = TreeWriter(Path(dest_dir), upper=False, keep_full_dirs=True)
     try:
         _write_all(target, entries, label, changeset=False)
     except OSError as err:
@@ -54,7 +64,7 @@ def merge_tree(entries: Iterable[tuple[tuple[str, ...], Path | bytes, os.stat_re
         target.close()
 
 
-def _write_all(target: _Target, entries: Iterable[tuple[tuple[str, ...], Path | bytes, os.stat_result]],
+def _write_all(target: TreeWriter, entries: Iterable[tuple[tuple[str, ...], Path | bytes, os.stat_result]],
                label: str, *, changeset: bool) -> None:
     links: dict[tuple[int, int], tuple[str, ...]] = {}
     for parts, abs_path, st in entries:
@@ -68,7 +78,7 @@ def _write_all(target: _Target, entries: Iterable[tuple[tuple[str, ...], Path | 
 
 
 def _apply_one(
-    target: _Target,
+    target: TreeWriter,
     links: dict[tuple[int, int], tuple[str, ...]],
     parts: tuple[str, ...],
     abs_path: bytes,

@@ -40,7 +40,7 @@ def _display(parts: tuple[str, ...]) -> str:
     return "/".join(parts) or "."
 
 
-class _Target:
+class TreeWriter:
     """Creates entries under one root directory, never following symlinks.
 
     upper=True writes the overlay-upper format (whiteouts become 0/0 char devices, opaque markers
@@ -358,7 +358,7 @@ def _tar_meta(info: tarfile.TarInfo) -> EntryMeta:
     )
 
 
-def _extract_member(target: _Target, info: tarfile.TarInfo, content: BinaryIO | None) -> None:
+def _extract_member(target: TreeWriter, info: tarfile.TarInfo, content: BinaryIO | None) -> None:
     parts = split_member_name(info.name)
     base = parts[-1] if parts else ""
     if base == OPAQUE_MARKER:
@@ -392,7 +392,7 @@ def _extract_member(target: _Target, info: tarfile.TarInfo, content: BinaryIO | 
 
 
 def _extract(stream: BinaryIO, root: Path, *, upper: bool) -> None:
-    target = _Target(Path(root), upper=upper)
+    target = TreeWriter(Path(root), upper=upper)
     try:
         for info, content in iter_tar(stream):
             try:
@@ -419,16 +419,7 @@ def unpack_layer(stream: BinaryIO, dest_dir: Path) -> None:
     _extract(stream, dest_dir, upper=True)
 
 
-def apply_layer(stream: BinaryIO | Path, merged_dir: Path) -> None:
+def apply_layer_stream(stream: BinaryIO, merged_dir: Path) -> None:
     """Apply a (possibly compressed) layer tar onto a flattened tree: whiteouts delete, opaque
-    markers empty the directory of earlier content, other entries replace what is there.
-
-    A path instead of a stream is taken as a layer dir in overlay-upper format
-    (see apply_layer_dir).
-    """
-    if isinstance(stream, (str, os.PathLike)):
-        from .applydir import apply_layer_dir  # applydir builds on this module
-
-        apply_layer_dir(Path(stream), merged_dir)
-        return
+    markers empty the directory of earlier content, other entries replace what is there."""
     _extract(stream, merged_dir, upper=False)

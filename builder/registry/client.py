@@ -14,16 +14,13 @@ import hashlib
 import json
 import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Protocol
+from typing import BinaryIO, Callable, Iterable, Protocol
 
 from builder.errors import RegistryError
 
 from . import mediatypes
 from .auth import DOCKER_HUB_HOSTS, Authenticator, Credentials, lookup_credentials
 from .transport import Response, Transport, TransientError, is_listed_insecure, is_loopback, same_origin
-
-if TYPE_CHECKING:  # the store lives in another room; only its names are used here
-    from builder.image.store import ImageRecord, Store
 
 MANIFEST_LIMIT = 4 * 1024 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
@@ -382,29 +379,3 @@ def _opener_at(open_stream: Callable[[], BinaryIO], offset: int) -> Callable[[],
         return stream
 
     return opener
-
-
-# -- public API: the store <-> registry moves -----------------------------------------------------
-
-
-def pull(store: "Store", ref: str, *, platform: str | None = None, insecure: Iterable[str] = ()) -> "ImageRecord":
-    """Pull `ref` (tag or digest) into `store` and tag it; returns the stored image record."""
-    from .pulling import pull_image
-
-    return pull_image(store, ref, platform=platform, insecure=insecure)
-
-
-def push(
-    store: "Store",
-    local_ref: str,
-    remote_ref: str | None = None,
-    *,
-    insecure: Iterable[str] = (),
-    chunk_size: int = 0,
-) -> str:
-    """Push a stored image to `remote_ref` (default: `local_ref`); returns the manifest digest.
-
-    `chunk_size` > 0 uploads blobs larger than it in PATCH chunks of that size."""
-    from .pushing import push_image
-
-    return push_image(store, local_ref, remote_ref, insecure=insecure, chunk_size=chunk_size)

@@ -116,6 +116,7 @@ def resolve_image_manifest(
 def pull_image(
     store: "Store", ref: str, *, platform: str | None = None, insecure: Iterable[str] = ()
 ) -> "ImageRecord":
+    """Pull `ref` (tag or digest) into `store` and tag it; returns the stored image record."""
     from builder.image.reference import parse_reference
 
     reference = parse_reference(ref)

@@ -42,6 +42,9 @@ def push_image(
     insecure: Iterable[str] = (),
     chunk_size: int = 0,
 ) -> str:
+    """Push a stored image to `remote_ref` (default: `local_ref`); returns the manifest digest.
+
+    `chunk_size` > 0 uploads blobs larger than it in PATCH chunks of that size."""
     from builder.image.reference import parse_reference
 
     record = store.load_image(local_ref)

@@ -10,18 +10,39 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from builder.errors import BuildError, ImageNotFound, Pos
 from builder.image import oci
-from builder.image.store import ImageRecord
+from builder.image.store import ImageRecord, Store
 from builder.plan.context import BuildContext
-from builder.plan.platforms import Platform
-from builder.solve.state import LayerRef
+from builder.plan.dockerignore import IgnoreMatcher
+from builder.plan.planner import Plan
+from builder.plan.statcache import StatCache
+from builder.platforms import Platform
+from builder.solve.options import BuildOptions
+from builder.solve.state import ImageState, LayerRef
 
-if TYPE_CHECKING:
-    from builder.solve.session import BuildSession
+
+class SessionView(Protocol):
+    """What sources need of the build session (BuildSession provides it)."""
+
+    store: Store
+    plan: Plan
+    options: BuildOptions
+    work_dir: Path
+    lock: threading.Lock
+    stage_states: dict[int, ImageState]
+
+    def hold(self, manifest_digest: str) -> None: ...
+
+    def lower_dirs(self, layers: list[LayerRef]) -> list[Path]: ...
+
+    def ignore_matcher(self) -> IgnoreMatcher: ...
+
+    def stat_cache(self) -> StatCache: ...
 
 
 class Source:
@@ -52,7 +73,7 @@ def image_layers(record: ImageRecord) -> list[LayerRef]:
 
 
 class SourceResolver:
-    def __init__(self, session: "BuildSession") -> None:
+    def __init__(self, session: SessionView) -> None:
         self.session = session
         self._images: dict[str, ImageRecord] = {}
 
@@ -159,7 +180,7 @@ def static_prefix(pattern: str) -> str:
     return "/" + "/".join(kept)
 
 
-def describe_source_for_key(source: Source, patterns: Sequence[str], *, pos: Pos, session: "BuildSession") -> Any:
+def describe_source_for_key(source: Source, patterns: Sequence[str], *, pos: Pos, session: SessionView) -> Any:
     """What a COPY's sources contribute to its cache key: the stage/image identity, or the
     content digest of what the patterns select in the context."""
     if source.identity is not None:

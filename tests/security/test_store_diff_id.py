@@ -210,7 +210,7 @@ def registry(tmp_path_factory):
 
 def test_pull_refuses_config_claiming_busybox_diff_id(registry, busybox_store, busybox_rootfs, tmp_path,
                                                       monkeypatch):
-    from builder.registry.client import RegistryClient, pull
+    from builder.registry import RegistryClient, pull
 
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
     store = busybox_store

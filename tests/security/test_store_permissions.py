@@ -113,7 +113,7 @@ def store_with_garbage(root: Path) -> Store:
     assert store.has_snapshot(digests.diff_id)
     (root / "tmp" / "blob-stale").write_bytes(b"left by a killed writer")
     old = time.time() - 7 * 86400
-    with store._tx() as tx:
+    with store.index.tx() as tx:
         tx.execute("UPDATE snapshots SET last_used=?", (old,))
     for path in [*store.blobs_dir.iterdir(), *store.tmp_dir.iterdir()]:
         os.utime(path, (old, old))
