@@ -24,7 +24,7 @@ _CHUNK = 1 << 20
 
 
 def _uncompressed_size(store: Store, blob_digest: str, diff_id: str) -> int:
-    from builder.image.layerapi import open_layer_stream
+    from builder.layer.decompress import open_layer_stream
 
     hasher = hashlib.sha256()
     size = 0
@@ -47,7 +47,7 @@ class _DecompressedBlob:
         self._raw: BinaryIO | None = None
 
     def __enter__(self) -> BinaryIO:
-        from builder.image.layerapi import open_layer_stream
+        from builder.layer.decompress import open_layer_stream
 
         self._raw = self._store.open_blob(self._digest)
         return open_layer_stream(self._raw)

@@ -6,7 +6,7 @@ from pathlib import Path
 from builder.errors import ArchiveError, OutputError
 from builder.export.tarout import CountingWriter, atomic_output_file
 from builder.image import oci
-from builder.image.layerapi import apply_layer, open_layer_stream, write_layer
+from builder.layer import apply_layer, open_layer_stream, write_layer
 from builder.image.store import Store
 
 

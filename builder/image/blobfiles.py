@@ -352,7 +352,7 @@ class UncompressedDigest:
     whoever wants it as a layer reports the error."""
 
     def __init__(self) -> None:
-        from builder.image.layerapi import open_layer_stream
+        from builder.layer.decompress import open_layer_stream
 
         self._open_layer_stream = open_layer_stream
         self._chunks: queue.Queue[bytes] = queue.Queue(maxsize=4)

@@ -159,7 +159,7 @@ class BlobStore:
         row = self.index.db().execute("SELECT diff_id FROM layers WHERE blob_digest=?", (blob_digest,)).fetchone()
         if row is not None:
             return row[0]
-        from builder.image.layerapi import open_layer_stream
+        from builder.layer.decompress import open_layer_stream
 
         try:
             with self.open_blob(blob_digest) as raw:

@@ -19,7 +19,8 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 from builder.errors import ArchiveError, BuildError, StoreError
 from builder.image import oci
-from builder.image.layerapi import open_layer_stream, unpack_layer
+from builder.layer.decompress import open_layer_stream
+from builder.layer.extract import unpack_layer
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 from builder.image.blobfiles import BlobWriter, DigestMismatch
 from builder.image.content import Staging

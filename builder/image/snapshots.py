@@ -118,7 +118,8 @@ class SnapshotStore:
 
     def _unpack_verified(self, blob_digest: str, diff_id: str, dest: Path) -> None:
         """Unpack a layer blob into `dest`, checking the uncompressed bytes hash to `diff_id`."""
-        from builder.image.layerapi import open_layer_stream, unpack_layer
+        from builder.layer.decompress import open_layer_stream
+        from builder.layer.extract import unpack_layer
 
         with self.blobs.open_blob(blob_digest) as raw:
             stream = HashingReader(open_layer_stream(raw))

@@ -184,7 +184,7 @@ class Store:
                            adopt: bool = False):
         """Tar `layer_dir` (overlay-upper format) into a blob; with adopt=True also move the dir in
         as the snapshot of its diff_id, so it need not be unpacked again. Returns LayerDigests."""
-        from builder.image.layerapi import write_layer
+        from builder.layer.tarwrite import write_layer
 
         with self.blob_writer() as writer:
             digests = write_layer(Path(layer_dir), writer, compression=compression, level=level,

@@ -265,7 +265,7 @@ class Upkeep:
     def _fsck_blobs(self, layer_digests: set[str], problems: list[str]) -> tuple[set[str], dict[str, str | Exception]]:
         """Hash every blob (and a layer's uncompressed stream in the same read); returns the
         digests present and intact, and the uncompressed digest (or the error) of each layer."""
-        from builder.image.layerapi import open_layer_stream
+        from builder.layer.decompress import open_layer_stream
 
         present: set[str] = set()
         uncompressed: dict[str, str | Exception] = {}

@@ -18,41 +18,14 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from builder.errors import ArchiveError, Pos
+from builder.layer.decompress import open_layer_stream
 
 _COPY_BUFFER = 1 << 20
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
 
-try:  # the layer room's reader, when it has landed
-    from builder.layer.decompress import open_layer_stream as _open_decompressed
-except ImportError:  # pragma: no cover - fallback while builder.layer is being written
-    _open_decompressed = None
-
-
-def _fallback_open(fileobj: BinaryIO) -> BinaryIO:
-    import bz2
-    import gzip
-    import lzma
-
-    import zstandard
-
-    head = fileobj.read(6)
-    fileobj.seek(0)
-    if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=fileobj, mode="rb")  # type: ignore[return-value]
-    if head.startswith(b"BZh"):
-        return bz2.BZ2File(fileobj, mode="rb")  # type: ignore[return-value]
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(fileobj, mode="rb")  # type: ignore[return-value]
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return zstandard.ZstdDecompressor().stream_reader(fileobj)  # type: ignore[return-value]
-    return fileobj
-
-
 def open_decompressed(fileobj: BinaryIO) -> BinaryIO:
     """The uncompressed bytes of `fileobj`, whatever of the supported compressions it uses."""
-    if _open_decompressed is not None:
-        return _open_decompressed(fileobj)
-    return _fallback_open(fileobj)
+    return open_layer_stream(fileobj)
 
 
 def is_tar_archive(path: Path) -> bool:

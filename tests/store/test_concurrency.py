@@ -64,7 +64,7 @@ def test_four_processes_write_blobs_images_tags(store_root):
 _SNAPSHOTTER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {repo!r})
-    import builder.image.layerapi as layerapi
+    import builder.layer.extract as layerapi
     from builder.image.store import Store
     k, start, diff_id, log = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
     real = layerapi.unpack_layer

@@ -83,7 +83,7 @@ def test_snapshot_of_corrupt_or_unknown_layer(store, tmp_path):
 _KILLED_UNPACKER = """
 import sys, time
 sys.path.insert(0, {repo!r})
-import builder.image.layerapi as layerapi
+import builder.layer.extract as layerapi
 from builder.image.store import Store
 real = layerapi.unpack_layer
 def slow(stream, dest):
