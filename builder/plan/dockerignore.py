@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Iterable
 
 from builder.errors import ContextError, Pos
+from builder.parse.wildcard import Matcher, check_pattern_length, parse_regex_subset
 
 _REGEX_SPECIALS = set(".+()|{}$")
 _WILDCARD_CHARS = set("*?[\\")
@@ -102,7 +103,7 @@ class _Pattern:
     text: str  # cleaned, without the leading `!`
     exclusion: bool  # True for a `!` exception
     kind: str  # exact | prefix | suffix | regexp
-    regex: re.Pattern[str] | None
+    regex: Matcher | None  # patternmatcher's regular expression, matched without backtracking
 
     @property
     def has_wildcards(self) -> bool:
@@ -119,11 +120,31 @@ class _Pattern:
                 return True
             return suffix.startswith("/") and path == suffix[1:]
         assert self.regex is not None
-        return self.regex.match(path) is not None
+        return self.regex.fullmatch(path)
+
+    def match_path_or_parent(self, path: str, parent_dirs: list[str]) -> bool:
+        """patternmatcher's MatchesOrParentMatches for this one pattern."""
+        if self.regex is not None:
+            return self.regex.matches_path_or_parent(path)  # one pass over the path
+        if self.match(path):
+            return True
+        return any(self.match("/".join(parent_dirs[: i + 1])) for i in range(len(parent_dirs)))
 
 
 def _compile(text: str, exclusion: bool) -> _Pattern:
-    """Translate one cleaned pattern to patternmatcher's match kind and regular expression."""
+    """One cleaned pattern, compiled the way patternmatcher compiles it."""
+    kind, regex = translate(text)
+    compiled = None
+    if kind == "regexp":
+        # The same expression patternmatcher builds, read by a matcher that cannot backtrack
+        # (moby compiles it with Go's RE2): `a/**/**/**/**/b` stays linear in the path.
+        compiled = Matcher(parse_regex_subset(regex + "$"))
+    return _Pattern(text=text, exclusion=exclusion, kind=kind, regex=compiled)
+
+
+def translate(text: str) -> tuple[str, str]:
+    """patternmatcher's match kind for a cleaned pattern, and its regular expression (without
+    the final `$`), which only the `regexp` kind uses."""
     regex = "^"
     kind = "exact"
     i = 0
@@ -169,10 +190,7 @@ def _compile(text: str, exclusion: bool) -> _Pattern:
         else:
             regex += ch  # like patternmatcher: other characters go to the regexp as they are
         first = False
-    compiled = None
-    if kind == "regexp":
-        compiled = re.compile(regex + "$", re.DOTALL)
-    return _Pattern(text=text, exclusion=exclusion, kind=kind, regex=compiled)
+    return kind, regex
 
 
 def _check_go_pattern_syntax(text: str) -> None:
@@ -238,10 +256,12 @@ class IgnoreMatcher:
                     raise self._error('illegal exclusion pattern: "!"', number)
                 text = text[1:]
             try:
+                check_pattern_length(text)
                 _check_go_pattern_syntax(text)
                 self._compiled.append(_compile(text, exclusion))
-            except (ValueError, re.error) as exc:
-                raise self._error(f"invalid pattern {pattern!r}: {exc}", number) from None
+            except ValueError as exc:
+                shown = pattern if len(pattern) <= 100 else pattern[:100] + "..."
+                raise self._error(f"invalid pattern {shown!r}: {exc}", number) from None
 
     def _error(self, message: str, number: int) -> ContextError:
         where = Pos(self.source, number) if self.source else None
@@ -309,13 +329,7 @@ class IgnoreMatcher:
         for pattern in self._compiled:
             if pattern.exclusion != matched:
                 continue  # an inclusion after a match, or an exception before one, changes nothing
-            hit = pattern.match(path)
-            if not hit:
-                for i in range(len(parent_dirs)):
-                    if pattern.match("/".join(parent_dirs[: i + 1])):
-                        hit = True
-                        break
-            if hit:
+            if pattern.match_path_or_parent(path, parent_dirs):
                 matched = not pattern.exclusion
         return matched
 
