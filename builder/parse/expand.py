@@ -8,7 +8,7 @@
 - an unset variable expands to the empty string.
 
 The shell patterns are matched by `builder.parse.wildcard` in time linear in the value, never by
-a backtracking `re`.
+a backtracking `re`; nesting and the length of what one expansion produces are bounded.
 
 `expand_words` also splits into words on whitespace that is neither quoted nor escaped, and
 on whitespace produced by an unquoted expansion, the way ProcessWords does.
@@ -22,6 +22,14 @@ from builder.errors import ExpansionError, Pos
 from builder.parse.wildcard import ANY, Char, CharTest, Matcher, Node, Seq, Star, check_pattern_length, reverse
 
 _SPECIAL_PARAMS = "@*#?-$!0"
+# `${a:-${b:-...}}` nests by recursion; far past anything real, stop with an error rather than
+# let Python's recursion limit end it with a traceback.
+MAX_SUBSTITUTION_DEPTH = 64
+# The longest word one expansion may produce. `ARG B=$A$A$A$A` after `ARG A=...` multiplies
+# the length with every line, reaching gigabytes in a dozen lines; a value that large cannot
+# reach a RUN anyway (Linux refuses an environment string over 128 KiB in execve), so 1 MiB
+# leaves room for long labels and stops the growth.
+MAX_EXPANDED_LENGTH = 1 << 20
 
 
 class _Words:
@@ -67,6 +75,7 @@ class _Lexer:
         self.env = env
         self.escape = escape
         self.pos = pos
+        self.depth = 0  # ${...} substitutions open around the current character
 
     # ---- scanner ------------------------------------------------------------------------
 
@@ -91,6 +100,7 @@ class _Lexer:
         """
         result: list[str] = []
         words = _Words()
+        produced = 0
         while self.peek():
             char = self.peek()
             if stop and char in stop:
@@ -108,6 +118,7 @@ class _Lexer:
                 part = self.dollar()
                 result.append(part)
                 words.add_string(part)
+                produced = self.grown(produced, part)
             else:
                 char = self.next()
                 if char == self.escape:
@@ -125,6 +136,16 @@ class _Lexer:
             raise self.fail(f"unexpected end of statement while looking for matching {stop[-1]}")
         return "".join(result), words.result()
 
+    def grown(self, produced: int, part: str) -> int:
+        """The substituted length so far plus `part`; an error past MAX_EXPANDED_LENGTH."""
+        produced += len(part)
+        if produced > MAX_EXPANDED_LENGTH:
+            raise ExpansionError(
+                f"variable expansion produces more than {MAX_EXPANDED_LENGTH} characters", pos=self.pos,
+                hint="a value this large is a mistake, or a Buildfile made to exhaust memory",
+            )
+        return produced
+
     def single_quoted(self) -> str:
         self.next()
         out: list[str] = []
@@ -139,6 +160,7 @@ class _Lexer:
     def double_quoted(self) -> str:
         self.next()
         out: list[str] = []
+        produced = 0
         while True:
             char = self.peek()
             if not char:
@@ -147,7 +169,9 @@ class _Lexer:
                 self.next()
                 return "".join(out)
             if char == "$":
-                out.append(self.dollar())
+                part = self.dollar()
+                out.append(part)
+                produced = self.grown(produced, part)
                 continue
             char = self.next()
             if char == self.escape:
@@ -181,6 +205,19 @@ class _Lexer:
                 return "$"
             return self.env.get(name, "")
         self.next()  # the {
+        if self.depth >= MAX_SUBSTITUTION_DEPTH:
+            raise ExpansionError(
+                f"variable substitutions nested more than {MAX_SUBSTITUTION_DEPTH} deep",
+                pos=self.pos, hint="flatten the ${...} nesting (set an ARG or ENV in between)",
+            )
+        self.depth += 1
+        try:
+            return self.braced()
+        finally:
+            self.depth -= 1
+
+    def braced(self) -> str:
+        """The rest of `${...}` after the `{`."""
         if not self.peek():
             raise self.fail("syntax error: missing '}'")
         if self.peek() in "{}:":
