@@ -90,7 +90,8 @@ def run_build(args: argparse.Namespace) -> int:
     buildfile_text = None
     file = args.file
     if file == "-":
-        buildfile_text = sys.stdin.read()
+        # Bounded like a Buildfile read from disk: at most the limit and one byte more.
+        buildfile_text = api.decode_buildfile(sys.stdin.buffer.read(api.MAX_BUILDFILE_BYTES + 1), "Buildfile")
     build_args = _parse_pairs(args.build_arg, "--build-arg", from_env=True)
     if args.print_ast:
         from builder.parse import parse_buildfile

@@ -41,7 +41,11 @@ from typing import Iterable
 
 from builder.errors import ContextError, Pos
 from builder.parse.wildcard import Matcher, check_pattern_length, parse_regex_subset
+from builder.plan.inroot import read_limited, relative_to_context, resolve_in_context
 
+# Docker has no limit; patterns cost memory and every one is tried on every path, so a file
+# larger than any real one (they hold tens of lines) is refused, like an oversized Buildfile.
+MAX_IGNORE_FILE_BYTES = 1 << 20
 _REGEX_SPECIALS = set(".+()|{}$")
 _WILDCARD_CHARS = set("*?[\\")
 
@@ -285,22 +289,35 @@ class IgnoreMatcher:
 
     @classmethod
     def load(cls, context_dir: Path, buildfile: Path | None = None) -> "IgnoreMatcher":
-        """`<buildfile name>.dockerignore` beside the Buildfile wins over `<context>/.dockerignore`."""
+        """`<buildfile name>.dockerignore` beside the Buildfile wins over `<context>/.dockerignore`.
+
+        An ignore file in the context is read with its symlinks resolved inside the context
+        (one leading out of it is a ContextError, its target never read); one beside a
+        Buildfile outside the context is the user's own and is read as given.
+        """
         candidates: list[Path] = []
         if buildfile is not None:
             buildfile = Path(buildfile)
             candidates.append(buildfile.with_name(buildfile.name + ".dockerignore"))
         candidates.append(Path(context_dir) / ".dockerignore")
         for candidate in candidates:
-            if candidate.is_file():
-                try:
-                    text = candidate.read_text(encoding="utf-8", errors="surrogateescape")
-                except OSError as exc:
-                    raise ContextError(
-                        f"cannot read {candidate}: {exc.strerror}",
-                        hint="make the ignore file readable or remove it",
-                    ) from None
-                return cls.from_lines(text.splitlines(), source=str(candidate))
+            inside = relative_to_context(Path(context_dir), candidate)
+            if inside is not None:
+                host = resolve_in_context(Path(context_dir), inside, "ignore file")
+                if host is None or not host.is_file():
+                    continue
+                data = read_limited(host, MAX_IGNORE_FILE_BYTES, "ignore file", follow_links=False)
+            elif candidate.is_file():
+                data = read_limited(candidate, MAX_IGNORE_FILE_BYTES, "ignore file", follow_links=True)
+            else:
+                continue
+            if len(data) > MAX_IGNORE_FILE_BYTES:
+                raise ContextError(
+                    f"{candidate} is larger than {MAX_IGNORE_FILE_BYTES} bytes",
+                    hint="an ignore file this large is refused to bound the memory matching takes",
+                )
+            text = data.decode("utf-8", errors="surrogateescape")
+            return cls.from_lines(text.splitlines(), source=str(candidate))
         return cls.empty()
 
     # queries ------------------------------------------------------------------------------
