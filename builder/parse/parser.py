@@ -68,6 +68,7 @@ ALLOWED_FLAGS: dict[str, tuple[str, ...]] = {
 BOOL_FLAGS = frozenset({"link", "parents", "keep-git-dir"})
 REPEATABLE_FLAGS = frozenset({"mount", "exclude"})
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
+_BARE_MOUNT_OPTIONS = ("ro", "readonly", "rw", "readwrite", "required")  # BuildKit: the rest need =value
 NETWORK_MODES = ("default", "none", "host")
 SECURITY_MODES = ("sandbox", "insecure")
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9\-_.]*$")
@@ -442,8 +443,13 @@ class _AstBuilder:
             if not key:
                 continue
             if key == "type":
-                mount_type = option
+                mount_type = option.lower()  # BuildKit lower-cases the type
                 continue
+            if not eq and key not in _BARE_MOUNT_OPTIONS:
+                raise self.error(
+                    f"invalid field {field_text!r} in --mount: it must be a key=value pair", offset,
+                    f"write {key}=<value>; only {', '.join(_BARE_MOUNT_OPTIONS)} may stand alone",
+                )
             options.append((key, option if eq else "true"))
         if mount_type not in MOUNT_TYPES:
             raise self.error(
