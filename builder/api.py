@@ -46,13 +46,23 @@ def find_buildfile(context: Path, file: str | os.PathLike[str] | None) -> Path:
     )
 
 
+# The last second of year 9999: OCI timestamps are RFC 3339, and Python's datetime ends there.
+MAX_SOURCE_DATE_EPOCH = 253402300799
+
+
+def check_source_date_epoch(epoch: int, what: str) -> int:
+    if not 0 <= epoch <= MAX_SOURCE_DATE_EPOCH:
+        raise BuildError(f"{what}={epoch} is out of range", hint=f"give seconds since 1970, from 0 to {MAX_SOURCE_DATE_EPOCH}")
+    return epoch
+
+
 def source_date_epoch_from_env() -> int | None:
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is None or value == "":
         return None
-    if not value.isdigit():
-        raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds", hint="unset it or give an integer")
-    return int(value)
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:  # int() refuses "²" and 5000 digits
+        raise BuildError(f"SOURCE_DATE_EPOCH={value[:40]!r} is not a valid number of seconds", hint="unset it or give an integer")
+    return check_source_date_epoch(int(value), "SOURCE_DATE_EPOCH")
 
 
 def _read_buildfile(context: Path, file, buildfile_text: str | None) -> tuple[Path | None, str, str]:
@@ -173,6 +183,8 @@ def build(
         raise BuildError(f"unknown snapshotter {snapshotter!r}", hint="use auto, overlay or copy")
     if source_date_epoch is None:
         source_date_epoch = source_date_epoch_from_env()
+    else:
+        check_source_date_epoch(source_date_epoch, "source_date_epoch")
     if source_date_epoch is None and reproducible:
         source_date_epoch = 0
         if on_event is not None:

@@ -47,13 +47,21 @@ def parse_duration(text: str, instruction: ast.Instruction, flag: str) -> int:
     return int(total)
 
 
-def _expose_ports(word: str) -> list[str]:
+def _expose_ports(word: str, instruction: ast.Instruction) -> list[str]:
     port, _, protocol = word.partition("/")
     protocol = (protocol or "tcp").lower()
     if "-" in port:
         low, _, high = port.partition("-")
-        if low.isdigit() and high.isdigit() and int(low) <= int(high):
-            return [f"{number}/{protocol}" for number in range(int(low), int(high) + 1)]
+        if low.isascii() and low.isdigit() and high.isascii() and high.isdigit():
+            # A range expands to one entry per port: bound it by the port space (Docker's
+            # "invalid range specified for port"), so `EXPOSE 1-99999999` is not 10^8 strings.
+            if len(low) > 5 or len(high) > 5 or int(high) > 65535:
+                raise PlanError(
+                    f"invalid port range {port!r}", pos=instruction.pos,
+                    source_line=instruction.source.splitlines()[0], hint="ports go from 0 to 65535",
+                )
+            if int(low) <= int(high):
+                return [f"{number}/{protocol}" for number in range(int(low), int(high) + 1)]
     return [f"{port}/{protocol}"]
 
 
@@ -92,7 +100,7 @@ def apply_metadata(
         ports = dict(config.get("ExposedPorts") or {})
         words = [expand(word) for word in instruction.ports]
         for word in words:
-            for port in _expose_ports(word):
+            for port in _expose_ports(word, instruction):
                 ports[port] = {}
         config["ExposedPorts"] = ports
         return "EXPOSE map[" + " ".join(f"{port}:{{}}" for port in sorted(ports)) + "]"
