@@ -54,6 +54,12 @@ def _literal_test(char: str) -> CharTest:
     return CharTest(frozenset(char))
 
 
+@lru_cache(maxsize=4096)
+def shared_test(chars: frozenset[str], ranges: tuple[tuple[str, str], ...], negate: bool) -> CharTest:
+    """One object per distinct class (`[^/]` appears in most `.dockerignore` lines)."""
+    return CharTest(chars, ranges, negate)
+
+
 ANY = CharTest(negate=True)
 NOT_SLASH = CharTest(frozenset("/"), negate=True)
 
@@ -115,7 +121,7 @@ _MAX_DFA_ELEMENTS = 200_000
 _MAX_DFA_TRANSITIONS = 100_000
 
 
-@dataclass
+@dataclass(slots=True)
 class _DfaCache:
     sets: list[frozenset[int]] = field(default_factory=list)
     index: dict[frozenset[int], int] = field(default_factory=dict)
@@ -134,18 +140,22 @@ class _DfaCache:
 
 _DEAD = 0  # the empty set of NFA states: nothing can match any more
 _START = 1
+# Cache misses of every matcher are computed under one lock: they are rare once warm, and a
+# lock per matcher would cost memory for each of thousands of `.dockerignore` lines.
+_LOCK = threading.Lock()
 
 
 class Matcher:
     """A compiled pattern. Thread-safe: cache misses are computed under a lock."""
+
+    __slots__ = ("_states", "_start", "_cache")
 
     def __init__(self, pattern: Node) -> None:
         # Each NFA state: (kind, a, b): _CHAR (test, next), _SPLIT (next1, next2),
         # _AT_START (next, -), _MATCH.
         self._states: list[tuple] = [(_MATCH, None, None)]
         self._start = self._emit(pattern, 0)
-        self._lock = threading.Lock()
-        self._cache = self._new_cache()
+        self._cache: _DfaCache | None = None  # built on the first query
 
     # construction ------------------------------------------------------------------------
 
@@ -220,16 +230,16 @@ class Matcher:
 
     def _current_cache(self) -> _DfaCache:
         cache = self._cache
-        if cache.over_budget():
-            with self._lock:
-                if self._cache.over_budget():
+        if cache is None or cache.over_budget():
+            with _LOCK:
+                if self._cache is None or self._cache.over_budget():
                     self._cache = self._new_cache()
                 cache = self._cache
         return cache
 
     def _step(self, cache: _DfaCache, state: int, char: str) -> int:
         """The DFA state after `char`, computed from the NFA on a cache miss."""
-        with self._lock:
+        with _LOCK:
             known = cache.transitions[state].get(char)
             if known is not None:
                 return known
@@ -413,4 +423,4 @@ class _RegexSubsetParser:
                 ranges.append((low, high))
             else:
                 chars.add(low)
-        return CharTest(frozenset(chars), tuple(ranges), negate)
+        return shared_test(frozenset(chars), tuple(ranges), negate)

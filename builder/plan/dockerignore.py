@@ -36,6 +36,7 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -100,7 +101,7 @@ def _clean_numbered(lines: Iterable[str]) -> list[tuple[int, str]]:
     return cleaned
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pattern:
     """One compiled pattern, matched the way patternmatcher's `Pattern.match` does."""
 
@@ -138,12 +139,16 @@ class _Pattern:
 def _compile(text: str, exclusion: bool) -> _Pattern:
     """One cleaned pattern, compiled the way patternmatcher compiles it."""
     kind, regex = translate(text)
-    compiled = None
-    if kind == "regexp":
-        # The same expression patternmatcher builds, read by a matcher that cannot backtrack
-        # (moby compiles it with Go's RE2): `a/**/**/**/**/b` stays linear in the path.
-        compiled = Matcher(parse_regex_subset(regex + "$"))
+    compiled = _regex_matcher(regex + "$") if kind == "regexp" else None
     return _Pattern(text=text, exclusion=exclusion, kind=kind, regex=compiled)
+
+
+@lru_cache(maxsize=1024)
+def _regex_matcher(regex: str) -> Matcher:
+    """The same expression patternmatcher builds, read by a matcher that cannot backtrack (moby
+    compiles it with Go's RE2): `a/**/**/**/**/b` stays linear in the path. Shared between
+    identical lines, like `re`'s own cache did."""
+    return Matcher(parse_regex_subset(regex))
 
 
 def translate(text: str) -> tuple[str, str]:

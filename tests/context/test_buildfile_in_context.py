@@ -79,3 +79,13 @@ def test_non_utf8_buildfile_error_has_a_position_and_no_bytes(tmp_path: Path):
         api.plan(tmp_path)
     assert caught.value.pos is not None and caught.value.pos.line == 2 and caught.value.pos.column == 9
     assert "0xff" not in caught.value.render()
+
+
+def test_ignore_file_size_limit(tmp_path: Path):
+    from builder.plan.dockerignore import MAX_IGNORE_FILE_BYTES
+
+    (tmp_path / ".dockerignore").write_text("a\n" * (MAX_IGNORE_FILE_BYTES // 2))
+    assert len(IgnoreMatcher.load(tmp_path, None).patterns) == MAX_IGNORE_FILE_BYTES // 2
+    (tmp_path / ".dockerignore").write_text("a\n" * (MAX_IGNORE_FILE_BYTES // 2) + "b\n")
+    with pytest.raises(ContextError, match="larger than 1048576 bytes"):
+        IgnoreMatcher.load(tmp_path, None)

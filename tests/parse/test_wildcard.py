@@ -168,3 +168,21 @@ def test_bracket_first_is_a_member_and_bad_ranges_are_errors():
     with pytest.raises(ExpansionError, match="bad character range") as caught:
         expand_word("${V#[z-a]}", {"V": "abc"})
     assert caught.value.pos is None or caught.value.pos.line >= 1
+
+
+def test_pattern_length_limit():
+    from builder.errors import ContextError
+    from builder.parse.wildcard import MAX_PATTERN_LENGTH
+    from builder.plan.context import _go_match_pattern
+    from builder.plan.dockerignore import IgnoreMatcher
+
+    longest = "a*" * (MAX_PATTERN_LENGTH // 2)
+    assert expand_word("${V#" + longest + "}", {"V": "ab"}) == "ab"
+    with pytest.raises(ExpansionError, match="pattern longer than 65536 characters") as caught:
+        expand_word("${V#" + longest + "a}", {"V": "ab"})
+    assert len(caught.value.render()) < 500  # the pattern is not echoed whole
+    with pytest.raises(ContextError, match="pattern longer than"):
+        _go_match_pattern(longest + "a")
+    with pytest.raises(ContextError, match="pattern longer than"):
+        IgnoreMatcher.from_lines([longest + "a"])
+    IgnoreMatcher.from_lines([longest])
