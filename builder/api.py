@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from builder.errors import BuildError, ContextError, StoreError
+from builder.errors import BuildError, ContextError, ParseError, Pos, StoreError
 from builder.image.inuse import hold_store_for_build
-from builder.image.oci import format_time, source_date_epoch_from_env
+from builder.image.oci import check_source_date_epoch, format_time, source_date_epoch_from_env
 from builder.image.store import Store
 from builder.parse import parse_buildfile
+from builder.parse.lines import MAX_BUILDFILE_BYTES, check_size, split_physical_lines
+from builder.plan.inroot import read_limited, relative_to_context, resolve_in_context
 from builder.plan.planner import Plan, make_plan
 from builder.plan.platforms import Platform
 from builder.progress import Event, EventCallback
@@ -24,16 +26,22 @@ COMPRESSIONS = ("gzip", "zstd", "uncompressed")
 
 
 def find_buildfile(context: Path, file: str | os.PathLike[str] | None) -> Path:
-    """`-f` as given, else `Buildfile`, then `Dockerfile`, in the context."""
+    """`-f` as given, else `Buildfile`, then `Dockerfile`, in the context.
+
+    The path returned is the name, not where a symlink leads: `_read_buildfile` resolves a
+    Buildfile inside the context itself and refuses one that leads out of it.
+    """
     if file is not None:
         path = Path(file)
-        if not path.is_file():
+        inside = relative_to_context(context, path)
+        found = resolve_in_context(context, inside, "Buildfile") if inside is not None else path
+        if found is None or not found.is_file():
             raise ContextError(f"Buildfile {str(path)!r} not found", hint="check the path given to -f/--file")
         return path
     for name in ("Buildfile", "Dockerfile"):
         candidate = context / name
-        if candidate.is_file():
-            return candidate
+        if os.path.lexists(candidate):
+            return candidate  # even a link out of the context: refused when read, no fallback
     raise ContextError(
         f"no Buildfile or Dockerfile in {str(context)!r}",
         hint="name one with -f/--file, or create Buildfile in the context directory",
@@ -44,20 +52,57 @@ def _read_buildfile(context: Path, file, buildfile_text: str | None) -> tuple[Pa
     if buildfile_text is not None:
         return None, buildfile_text, str(file) if file not in (None, "-") else "Buildfile"
     path = find_buildfile(context, file)
+    shown = _display_path(path)
+    inside = relative_to_context(context, path)
+    if inside is not None:
+        # Resolved inside the context by this code; a link out of it is a ContextError.
+        host = resolve_in_context(context, inside, "Buildfile")
+        if host is None:
+            raise ContextError(f"Buildfile {str(path)!r} not found", hint="check the path given to -f/--file")
+        data = read_limited(host, MAX_BUILDFILE_BYTES, "Buildfile", follow_links=False)
+    else:
+        data = read_limited(path, MAX_BUILDFILE_BYTES, "Buildfile", follow_links=True)  # the user's own file
+    return path, decode_buildfile(data, shown), shown
+
+
+def decode_buildfile(data: bytes, shown: str) -> str:
+    """The Buildfile's text from at most MAX_BUILDFILE_BYTES + 1 bytes read from it.
+
+    Errors name the position, never the bytes: what was read may not be a Buildfile at all.
+    """
+    if len(data) > MAX_BUILDFILE_BYTES:
+        prefix = data[: MAX_BUILDFILE_BYTES + 1].decode("utf-8", errors="replace")
+        check_size(split_physical_lines(prefix), shown, truncated=True)
     try:
-        text = path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ContextError(f"{path} is not UTF-8 text: {error}", hint="save the Buildfile as UTF-8") from None
-    return path, text, _display_path(path)
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ParseError(
+            "the Buildfile is not UTF-8 text", pos=Pos(shown, line, column), hint="save the Buildfile as UTF-8"
+        ) from None
+
+
+def _buildfile_by_name(context: Path, path: Path) -> Path:
+    """The Buildfile's absolute path as named, not where a symlink leads (its ignore file is
+    `<name>.dockerignore` beside the name, as in BuildKit); inside the context it is rebased
+    on the context's real path, so `IgnoreMatcher.load` sees it inside and resolves it there."""
+    inside = relative_to_context(context, path)
+    if inside is None:
+        return Path(os.path.abspath(path))
+    return Path(os.path.realpath(context), inside)
 
 
 def _display_path(path: Path) -> str:
-    """Relative to the working directory when below it, as users type it; else absolute."""
-    absolute = path.resolve()
-    try:
-        return str(absolute.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(absolute)
+    """Relative to the working directory when below it, as users type it; else absolute.
+
+    Lexical: a Buildfile that is a symlink is shown by its own name, not its target's.
+    """
+    absolute = os.path.abspath(path)
+    cwd = os.getcwd()
+    if absolute.startswith(cwd.rstrip("/") + "/"):
+        return absolute[len(cwd.rstrip("/")) + 1 :]
+    return absolute
 
 
 def plan(
@@ -121,6 +166,8 @@ def build(
         raise BuildError(f"unknown snapshotter {snapshotter!r}", hint="use auto, overlay or copy")
     if source_date_epoch is None:
         source_date_epoch = source_date_epoch_from_env()
+    else:
+        check_source_date_epoch(source_date_epoch, "source_date_epoch")
     if source_date_epoch is None and reproducible:
         source_date_epoch = 0
         if on_event is not None:
@@ -139,7 +186,7 @@ def build(
     )
     options = BuildOptions(
         context_dir=context_dir.resolve(),
-        buildfile_path=path.resolve() if path else None,
+        buildfile_path=_buildfile_by_name(context_dir, path) if path else None,
         buildfile_text=text,
         buildfile_name=shown,
         tags=tuple(tags),

@@ -91,8 +91,10 @@ def run_build(args: argparse.Namespace) -> int:
     buildfile_text = None
     file = args.file
     if file == "-":
-        buildfile_text = sys.stdin.read()
+        # Bounded like a Buildfile read from disk: at most the limit and one byte more.
+        buildfile_text = api.decode_buildfile(sys.stdin.buffer.read(api.MAX_BUILDFILE_BYTES + 1), "Buildfile")
     build_args = _parse_pairs(args.build_arg, "--build-arg", from_env=True)
+    _check_build_values(args)
     if args.print_ast:
         from builder.parse import parse_buildfile
         from builder.parse.dump import ast_to_data
@@ -140,7 +142,7 @@ def run_build(args: argparse.Namespace) -> int:
             state = "CACHED" if step.cached else f"RAN ({step.cache_reason})"
             print(f"#{step.number} [{step.stage}] {step.instruction}: {state}", file=sys.stderr)
     if args.iidfile:
-        Path(args.iidfile).write_text(result.image_id)
+        _write_file(args.iidfile, result.image_id, "--iidfile")
     if args.metadata_file:
         metadata = {
             "containerimage.config.digest": result.image_id,
@@ -153,10 +155,36 @@ def run_build(args: argparse.Namespace) -> int:
                 for s in result.steps
             ],
         }
-        Path(args.metadata_file).write_text(json.dumps(metadata, indent=2) + "\n")
+        _write_file(args.metadata_file, json.dumps(metadata, indent=2) + "\n", "--metadata-file")
     if args.quiet:
         print(result.image_id)
     return 0
+
+
+# What the layer compressors accept (BuildKit's documented ranges: gzip 0-9, zstd 0-22).
+COMPRESSION_LEVELS = {"gzip": (0, 9), "zstd": (0, 22)}
+
+
+def _check_build_values(args: argparse.Namespace) -> None:
+    """Numbers the library would only trip over deep in the build, refused up front."""
+    from builder.image.oci import check_source_date_epoch
+
+    if args.source_date_epoch is not None:
+        check_source_date_epoch(args.source_date_epoch, "--source-date-epoch")
+    if args.compression_level is not None and args.compression in COMPRESSION_LEVELS:
+        low, high = COMPRESSION_LEVELS[args.compression]
+        if not low <= args.compression_level <= high:
+            raise BuildError(
+                f"--compression-level {args.compression_level} is out of range for {args.compression}",
+                hint=f"{args.compression} levels go from {low} to {high}",
+            )
+
+
+def _write_file(path: str, text: str, option: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as error:
+        raise BuildError(f"cannot write {option} {path!r}: {error.strerror}", hint="name a file in a writable directory") from None
 
 
 def _push_tags(args: argparse.Namespace, result) -> dict[str, str]:

@@ -144,15 +144,26 @@ def format_time(epoch: float | int | None = None) -> str:
     return datetime.fromtimestamp(int(epoch), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# The last second of year 9999: OCI timestamps are RFC 3339, and Python's datetime ends there.
+MAX_SOURCE_DATE_EPOCH = 253402300799
+
+
+def check_source_date_epoch(epoch: int, what: str) -> int:
+    if not 0 <= epoch <= MAX_SOURCE_DATE_EPOCH:
+        raise BuildError(f"{what}={epoch} is out of range", hint=f"give seconds since 1970, from 0 to {MAX_SOURCE_DATE_EPOCH}")
+    return epoch
+
+
 def source_date_epoch_from_env() -> int | None:
     """$SOURCE_DATE_EPOCH as seconds; None when unset or empty; a BuildError when malformed
     (ignoring it would silently give a build that is not reproducible)."""
     value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not value:
         return None
-    if not value.isdigit():
-        raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds", hint="unset it or give an integer")
-    return int(value)
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:  # int() refuses "²" and 5000 digits
+        raise BuildError(f"SOURCE_DATE_EPOCH={value[:40]!r} is not a valid number of seconds",
+                         hint="unset it or give an integer")
+    return check_source_date_epoch(int(value), "SOURCE_DATE_EPOCH")
 
 
 # The keys of the OCI config's "config" object, in the spelling the spec uses.

@@ -7,17 +7,29 @@
   `${V#p}`, `${V##p}`, `${V%p}`, `${V%%p}` (glob patterns), `${V/p/r}`, `${V//p/r}`;
 - an unset variable expands to the empty string.
 
+The shell patterns are matched by `builder.parse.wildcard` in time linear in the value, never by
+a backtracking `re`; nesting and the length of what one expansion produces are bounded.
+
 `expand_words` also splits into words on whitespace that is neither quoted nor escaped, and
 on whitespace produced by an unquoted expansion, the way ProcessWords does.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
+from functools import lru_cache
 
 from builder.errors import ExpansionError, Pos
+from builder.parse.wildcard import ANY, Char, CharTest, Matcher, Node, Seq, Star, check_pattern_length, reverse
 
 _SPECIAL_PARAMS = "@*#?-$!0"
+# `${a:-${b:-...}}` nests by recursion; far past anything real, stop with an error rather than
+# let Python's recursion limit end it with a traceback.
+MAX_SUBSTITUTION_DEPTH = 64
+# The longest word one expansion may produce. `ARG B=$A$A$A$A` after `ARG A=...` multiplies
+# the length with every line, reaching gigabytes in a dozen lines; a value that large cannot
+# reach a RUN anyway (Linux refuses an environment string over 128 KiB in execve), so 1 MiB
+# leaves room for long labels and stops the growth.
+MAX_EXPANDED_LENGTH = 1 << 20
 
 
 class _Words:
@@ -63,6 +75,7 @@ class _Lexer:
         self.env = env
         self.escape = escape
         self.pos = pos
+        self.depth = 0  # ${...} substitutions open around the current character
 
     # ---- scanner ------------------------------------------------------------------------
 
@@ -87,6 +100,7 @@ class _Lexer:
         """
         result: list[str] = []
         words = _Words()
+        produced = 0
         while self.peek():
             char = self.peek()
             if stop and char in stop:
@@ -104,6 +118,7 @@ class _Lexer:
                 part = self.dollar()
                 result.append(part)
                 words.add_string(part)
+                produced = self.grown(produced, part)
             else:
                 char = self.next()
                 if char == self.escape:
@@ -121,6 +136,16 @@ class _Lexer:
             raise self.fail(f"unexpected end of statement while looking for matching {stop[-1]}")
         return "".join(result), words.result()
 
+    def grown(self, produced: int, part: str) -> int:
+        """The substituted length so far plus `part`; an error past MAX_EXPANDED_LENGTH."""
+        produced += len(part)
+        if produced > MAX_EXPANDED_LENGTH:
+            raise ExpansionError(
+                f"variable expansion produces more than {MAX_EXPANDED_LENGTH} characters", pos=self.pos,
+                hint="a value this large is a mistake, or a Buildfile made to exhaust memory",
+            )
+        return produced
+
     def single_quoted(self) -> str:
         self.next()
         out: list[str] = []
@@ -135,6 +160,7 @@ class _Lexer:
     def double_quoted(self) -> str:
         self.next()
         out: list[str] = []
+        produced = 0
         while True:
             char = self.peek()
             if not char:
@@ -143,7 +169,9 @@ class _Lexer:
                 self.next()
                 return "".join(out)
             if char == "$":
-                out.append(self.dollar())
+                part = self.dollar()
+                out.append(part)
+                produced = self.grown(produced, part)
                 continue
             char = self.next()
             if char == self.escape:
@@ -177,6 +205,19 @@ class _Lexer:
                 return "$"
             return self.env.get(name, "")
         self.next()  # the {
+        if self.depth >= MAX_SUBSTITUTION_DEPTH:
+            raise ExpansionError(
+                f"variable substitutions nested more than {MAX_SUBSTITUTION_DEPTH} deep",
+                pos=self.pos, hint="flatten the ${...} nesting (set an ARG or ENV in between)",
+            )
+        self.depth += 1
+        try:
+            return self.braced()
+        finally:
+            self.depth -= 1
+
+    def braced(self) -> str:
+        """The rest of `${...}` after the `{`."""
         if not self.peek():
             raise self.fail("syntax error: missing '}'")
         if self.peek() in "{}:":
@@ -211,19 +252,32 @@ class _Lexer:
             greedy = word.startswith(operator)
             if greedy:
                 word = word[1:]
-            if operator == "#":
-                return _trim_prefix(word, value or "", greedy)
-            return _trim_suffix(word, value or "", greedy)
+            try:
+                if operator == "#":
+                    return _trim_prefix(word, value or "", greedy)
+                return _trim_suffix(word, value or "", greedy)
+            except ValueError as error:
+                raise self.bad_pattern(word, error) from None
         if operator == "/" and not null_is_unset:
             replace_all = self.peek() == "/"
             if replace_all:
                 self.next()
             pattern = self.operand("/}", raw_escapes=True)
             replacement = self.operand("}") if self.stopped_at == "/" else ""
-            return _replace(pattern, replacement, self.env.get(name, ""), replace_all)
+            try:
+                return _replace(pattern, replacement, self.env.get(name, ""), replace_all)
+            except ValueError as error:
+                raise self.bad_pattern(pattern, error) from None
         raise self.fail(f"unsupported modifier ({':' if null_is_unset else ''}{operator}) in substitution")
 
     stopped_at = ""
+
+    def bad_pattern(self, pattern: str, error: ValueError) -> ExpansionError:
+        shown = pattern if len(pattern) <= 100 else pattern[:100] + "..."
+        return ExpansionError(
+            f"invalid pattern {shown!r} in substitution: {error}", pos=self.pos,
+            hint="shell patterns use * ? [a-z] [!a] and \\ to escape; a range goes from low to high",
+        )
 
     def operand(self, stop: str, *, raw_escapes: bool = False) -> str:
         """The word after an operator, itself expanded, up to a `stop` character."""
@@ -236,60 +290,123 @@ class _Lexer:
         return word
 
 
-def glob_to_regex(pattern: str) -> str:
-    """A shell pattern (`*`, `?`, `[...]`, `\\x`) as a Python regex body."""
-    out: list[str] = []
+def shell_pattern(pattern: str) -> Node:
+    """A shell pattern (`*`, `?`, `[...]`, `[!...]`, `\\x`) as a pattern tree for `wildcard.Matcher`.
+
+    `*` matches any run of characters (newlines and `/` included), `?` any one. A class lists
+    characters and ranges (`a-z`; a `-` first or last, and a `]` right after `[` or `[!`, are
+    literal; `\\` and `^` are literal inside); `[!...]` and `[^...]` negate; a `[` without a
+    closing `]` is a literal `[`. Raises ValueError for a reversed range such as `[z-a]`, and
+    for a pattern past `wildcard.MAX_PATTERN_LENGTH`.
+    """
+    check_pattern_length(pattern)
+    items: list[Node] = []
     index = 0
-    while index < len(pattern):
+    length = len(pattern)
+    while index < length:
         char = pattern[index]
-        if char == "\\" and index + 1 < len(pattern):
+        if char == "\\" and index + 1 < length:
             index += 1
-            out.append(re.escape(pattern[index]))
+            items.append(Char(CharTest.literal(pattern[index])))
         elif char == "*":
-            out.append(".*")
+            if not (items and isinstance(items[-1], Star)):  # `**` is `*`
+                items.append(Star(Char(ANY)))
         elif char == "?":
-            out.append(".")
+            items.append(Char(ANY))
         elif char == "[":
-            end = pattern.find("]", index + 2 if pattern[index + 1 : index + 2] in ("!", "^") else index + 1)
+            body_start = index + 1
+            negate = pattern[body_start : body_start + 1] in ("!", "^")
+            if negate:
+                body_start += 1
+            end = pattern.find("]", body_start + 1)  # a `]` first in the body is a member
             if end == -1:
-                out.append(re.escape(char))
+                items.append(Char(CharTest.literal(char)))
             else:
-                body = pattern[index + 1 : end]
-                negate = body[:1] in ("!", "^")
-                if negate:
-                    body = body[1:]
-                body = body.replace("\\", "\\\\").replace("^", "\\^")
-                out.append(f"[{'^' if negate else ''}{body}]")
+                items.append(Char(_shell_class(pattern[body_start:end], negate)))
                 index = end
         else:
-            out.append(re.escape(char))
+            items.append(Char(CharTest.literal(char)))
         index += 1
-    return "".join(out)
+    return Seq(tuple(items))
+
+
+def _shell_class(body: str, negate: bool) -> CharTest:
+    chars: set[str] = set()
+    ranges: list[tuple[str, str]] = []
+    index = 0
+    while index < len(body):
+        low = body[index]
+        if index + 2 < len(body) and body[index + 1] == "-":
+            high = body[index + 2]
+            if high < low:
+                raise ValueError(f"bad character range {low}-{high} in [{body}]")
+            ranges.append((low, high))
+            index += 3
+        else:
+            chars.add(low)
+            index += 1
+    return CharTest(frozenset(chars), tuple(ranges), negate)
+
+
+@lru_cache(maxsize=256)
+def _matcher(pattern: str, direction: str) -> Matcher:
+    """`forward`: the pattern; `backward`: it reversed; `search`: `*` then it reversed."""
+    node = shell_pattern(pattern)
+    if direction == "forward":
+        return Matcher(node)
+    if direction == "backward":
+        return Matcher(reverse(node))
+    return Matcher(Seq((Star(Char(ANY)), reverse(node))))
 
 
 def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
-    matcher = re.compile(glob_to_regex(pattern), re.DOTALL)
-    lengths = range(len(value), -1, -1) if greedy else range(len(value) + 1)
-    for length in lengths:
-        if matcher.fullmatch(value[:length]):
-            return value[length:]
-    return value
+    """`${V#p}` (shortest matching prefix removed) and `${V##p}` (longest)."""
+    end = _matcher(pattern, "forward").prefix_ends(value, shortest=not greedy)
+    return value[end:] if end >= 0 else value
 
 
 def _trim_suffix(pattern: str, value: str, greedy: bool) -> str:
-    matcher = re.compile(glob_to_regex(pattern), re.DOTALL)
-    starts = range(len(value) + 1) if greedy else range(len(value), -1, -1)
-    for start in starts:
-        if matcher.fullmatch(value[start:]):
-            return value[:start]
-    return value
+    """`${V%p}` and `${V%%p}`: a prefix of the reversed value is a suffix of the value."""
+    length = _matcher(pattern, "backward").prefix_ends(value[::-1], shortest=not greedy)
+    return value[: len(value) - length] if length >= 0 else value
 
 
 def _replace(pattern: str, replacement: str, value: str, replace_all: bool) -> str:
+    """`${V/p/r}`, `${V//p/r}`: what Python's `re.sub` did with the pattern's regex (leftmost
+    match, `*` greedy, so the longest match at that start; an empty match right after a
+    match is replaced too), found without backtracking.
+    """
     if not pattern:
         return value
-    matcher = re.compile(glob_to_regex(pattern), re.DOTALL)
-    return matcher.sub(lambda _m: replacement, value, count=0 if replace_all else 1)
+    forward = _matcher(pattern, "forward")
+    # starts[i]: a match begins at i (the reversed value has a match of the reversed pattern
+    # ending at len(value) - i).
+    ends_reversed = _matcher(pattern, "search").prefix_matches(value[::-1])
+    starts = ends_reversed[::-1]
+    out: list[str] = []
+    copied = 0
+    position = 0
+    must_advance = False  # after an empty match, the next one may not be empty at the same place
+    while position <= len(value):
+        start = position
+        while start <= len(value) and not starts[start]:
+            start += 1
+        if start > len(value):
+            break
+        end = forward.prefix_ends(value, start, shortest=False)
+        if must_advance and start == position and end == start:
+            position += 1
+            must_advance = False
+            continue
+        out.append(value[copied:start])
+        out.append(replacement)
+        copied = end
+        if not replace_all:
+            break
+        must_advance = end == start
+        position = end
+    out.append(value[copied:])
+    return "".join(out)
 
 
 def expand_word(raw: str, env: Mapping[str, str], *, pos: Pos | None = None, escape: str = "\\") -> str:

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from lark import Lark
+from lark.lexer import PatternRE, TerminalDef
 
 GRAMMAR_FILE = "buildfile.lark"
 
@@ -44,6 +45,42 @@ def _grammar_for_escape(escape: str) -> str:
     return text
 
 
+def possessive(regex: str) -> str:
+    """Every repeated group `(...)*` / `(...)+` made possessive (`*+` / `++`).
+
+    Python's `re` keeps a backtracking record for each pass through a repeated group, so one
+    10 MB word (`LABEL a=bbbb...` joined from continuation lines) cost 1.7 GB to lex. The
+    grammar's repeated groups are deterministic (each character has one way to match, and what
+    follows a repetition cannot start inside it), so never backtracking into them changes no
+    match; the grammar tests pin that. Character-class repeats (`[^\\n]*`) need no record.
+    """
+    out: list[str] = []
+    index = 0
+    class_body = -1  # where the current character class's body starts in `out`, or -1
+    while index < len(regex):
+        char = regex[index]
+        out.append(char)
+        index += 1
+        if char == "\\":
+            out.append(regex[index : index + 1])
+            index += 1
+        elif class_body >= 0:
+            first = len(out) - 1 == class_body or (len(out) - 2 == class_body and out[class_body] == "^")
+            if char == "]" and not first:  # a `]` first in the body is a member
+                class_body = -1
+        elif char == "[":
+            class_body = len(out)
+        elif char == ")" and regex[index : index + 1] in ("*", "+") and regex[index + 1 : index + 2] not in ("+", "?"):
+            out.append(regex[index] + "+")
+            index += 1
+    return "".join(out)
+
+
+def _possessive_terminal(terminal: TerminalDef) -> None:
+    if isinstance(terminal.pattern, PatternRE):
+        terminal.pattern = PatternRE(possessive(terminal.pattern.value), terminal.pattern.flags)
+
+
 def get_parser(escape: str = "\\") -> Lark:
     """The compiled parser for one escape character (`\\` or a backtick), built on first use."""
     parser = _parsers.get(escape)
@@ -58,6 +95,7 @@ def get_parser(escape: str = "\\") -> Lark:
                 lexer="contextual",
                 propagate_positions=False,
                 maybe_placeholders=False,
+                edit_terminals=_possessive_terminal,
                 # No cache=True: Lark would unpickle a file from the shared temp dir, which another
                 # local user could plant; compiling takes ~0.1 s once per process and escape mode.
             )

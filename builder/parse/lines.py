@@ -18,6 +18,14 @@ from builder.errors import ParseError, Pos
 from builder.parse.ast import Heredoc
 
 VALID_DIRECTIVES = ("syntax", "escape", "check")
+# BuildKit's limit on one physical line ("dockerfile line greater than max allowed size of
+# 65535", Go's bufio.Scanner token size), heredoc body lines included.
+MAX_LINE_BYTES = 65535
+# The whole Buildfile. Docker has no such limit, but parsing costs memory: measured up to ~300
+# bytes per byte of text for the worst shapes (170 000 one-word instructions; 500 000 one-letter
+# words joined by continuation lines: ~230), so 1 MiB keeps the plan of any Buildfile under
+# ~350 MB and ~10 s, far above real Buildfiles (tens of KiB).
+MAX_BUILDFILE_BYTES = 1 << 20
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _HEREDOC_WORD = re.compile(r"^(\d*)<<(-?)([^<]*)$")
 _HEREDOC_INSTRUCTIONS = frozenset({"run", "copy", "add"})
@@ -58,6 +66,48 @@ class Prepared:
 def _fail(message: str, path: str, physical: list[str], line: int, column: int, hint: str) -> ParseError:
     source_line = physical[line - 1] if 0 < line <= len(physical) else None
     return ParseError(message, pos=Pos(path, line, column), hint=hint, source_line=source_line)
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _column_past(line: str, limit: int) -> int:
+    """The 1-based column of the character whose last byte is past `limit` bytes of `line`."""
+    total = 0
+    for index, char in enumerate(line):
+        total += len(char.encode("utf-8", "surrogatepass"))
+        if total > limit:
+            return index + 1
+    return len(line) + 1
+
+
+def check_size(physical: list[str], path: str, *, truncated: bool = False) -> None:
+    """Refuse a line longer than MAX_LINE_BYTES, then a text longer than MAX_BUILDFILE_BYTES.
+
+    `truncated`: `physical` is only the first MAX_BUILDFILE_BYTES + 1 bytes of a longer file.
+    """
+    total = 0
+    crossed_at: int | None = None
+    for number, line in enumerate(physical, start=1):
+        length = _utf8_length(line)
+        if length > MAX_LINE_BYTES:
+            # No source line in the error: it would print the whole line and a caret that far.
+            raise ParseError(
+                f"line {number} is longer than {MAX_LINE_BYTES} bytes (BuildKit's limit)",
+                pos=Pos(path, number, _column_past(line, MAX_LINE_BYTES)),
+                hint="split the line with continuation lines, or move long data into a file in the context",
+            )
+        total += length + 1  # and its newline
+        if crossed_at is None and total > MAX_BUILDFILE_BYTES:
+            crossed_at = number
+    if crossed_at is not None or truncated:
+        raise ParseError(
+            f"the Buildfile is larger than {MAX_BUILDFILE_BYTES} bytes",
+            pos=Pos(path, crossed_at or len(physical) or 1, 1),
+            hint="a Buildfile this large is refused to bound the memory parsing takes;"
+            " move data into files in the context",
+        )
 
 
 def split_physical_lines(text: str) -> list[str]:
@@ -188,6 +238,7 @@ def _unquote_heredoc_name(rest: str) -> tuple[str, bool, bool]:
 def prepare(text: str, path: str) -> Prepared:
     """Run the pre-pass over a whole Buildfile."""
     physical = split_physical_lines(text)
+    check_size(physical, path)
     escape, directives = _read_directives(physical, path)
     continues = _continuation(escape)
     logical: list[LogicalLine] = []

@@ -68,10 +68,13 @@ ALLOWED_FLAGS: dict[str, tuple[str, ...]] = {
 BOOL_FLAGS = frozenset({"link", "parents", "keep-git-dir"})
 REPEATABLE_FLAGS = frozenset({"mount", "exclude"})
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
+_BARE_MOUNT_OPTIONS = ("ro", "readonly", "rw", "readwrite", "required")  # BuildKit: the rest need =value
 NETWORK_MODES = ("default", "none", "host")
 SECURITY_MODES = ("sandbox", "insecure")
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9\-_.]*$")
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+# `\d+(?:\.\d*)?`, not `\d+\.?\d*`: the same numbers, but only one way to match a run of
+# digits, so a 60 000-digit --interval fails in linear time instead of quadratic.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _NANOS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 _TRIGGER_REFUSED = {
     "ONBUILD": "ONBUILD ONBUILD is not allowed",
@@ -90,6 +93,23 @@ def parse_buildfile(text: str, path: str = "Buildfile") -> ast.Buildfile:
         directives=tuple(prepared.directives),
         instructions=builder.build(),
     )
+
+
+def _flag_tokens(flag_tree: Tree) -> list[Token]:
+    """The FLAG tokens of a `*_flags` subtree, in order.
+
+    The flags rules are left-recursive, so the subtree is as deep as there are flags; Lark's
+    recursive `scan_values` hit Python's recursion limit on a line of a few thousand flags.
+    """
+    found: list[Token] = []
+    stack: list[Any] = [flag_tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Tree):
+            stack.extend(reversed(node.children))
+        elif isinstance(node, Token) and node.type == "FLAG":
+            found.append(node)
+    return found
 
 
 def _unquote_flag(word: str) -> str:
@@ -235,7 +255,9 @@ class _AstBuilder:
         except LarkError as failure:  # anything else Lark may raise is still a parse error
             raise ParseError(f"cannot parse: {failure}", pos=Pos(self.path, 1, 1)) from None
         instructions = []
-        for child, line in zip(tree.children, lines):
+        children = tree.children
+        for index, line in enumerate(lines):
+            child, children[index] = children[index], None  # freed as the AST grows: a lower peak
             self.line = line
             instructions.append(self.instruction(child))
         return tuple(instructions)
@@ -310,8 +332,7 @@ class _AstBuilder:
         flag_tree = tree.children[1] if len(tree.children) > 1 else None
         if not isinstance(flag_tree, Tree) or not flag_tree.data.endswith("_flags"):
             return _Flags(())
-        tokens = flag_tree.scan_values(lambda value: isinstance(value, Token) and value.type == "FLAG")
-        for token in tokens:
+        for token in _flag_tokens(flag_tree):
             name, eq, raw_value = str(token)[2:].partition("=")
             value = _unquote_flag(raw_value) if eq else None
             if name not in allowed:
@@ -422,8 +443,13 @@ class _AstBuilder:
             if not key:
                 continue
             if key == "type":
-                mount_type = option
+                mount_type = option.lower()  # BuildKit lower-cases the type
                 continue
+            if not eq and key not in _BARE_MOUNT_OPTIONS:
+                raise self.error(
+                    f"invalid field {field_text!r} in --mount: it must be a key=value pair", offset,
+                    f"write {key}=<value>; only {', '.join(_BARE_MOUNT_OPTIONS)} may stand alone",
+                )
             options.append((key, option if eq else "true"))
         if mount_type not in MOUNT_TYPES:
             raise self.error(
@@ -557,8 +583,10 @@ class _AstBuilder:
         retries_text = flags.value("retries")
         if retries_text is not None:
             name = "retries"
-            if not re.fullmatch(r"[+-]?\d+", retries_text):
+            if not re.fullmatch(r"[+-]?[0-9]+", retries_text):
                 raise self.error(f"invalid --retries {retries_text!r}: not a number", flags.offset(name), "use a whole number, e.g. --retries=3")
+            if len(retries_text.lstrip("+-").lstrip("0")) > 18:  # Docker parses an int64
+                raise self.error(f"--retries {retries_text!r} is out of range", flags.offset(name), "use a whole number, e.g. --retries=3")
             retries = int(retries_text)
             if retries < 0:
                 raise self.error(f"--retries cannot be negative ({retries})", flags.offset(name), "use a whole number >= 0")

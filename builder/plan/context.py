@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from builder.errors import ContextError, Pos
+from builder.parse.wildcard import NOT_SLASH, Char, CharTest, Matcher, Seq, Star, check_pattern_length
 from builder.plan.dockerignore import IgnoreMatcher, go_clean
 
 if TYPE_CHECKING:
@@ -55,42 +56,67 @@ def contains_wildcards(component: str) -> bool:
     return False
 
 
-def _go_match_regex(pattern: str) -> re.Pattern[str]:
-    """Go `filepath.Match` for one component, as a regular expression."""
-    out = []
+def _go_match_pattern(pattern: str) -> Matcher:
+    """Go `filepath.Match` for one component, compiled to a matcher that cannot backtrack.
+
+    `*` and `?` never match `/`; `\\x` is a literal x, inside a class too; a class is `[...]`
+    or `[^...]` with ranges `a-z`, and, more lenient than Go, a `]` right after the `[` (or
+    `[^`) and a `-` first or last are literal members. A reversed range (`[z-a]`) is an error.
+    """
+    try:
+        check_pattern_length(pattern)
+    except ValueError as error:
+        raise ContextError(f"{error}: {pattern[:40]!r}...") from None
+    items: list = []
     i = 0
     n = len(pattern)
     while i < n:
         ch = pattern[i]
         i += 1
         if ch == "*":
-            out.append("[^/]*")
+            items.append(Star(Char(NOT_SLASH)))
         elif ch == "?":
-            out.append("[^/]")
+            items.append(Char(NOT_SLASH))
         elif ch == "\\" and i < n:
-            out.append(re.escape(pattern[i]))
+            items.append(Char(CharTest.literal(pattern[i])))
             i += 1
         elif ch == "[":
-            end = i
-            if end < n and pattern[end] == "^":
-                end += 1
-            body_start = end
-            while end < n and (pattern[end] != "]" or end == body_start):
-                if pattern[end] == "\\":
-                    end += 1
-                end += 1
-            if end >= n:
-                raise ContextError(f"syntax error in pattern {pattern!r}: unclosed '['")
-            body = pattern[i:end]
-            negate = body.startswith("^")
-            if negate:
-                body = body[1:]
-            body = body.replace("[", "\\[")
-            out.append("[" + ("^" if negate else "") + body + "]")
-            i = end + 1
+            test, i = _go_class(pattern, i)
+            items.append(Char(test))
         else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+            items.append(Char(CharTest.literal(ch)))
+    return Matcher(Seq(tuple(items)))
+
+
+def _go_class(pattern: str, i: int) -> tuple[CharTest, int]:
+    """The class whose body starts at `i` (just after `[`); returns it and the index after `]`."""
+    n = len(pattern)
+    negate = i < n and pattern[i] == "^"
+    if negate:
+        i += 1
+    chars: set[str] = set()
+    ranges: list[tuple[str, str]] = []
+    first = True
+
+    def member(at: int) -> tuple[str, int]:
+        if pattern[at] == "\\" and at + 1 < n:
+            return pattern[at + 1], at + 2
+        return pattern[at], at + 1
+
+    while True:
+        if i >= n:
+            raise ContextError(f"syntax error in pattern {pattern!r}: unclosed '['")
+        if pattern[i] == "]" and not first:
+            return CharTest(frozenset(chars), tuple(ranges), negate), i + 1
+        first = False
+        low, i = member(i)
+        if i + 1 < n and pattern[i] == "-" and pattern[i + 1] != "]":
+            high, i = member(i + 1)
+            if high < low:
+                raise ContextError(f"syntax error in pattern {pattern!r}: bad range {low}-{high}")
+            ranges.append((low, high))
+        else:
+            chars.add(low)
 
 
 def _unescape(component: str) -> str:
@@ -388,8 +414,8 @@ class BuildContext:
         matches: list[Selected] = []
         if base is not None:
             try:
-                regexes = [
-                    _go_match_regex(part) if contains_wildcards(part) else None for part in parts[wild_at:]
+                matchers = [
+                    _go_match_pattern(part) if contains_wildcards(part) else None for part in parts[wild_at:]
                 ]
             except ContextError as exc:
                 raise ContextError(
@@ -398,7 +424,7 @@ class BuildContext:
                     hint="wildcards follow Go filepath.Match: * ? [a-z] [^a] and \\ to escape",
                 ) from None
             literal = [_unescape(part) for part in parts[wild_at:]]
-            self._glob(base, parts[:wild_at], regexes, literal, pattern, pivot, matches)
+            self._glob(base, parts[:wild_at], matchers, literal, pattern, pivot, matches)
         if not matches and not allow_missing_wildcard:
             raise ContextError(
                 f'no source files were specified: "{pattern}" matches nothing in the {self.label}',
@@ -411,7 +437,7 @@ class BuildContext:
         self,
         resolved: list[str],
         logical: list[str],
-        regexes: list[re.Pattern[str] | None],
+        matchers: list[Matcher | None],
         literal: list[str],
         pattern: str,
         pivot: int,
@@ -422,12 +448,12 @@ class BuildContext:
             names = sorted(os.listdir(host_dir))
         except OSError:
             return
-        regex, last = regexes[0], len(regexes) == 1
+        matcher, last = matchers[0], len(matchers) == 1
         for name in names:
-            if regex is None:
+            if matcher is None:
                 if name != literal[0]:
                     continue
-            elif not regex.match(name):
+            elif not matcher.fullmatch(name):
                 continue
             relpath = "/".join([*resolved, name])
             try:
@@ -444,7 +470,7 @@ class BuildContext:
                     )
                 )
             elif stat.S_ISDIR(st.st_mode):  # like filepath.Walk: never descend through a link
-                self._glob([*resolved, name], [*logical, name], regexes[1:], literal[1:], pattern, pivot, out)
+                self._glob([*resolved, name], [*logical, name], matchers[1:], literal[1:], pattern, pivot, out)
 
     # walking ----------------------------------------------------------------------------------
 

@@ -36,11 +36,18 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
 from builder.errors import ContextError, Pos
+from builder.parse.wildcard import Matcher, check_pattern_length, parse_regex_subset
+from builder.plan.inroot import read_limited, relative_to_context, resolve_in_context
 
+# Docker has no limit; patterns cost memory (~2 KB each once used: at most ~360 MB for 1 MiB of
+# one-star lines) and every one is tried on every path, so a file larger than any real one
+# (they hold tens of lines) is refused, like an oversized Buildfile.
+MAX_IGNORE_FILE_BYTES = 1 << 20
 _REGEX_SPECIALS = set(".+()|{}$")
 _WILDCARD_CHARS = set("*?[\\")
 
@@ -95,14 +102,14 @@ def _clean_numbered(lines: Iterable[str]) -> list[tuple[int, str]]:
     return cleaned
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pattern:
     """One compiled pattern, matched the way patternmatcher's `Pattern.match` does."""
 
     text: str  # cleaned, without the leading `!`
     exclusion: bool  # True for a `!` exception
     kind: str  # exact | prefix | suffix | regexp
-    regex: re.Pattern[str] | None
+    regex: Matcher | None  # patternmatcher's regular expression, matched without backtracking
 
     @property
     def has_wildcards(self) -> bool:
@@ -119,11 +126,35 @@ class _Pattern:
                 return True
             return suffix.startswith("/") and path == suffix[1:]
         assert self.regex is not None
-        return self.regex.match(path) is not None
+        return self.regex.fullmatch(path)
+
+    def match_path_or_parent(self, path: str, parent_dirs: list[str]) -> bool:
+        """patternmatcher's MatchesOrParentMatches for this one pattern."""
+        if self.regex is not None:
+            return self.regex.matches_path_or_parent(path)  # one pass over the path
+        if self.match(path):
+            return True
+        return any(self.match("/".join(parent_dirs[: i + 1])) for i in range(len(parent_dirs)))
 
 
 def _compile(text: str, exclusion: bool) -> _Pattern:
-    """Translate one cleaned pattern to patternmatcher's match kind and regular expression."""
+    """One cleaned pattern, compiled the way patternmatcher compiles it."""
+    kind, regex = translate(text)
+    compiled = _regex_matcher(regex + "$") if kind == "regexp" else None
+    return _Pattern(text=text, exclusion=exclusion, kind=kind, regex=compiled)
+
+
+@lru_cache(maxsize=1024)
+def _regex_matcher(regex: str) -> Matcher:
+    """The same expression patternmatcher builds, read by a matcher that cannot backtrack (moby
+    compiles it with Go's RE2): `a/**/**/**/**/b` stays linear in the path. Shared between
+    identical lines, like `re`'s own cache did."""
+    return Matcher(parse_regex_subset(regex))
+
+
+def translate(text: str) -> tuple[str, str]:
+    """patternmatcher's match kind for a cleaned pattern, and its regular expression (without
+    the final `$`), which only the `regexp` kind uses."""
     regex = "^"
     kind = "exact"
     i = 0
@@ -169,10 +200,7 @@ def _compile(text: str, exclusion: bool) -> _Pattern:
         else:
             regex += ch  # like patternmatcher: other characters go to the regexp as they are
         first = False
-    compiled = None
-    if kind == "regexp":
-        compiled = re.compile(regex + "$", re.DOTALL)
-    return _Pattern(text=text, exclusion=exclusion, kind=kind, regex=compiled)
+    return kind, regex
 
 
 def _check_go_pattern_syntax(text: str) -> None:
@@ -238,10 +266,12 @@ class IgnoreMatcher:
                     raise self._error('illegal exclusion pattern: "!"', number)
                 text = text[1:]
             try:
+                check_pattern_length(text)
                 _check_go_pattern_syntax(text)
                 self._compiled.append(_compile(text, exclusion))
-            except (ValueError, re.error) as exc:
-                raise self._error(f"invalid pattern {pattern!r}: {exc}", number) from None
+            except ValueError as exc:
+                shown = pattern if len(pattern) <= 100 else pattern[:100] + "..."
+                raise self._error(f"invalid pattern {shown!r}: {exc}", number) from None
 
     def _error(self, message: str, number: int) -> ContextError:
         where = Pos(self.source, number) if self.source else None
@@ -265,22 +295,35 @@ class IgnoreMatcher:
 
     @classmethod
     def load(cls, context_dir: Path, buildfile: Path | None = None) -> "IgnoreMatcher":
-        """`<buildfile name>.dockerignore` beside the Buildfile wins over `<context>/.dockerignore`."""
+        """`<buildfile name>.dockerignore` beside the Buildfile wins over `<context>/.dockerignore`.
+
+        An ignore file in the context is read with its symlinks resolved inside the context
+        (one leading out of it is a ContextError, its target never read); one beside a
+        Buildfile outside the context is the user's own and is read as given.
+        """
         candidates: list[Path] = []
         if buildfile is not None:
             buildfile = Path(buildfile)
             candidates.append(buildfile.with_name(buildfile.name + ".dockerignore"))
         candidates.append(Path(context_dir) / ".dockerignore")
         for candidate in candidates:
-            if candidate.is_file():
-                try:
-                    text = candidate.read_text(encoding="utf-8", errors="surrogateescape")
-                except OSError as exc:
-                    raise ContextError(
-                        f"cannot read {candidate}: {exc.strerror}",
-                        hint="make the ignore file readable or remove it",
-                    ) from None
-                return cls.from_lines(text.splitlines(), source=str(candidate))
+            inside = relative_to_context(Path(context_dir), candidate)
+            if inside is not None:
+                host = resolve_in_context(Path(context_dir), inside, "ignore file")
+                if host is None or not host.is_file():
+                    continue
+                data = read_limited(host, MAX_IGNORE_FILE_BYTES, "ignore file", follow_links=False)
+            elif candidate.is_file():
+                data = read_limited(candidate, MAX_IGNORE_FILE_BYTES, "ignore file", follow_links=True)
+            else:
+                continue
+            if len(data) > MAX_IGNORE_FILE_BYTES:
+                raise ContextError(
+                    f"{candidate} is larger than {MAX_IGNORE_FILE_BYTES} bytes",
+                    hint="an ignore file this large is refused to bound the memory matching takes",
+                )
+            text = data.decode("utf-8", errors="surrogateescape")
+            return cls.from_lines(text.splitlines(), source=str(candidate))
         return cls.empty()
 
     # queries ------------------------------------------------------------------------------
@@ -309,13 +352,7 @@ class IgnoreMatcher:
         for pattern in self._compiled:
             if pattern.exclusion != matched:
                 continue  # an inclusion after a match, or an exception before one, changes nothing
-            hit = pattern.match(path)
-            if not hit:
-                for i in range(len(parent_dirs)):
-                    if pattern.match("/".join(parent_dirs[: i + 1])):
-                        hit = True
-                        break
-            if hit:
+            if pattern.match_path_or_parent(path, parent_dirs):
                 matched = not pattern.exclusion
         return matched
 

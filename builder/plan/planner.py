@@ -221,8 +221,8 @@ def _resolve_copy_sources(stage: Stage, stages: list[Stage], env: Mapping[str, s
         for source in _copy_from_values(instruction):
             value = _expand_or_fail(source, env, instruction, escape)
             referenced = _stage_lookup(stages, value)
-            if referenced is None and value.isdigit():
-                referenced = int(value)
+            if referenced is None and value.isascii() and value.isdigit():  # int() refuses "²", and 5000 digits
+                referenced = int(value) if len(value) <= 9 else len(stages)
                 if referenced >= len(stages):
                     raise PlanError(
                         f"--from={value} refers to stage {value}, but the Buildfile has {len(stages)} stages",

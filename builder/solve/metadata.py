@@ -67,13 +67,21 @@ class ConfigChange:
             state.cmd_set_in_stage = True
 
 
-def _expose_ports(word: str) -> list[str]:
+def _expose_ports(word: str, instruction: ast.Instruction) -> list[str]:
     port, _, protocol = word.partition("/")
     protocol = (protocol or "tcp").lower()
     if "-" in port:
         low, _, high = port.partition("-")
-        if low.isdigit() and high.isdigit() and int(low) <= int(high):
-            return [f"{number}/{protocol}" for number in range(int(low), int(high) + 1)]
+        if low.isascii() and low.isdigit() and high.isascii() and high.isdigit():
+            # A range expands to one entry per port: bound it by the port space (Docker's
+            # "invalid range specified for port"), so `EXPOSE 1-99999999` is not 10^8 strings.
+            if len(low) > 5 or len(high) > 5 or int(high) > 65535:
+                raise PlanError(
+                    f"invalid port range {port!r}", pos=instruction.pos,
+                    source_line=instruction.source.splitlines()[0], hint="ports go from 0 to 65535",
+                )
+            if int(low) <= int(high):
+                return [f"{number}/{protocol}" for number in range(int(low), int(high) + 1)]
     return [f"{port}/{protocol}"]
 
 
@@ -108,7 +116,7 @@ def _entrypoint(instruction: ast.Entrypoint, state: ImageState, expand: Expand) 
 
 
 def _expose(instruction: ast.Expose, state: ImageState, expand: Expand) -> Described:
-    added = {port: {} for word in instruction.ports for port in _expose_ports(expand(word))}
+    added = {port: {} for word in instruction.ports for port in _expose_ports(expand(word), instruction)}
     shown = sorted({**(state.config.get("ExposedPorts") or {}), **added})
     text = "EXPOSE map[" + " ".join(f"{port}:{{}}" for port in shown) + "]"
     return text, ConfigChange(merge={"ExposedPorts": added})

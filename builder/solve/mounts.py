@@ -26,19 +26,6 @@ from builder.parse import ast
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret")
 # BuildKit's limit on a secret: it is held in memory, never on disk.
 MAX_SECRET_SIZE = 500 * 1024
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """A tmpfs `size=`: bytes, or with a k/m/g/t/p suffix (binary units, as BuildKit reads it)."""
-    match = _SIZE.match(text)
-    if match is None:
-        raise ValueError(f"invalid size {text!r}")
-    number, unit = match.groups()
-    size = int(float(number) * 1024 ** " kmgtp".index(unit.lower() or " "))
-    if size <= 0:
-        raise ValueError(f"invalid size {text!r}")
-    return size
 
 
 @dataclass
@@ -54,6 +41,76 @@ class PreparedMount:
 
 def _error(instruction: ast.Instruction, message: str, hint: str) -> PlanError:
     return PlanError(message, pos=instruction.pos, source_line=instruction.source.splitlines()[0], hint=hint)
+
+
+_BOOLEANS = {  # Go's strconv.ParseBool, which BuildKit uses for these options
+    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), "true"),
+    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), "false"),
+}
+_BOOLEAN_OPTIONS = ("readonly", "ro", "readwrite", "rw", "required")
+_SHARING_MODES = ("shared", "private", "locked")
+_TARGET_OPTIONS = {"target", "dst", "destination"}
+_ACCESS_OPTIONS = {"readonly", "ro", "readwrite", "rw"}
+# What each mount type accepts here; BuildKit's parseMount refuses the same misplaced keys
+# (`required` off a secret, `size` off a tmpfs, `sharing` off a cache, `mode`/`uid`/`gid` on
+# bind and tmpfs, `from` on a secret) and any key it does not know.
+_OPTIONS_OF = {
+    "bind": _TARGET_OPTIONS | _ACCESS_OPTIONS | {"source", "src", "from", "id"},
+    "cache": _TARGET_OPTIONS | _ACCESS_OPTIONS | {"id", "sharing", "mode", "uid", "gid"},
+    "tmpfs": _TARGET_OPTIONS | _ACCESS_OPTIONS | {"size", "id"},
+    "secret": _TARGET_OPTIONS | _ACCESS_OPTIONS | {"id", "required", "mode", "uid", "gid"},
+}
+# Keys BuildKit knows that this builder does not implement for some types (a cache seeded
+# `from` a stage, a secret exposed as `env`): refused rather than silently ignored.
+_BUILDKIT_OPTIONS = frozenset().union(*_OPTIONS_OF.values(), {"env", "from", "source", "src", "size", "sharing", "required"})
+_MAX_ID = 2**32 - 2  # a uid/gid; 2**32 - 1 is (uid_t)-1, "leave unchanged" to chown
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def tmpfs_size(value: str) -> int | None:
+    """Bytes of a tmpfs `size=` as docker's units.RAMInBytes reads it (`64m`, `1.5GiB`, `1048576`)."""
+    # Each part starts with a different character class: no backtracking on any input.
+    match = re.fullmatch(r"([0-9]{1,20}(?:\.[0-9]{1,20})?) ?([kmgtp])?i?b?", value, re.IGNORECASE)
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()])
+
+
+def validate_mount_options(instruction: ast.Instruction, kind: str, options: dict[str, str]) -> None:
+    """Check every option of one (expanded) mount before anything uses it; booleans become
+    "true"/"false" and `sharing` lower case, the spellings MountSetup reads.
+
+    A bad value is a PlanError at the RUN, not a ValueError when the mount is set up.
+    """
+    accepted = _OPTIONS_OF[kind]
+    for key in list(options):
+        value = options[key]
+        shown = repr(value if len(value) <= 40 else value[:40] + "...")
+        if key not in accepted:
+            if key in _BUILDKIT_OPTIONS:
+                message = f"{key}= is not supported on a {kind} mount"
+            else:
+                message = f"unknown option {key!r} in --mount=type={kind}"
+            raise _error(instruction, message, f"a {kind} mount takes: {', '.join(sorted(accepted))}")
+        if "\0" in value:
+            raise _error(instruction, f"the {key}= value of a {kind} mount holds a NUL character", "remove it")
+        if key in _BOOLEAN_OPTIONS:
+            if value not in _BOOLEANS:
+                raise _error(instruction, f"invalid value for {key}: {shown}", f"use {key}=true or {key}=false")
+            options[key] = _BOOLEANS[value]
+        elif key == "mode":
+            if not (0 < len(value) <= 12 and all(char in "01234567" for char in value)) or int(value, 8) > 0o7777:
+                raise _error(instruction, f"invalid value for mode: {shown}", "give octal permissions, e.g. mode=0755")
+        elif key in ("uid", "gid"):
+            if not (0 < len(value) <= 10 and value.isascii() and value.isdigit()) or int(value) > _MAX_ID:
+                raise _error(instruction, f"invalid value for {key}: {shown}", f"give a numeric {key}, e.g. {key}=1000")
+        elif key == "sharing":
+            if value.lower() not in _SHARING_MODES:
+                raise _error(instruction, f"unsupported sharing value {shown}", "use sharing=shared, private or locked")
+            options[key] = value.lower()
+        elif key == "size":
+            if tmpfs_size(value) is None:
+                raise _error(instruction, f"invalid value for size: {shown}", "give a size such as size=64m or size=1g")
 
 
 def _absolute_target(target: str, workdir: str) -> str:
@@ -76,6 +133,7 @@ def plan_mounts(
         kind = mount.type
         if kind not in MOUNT_TYPES:
             raise _error(instruction, f"RUN --mount=type={kind} is not supported", "use type=bind, cache, tmpfs or secret")
+        validate_mount_options(instruction, kind, options)
         if kind == "secret":
             secret_id = options.get("id") or posixpath.basename(options.get("target", options.get("dst", "")))
             if not secret_id:
@@ -102,12 +160,6 @@ def plan_mounts(
             key_options = {name: value for name, value in sorted(options.items())}
             prepared.append(PreparedMount(kind, target, options, key=["cache", key_options]))
         else:
-            if options.get("size"):
-                try:
-                    parse_size(options["size"])
-                except ValueError:
-                    raise _error(instruction, f"invalid tmpfs size {options['size']!r}",
-                                 "give bytes or a size like 64m or 1g") from None
             prepared.append(PreparedMount(kind, target, options, key=["tmpfs", target]))
     return prepared
 
@@ -151,7 +203,8 @@ class MountSetup:
                 binds.append(Bind(self._cache_dir(mount), mount.target, readonly=mount.options.get("readonly") in ("true", "")))
             elif mount.kind == "tmpfs":
                 size = mount.options.get("size")
-                binds.append(Tmpfs(mount.target, size=parse_size(size) if size else None))
+                # Checked when planned; 0 means no limit, as for docker's tmpfs mounts.
+                binds.append(Tmpfs(mount.target, size=tmpfs_size(size) or None if size else None))
             else:
                 source = secrets.get(mount.options["id"])
                 if source is None:

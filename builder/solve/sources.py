@@ -91,7 +91,7 @@ class SourceResolver:
         for stage in session.plan.stages:
             if stage.name == from_value.lower():
                 referenced = stage.index
-        if referenced is None and from_value.isdigit():
+        if referenced is None and from_value.isascii() and from_value.isdigit():  # int() refuses "²"
             referenced = int(from_value)
         if referenced is not None:
             with session.lock:
