@@ -45,12 +45,16 @@ def split_host_port(host: str) -> tuple[str, int | None]:
     """`127.0.0.1:5000` -> ("127.0.0.1", 5000); `[::1]:5000` -> ("::1", 5000)."""
     if host.startswith("["):
         name, _, rest = host[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-        return name, int(port) if port else None
+        return name, _port(rest[1:] if rest.startswith(":") else "")
     if host.count(":") == 1:
         name, port = host.split(":")
-        return name, int(port) if port.isdigit() else None
+        return name, _port(port)
     return host, None
+
+
+def _port(text: str) -> int | None:
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 5 else None
 
 
 def uses_plain_http(host: str, insecure: Iterable[str] = ()) -> bool:

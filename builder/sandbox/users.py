@@ -61,32 +61,42 @@ def _lines(view: LayeredView, path: str) -> list[list[str]]:
     return rows
 
 
+def _decimal(text: str) -> int | None:
+    """An id written in ASCII digits, or None: `str.isdigit()` also takes "²", which int()
+    refuses, and an image's file may hold thousands of digits, which int() refuses too."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        return None
+    return int(text)
+
+
 def read_passwd(view: LayeredView | Path | str) -> list[PasswdEntry]:
     """Entries of the image's /etc/passwd that parse (malformed lines are skipped, as libc does)."""
     entries = []
     for fields in _lines(_as_view(view), "/etc/passwd"):
-        if len(fields) < 4 or not fields[2].isdigit() or not fields[3].isdigit():
+        uid, gid = (_decimal(fields[2]), _decimal(fields[3])) if len(fields) >= 4 else (None, None)
+        if uid is None or gid is None:
             continue
         fields += [""] * (7 - len(fields))
-        entries.append(PasswdEntry(fields[0], int(fields[2]), int(fields[3]), fields[5], fields[6]))
+        entries.append(PasswdEntry(fields[0], uid, gid, fields[5], fields[6]))
     return entries
 
 
 def read_group(view: LayeredView | Path | str) -> list[GroupEntry]:
     entries = []
     for fields in _lines(_as_view(view), "/etc/group"):
-        if len(fields) < 3 or not fields[2].isdigit():
+        gid = _decimal(fields[2]) if len(fields) >= 3 else None
+        if gid is None:
             continue
         members = tuple(m for m in (fields[3] if len(fields) > 3 else "").split(",") if m)
-        entries.append(GroupEntry(fields[0], int(fields[2]), members))
+        entries.append(GroupEntry(fields[0], gid, members))
     return entries
 
 
 def _numeric(value: str, what: str, pos: Pos | None) -> int | None:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         return None
-    number = int(value)
-    if number > MAX_ID:
+    number = _decimal(value)
+    if number is None or number > MAX_ID:
         raise UserError(f"{what} {value} is out of range", pos=pos, hint=f"ids go up to {MAX_ID}")
     return number
 
@@ -155,6 +165,6 @@ def user_home(spec: str | None, view: LayeredView | Path | str) -> str:
     """The home directory of the user `spec` names ("/" if the image does not say)."""
     user_part = (spec or "0").partition(":")[0] or "0"
     for entry in read_passwd(view):
-        if entry.name == user_part or (user_part.isdigit() and entry.uid == int(user_part)):
+        if entry.name == user_part or entry.uid == _decimal(user_part):
             return entry.home or "/"
     return "/"

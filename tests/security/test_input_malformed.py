@@ -171,3 +171,23 @@ def test_compression_level_out_of_range(tmp_path):
 def test_output_file_that_cannot_be_written(tmp_path, option):
     done = _build(tmp_path, "FROM scratch\nCOPY file.txt /\n", option, str(tmp_path))
     assert_clean_failure(done, f"cannot write {option}")
+
+
+def test_unicode_and_huge_ids_in_chown_and_passwd_are_errors_not_tracebacks(tmp_path, busybox_store) -> None:
+    """`--chown=²` and an image's /etc/passwd with odd ids: a BuildError or a skipped line."""
+    import builder
+    from builder.errors import BuildError
+
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "f").write_text("x\n")
+    with pytest.raises(BuildError):
+        builder.build(context, buildfile_text="FROM busybox\nCOPY --chown=\u00b2 f /f\n", root=busybox_store.root)
+    with pytest.raises(BuildError):
+        builder.build(context, buildfile_text=f"FROM busybox\nCOPY --chown={'9' * 5000} f /f\n", root=busybox_store.root)
+    (context / "passwd").write_text(f"odd:x:\u00b2:0::/:/bin/sh\nbig:x:{'9' * 5000}:0::/:/bin/sh\nok:x:1234:0::/:/bin/sh\n")
+    text = "FROM busybox\nCOPY passwd /etc/passwd\nCOPY --chown=ok f /owned\n"
+    result = builder.build(context, buildfile_text=text, root=busybox_store.root)
+    assert result.steps[-1].layer_diff_id is not None
+    with pytest.raises(BuildError):
+        builder.build(context, buildfile_text=text.replace("--chown=ok", "--chown=odd"), root=busybox_store.root)
