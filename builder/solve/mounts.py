@@ -113,6 +113,18 @@ def validate_mount_options(instruction: ast.Instruction, kind: str, options: dic
                 raise _error(instruction, f"invalid value for size: {shown}", "give a size such as size=64m or size=1g")
 
 
+def mount_readonly(kind: str, options: dict[str, str]) -> bool:
+    """Whether a bind or cache mount is read-only: a bind is by default, a cache is not;
+    `ro`/`readonly` and `rw`/`readwrite` (validated booleans) say otherwise, the last one wins."""
+    readonly = kind == "bind"
+    for key, value in options.items():
+        if key in ("ro", "readonly"):
+            readonly = value == "true"
+        elif key in ("rw", "readwrite"):
+            readonly = value != "true"
+    return readonly
+
+
 def _absolute_target(target: str, workdir: str) -> str:
     return posixpath.normpath(posixpath.join(workdir, target))
 
@@ -155,7 +167,7 @@ def plan_mounts(
                 context = origin.context()
                 # Links on the way and at the end resolve inside the context, as at mount time.
                 identity = context.content_digest([context.resolve(source, pos=instruction.pos)], stat_cache)
-            prepared.append(PreparedMount(kind, target, options, origin, source, key=["bind", target, source, identity, options.get("rw") or options.get("readwrite")], pos=instruction.pos))
+            prepared.append(PreparedMount(kind, target, options, origin, source, key=["bind", target, source, identity, "ro" if mount_readonly(kind, options) else "rw"], pos=instruction.pos))
         elif kind == "cache":
             key_options = {name: value for name, value in sorted(options.items())}
             prepared.append(PreparedMount(kind, target, options, key=["cache", key_options]))
@@ -195,12 +207,9 @@ class MountSetup:
                         hint="mount a regular file or a directory",
                     )
                 stage_entry(item, "/m", staging_dir=staging, pos=mount.pos)
-                readonly = (mount.options.get("rw") or mount.options.get("readwrite")) not in ("true", "", "1")
-                if "rw" not in mount.options and "readwrite" not in mount.options:
-                    readonly = True
-                binds.append(Bind(staging / "m", mount.target, readonly=readonly))
+                binds.append(Bind(staging / "m", mount.target, readonly=mount_readonly("bind", mount.options)))
             elif mount.kind == "cache":
-                binds.append(Bind(self._cache_dir(mount), mount.target, readonly=mount.options.get("readonly") in ("true", "")))
+                binds.append(Bind(self._cache_dir(mount), mount.target, readonly=mount_readonly("cache", mount.options)))
             elif mount.kind == "tmpfs":
                 size = mount.options.get("size")
                 # Checked when planned; 0 means no limit, as for docker's tmpfs mounts.

@@ -80,3 +80,21 @@ def test_insecure_security_mode_is_refused(tmp_path: Path, busybox_store) -> Non
     with pytest.raises(PlanError, match="--security=insecure is not supported"):
         builder.build(write_context(tmp_path / "ctx", {}), buildfile_text="FROM busybox\nRUN --security=insecure true\n",
                       root=busybox_store.root)
+
+
+@pytest.mark.parametrize("options, writable", [
+    ("type=bind,target=/m", False),
+    ("type=bind,target=/m,rw", True),
+    ("type=bind,target=/m,ro=false", True),
+    ("type=bind,target=/m,readwrite=true,ro", False),
+    ("type=cache,target=/m", True),
+    ("type=cache,target=/m,ro", False),
+    ("type=cache,target=/m,readonly=true", False),
+    ("type=cache,target=/m,rw=false", False),
+])
+def test_mount_writability_follows_buildkits_flags(tmp_path: Path, busybox_store, options: str, writable: bool) -> None:
+    context = write_context(tmp_path / "ctx", {"x": "x\n"})
+    text = f"FROM busybox\nRUN --mount={options} (touch /m/probe && echo yes || echo no) > /writable\n"
+    result = builder.build(context, buildfile_text=text, root=busybox_store.root)
+    seen = layer_file_contents(busybox_store, result.manifest["layers"][-1]["digest"])["writable"]
+    assert seen == (b"yes\n" if writable else b"no\n")
