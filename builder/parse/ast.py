@@ -187,10 +187,11 @@ class Stopsignal(Instruction):
 @dataclass(frozen=True)
 class Healthcheck(Instruction):
     command: Command | None  # None for HEALTHCHECK NONE
-    interval: str | None = None  # raw durations like 30s, 1m30s
-    timeout: str | None = None
-    start_period: str | None = None
-    start_interval: str | None = None
+    # Durations in nanoseconds, as the image config stores them (the Go durations parsed once, here).
+    interval: int | None = None
+    timeout: int | None = None
+    start_period: int | None = None
+    start_interval: int | None = None
     retries: int | None = None
 
 

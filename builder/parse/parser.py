@@ -563,7 +563,7 @@ class _AstBuilder:
             if flags.items:
                 raise self.error("HEALTHCHECK NONE takes no flags", kind.start_pos, f"usage: {USAGE['HEALTHCHECK']}")
             return ast.Healthcheck(**common, command=None)
-        durations: dict[str, str | None] = {}
+        durations: dict[str, int | None] = {}
         for name in ("interval", "timeout", "start-period", "start-interval"):
             value = flags.value(name)
             if value is not None:
@@ -578,7 +578,7 @@ class _AstBuilder:
                         f"--{name} cannot be less than 1ms", flags.offset(name),
                         "use 0 for the default, or a duration of at least 1ms",
                     )
-            durations[name.replace("-", "_")] = value
+                durations[name.replace("-", "_")] = nanos
         retries = None
         retries_text = flags.value("retries")
         if retries_text is not None:

@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 from builder.errors import BuildError, PlanError
 from builder.parse import ast
-from builder.parse.parser import parse_duration
 from builder.solve.state import ImageState
 
 Expand = Callable[[str], str]
@@ -162,14 +161,10 @@ def _healthcheck(instruction: ast.Healthcheck, state: ImageState, expand: Expand
         ("start_period", "StartPeriod"),
         ("start_interval", "StartInterval"),
     ):
-        raw = getattr(instruction, attribute)
-        if raw is not None:
-            nanos = parse_duration(raw)
-            if nanos is None:  # the parser checked it; a hand-made AST may not have been
-                raise PlanError(f"invalid duration {raw!r} for --{attribute.replace('_', '-')}",
-                                pos=instruction.pos, hint="use a Go duration such as 30s, 1m30s or 500ms")
+        nanos = getattr(instruction, attribute)
+        if nanos:  # 0 means "the default": left out, as Docker's omitempty does
             check[key] = nanos
-    if instruction.retries is not None:
+    if instruction.retries:
         check["Retries"] = instruction.retries
     return f"HEALTHCHECK &{{{json_list(test)}}}", ConfigChange(set={"Healthcheck": check})
 

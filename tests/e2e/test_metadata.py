@@ -55,3 +55,16 @@ def test_onbuild_triggers_run_in_the_child_and_are_not_inherited(tmp_path: Path)
     assert (out / "marker.txt").read_text() == "from child context\n"
     assert "OnBuild" not in result.config["config"]
     assert any(entry["created_by"].startswith("COPY marker.txt") for entry in result.config["history"])
+
+
+def test_healthcheck_durations_parse_once_and_zero_means_default(tmp_path) -> None:
+    """One duration parser: what the parser accepts the build stores (`.5s` too); 0 is left out
+    as Docker's omitempty leaves it."""
+    import builder
+
+    context = tmp_path / "ctx"
+    context.mkdir()
+    text = ("FROM scratch\nHEALTHCHECK --interval=.5s --timeout=1m0.25s --start-period=0 --retries=0 CMD true\n")
+    result = builder.build(context, buildfile_text=text, root=tmp_path / "store")
+    assert result.config["config"]["Healthcheck"] == {
+        "Test": ["CMD-SHELL", "true"], "Interval": 500_000_000, "Timeout": 60_250_000_000}
