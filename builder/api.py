@@ -28,7 +28,7 @@ COMPRESSIONS = ("gzip", "zstd", "uncompressed")
 def find_buildfile(context: Path, file: str | os.PathLike[str] | None) -> Path:
     """`-f` as given, else `Buildfile`, then `Dockerfile`, in the context.
 
-    The path returned is the name, not where a symlink leads: `_read_buildfile` resolves a
+    The path returned is the name, not where a symlink leads: `read_buildfile` resolves a
     Buildfile inside the context itself and refuses one that leads out of it.
     """
     if file is not None:
@@ -48,7 +48,7 @@ def find_buildfile(context: Path, file: str | os.PathLike[str] | None) -> Path:
     )
 
 
-def _read_buildfile(context: Path, file, buildfile_text: str | None) -> tuple[Path | None, str, str]:
+def read_buildfile(context: Path, file, buildfile_text: str | None) -> tuple[Path | None, str, str]:
     if buildfile_text is not None:
         return None, buildfile_text, str(file) if file not in (None, "-") else "Buildfile"
     path = find_buildfile(context, file)
@@ -116,7 +116,7 @@ def plan(
 ) -> Plan:
     """Parse and plan without building: what `build --print-plan` shows."""
     context_dir = Path(context)
-    path, text, shown = _read_buildfile(context_dir, file, buildfile_text)
+    path, text, shown = read_buildfile(context_dir, file, buildfile_text)
     buildfile = parse_buildfile(text, path=shown)
     return make_plan(
         buildfile,
@@ -176,7 +176,7 @@ def build(
     from builder.export import parse_output_spec, write_output
 
     output_specs = [parse_output_spec(spec) for spec in outputs]
-    path, text, shown = _read_buildfile(context_dir, file, buildfile_text)
+    path, text, shown = read_buildfile(context_dir, file, buildfile_text)
     buildfile = parse_buildfile(text, path=shown)
     the_plan = make_plan(
         buildfile,

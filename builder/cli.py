@@ -99,7 +99,7 @@ def run_build(args: argparse.Namespace) -> int:
         from builder.parse import parse_buildfile
         from builder.parse.dump import ast_to_data
 
-        path, text, shown = api._read_buildfile(context, file, buildfile_text)
+        path, text, shown = api.read_buildfile(context, file, buildfile_text)
         print(json.dumps(ast_to_data(parse_buildfile(text, path=shown)), indent=2, ensure_ascii=False))
         return 0
     if args.print_plan:

@@ -331,10 +331,6 @@ class IgnoreMatcher:
     def __bool__(self) -> bool:
         return bool(self._compiled)
 
-    @property
-    def has_exceptions(self) -> bool:
-        return any(p.exclusion for p in self._compiled)
-
     def ignored(self, relpath: str, is_dir: bool = False) -> bool:
         """patternmatcher's `MatchesOrParentMatches` on a slash path relative to the context root.
 

@@ -56,9 +56,6 @@ class Plan:
     def stage(self, index: int) -> Stage:
         return self.stages[index]
 
-    def global_arg_values(self) -> dict[str, str]:
-        return {name: value for name, value in self.global_args if value is not None}
-
 
 def _global_args(
     buildfile: ast.Buildfile, build_args: Mapping[str, str], auto_args: Mapping[str, str]

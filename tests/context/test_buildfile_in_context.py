@@ -17,7 +17,7 @@ def test_link_inside_the_context_is_followed_there(tmp_path: Path):
     (tmp_path / "docker").mkdir()
     (tmp_path / "docker" / "real.Buildfile").write_text("FROM scratch\nLABEL from=real\n")
     (tmp_path / "Buildfile").symlink_to("docker/real.Buildfile")
-    path, text, _shown = api._read_buildfile(tmp_path, None, None)
+    path, text, _shown = api.read_buildfile(tmp_path, None, None)
     assert path == tmp_path / "Buildfile"
     assert "from=real" in text
 
@@ -25,7 +25,7 @@ def test_link_inside_the_context_is_followed_there(tmp_path: Path):
 def test_absolute_link_to_the_contexts_own_path_stays_inside(tmp_path: Path):
     (tmp_path / "real").write_text("FROM scratch\n")
     (tmp_path / "Buildfile").symlink_to(os.path.realpath(tmp_path / "real"))
-    assert api._read_buildfile(tmp_path, None, None)[1] == "FROM scratch\n"
+    assert api.read_buildfile(tmp_path, None, None)[1] == "FROM scratch\n"
 
 
 def test_errors_name_the_buildfile_as_the_user_does(tmp_path: Path, monkeypatch):
@@ -46,7 +46,7 @@ def test_dash_f_outside_the_context_is_read_as_given(tmp_path: Path):
     (mine / "real").write_text("FROM scratch\nLABEL mine=yes\n")
     (mine / "Buildfile").symlink_to("real")  # the user's own link, outside the context
     (mine / "Buildfile.dockerignore").write_text("secret\n")
-    path, text, _shown = api._read_buildfile(context, mine / "Buildfile", None)
+    path, text, _shown = api.read_buildfile(context, mine / "Buildfile", None)
     assert "mine=yes" in text
     assert IgnoreMatcher.load(context, path).patterns == ("secret",)
 
