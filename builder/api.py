@@ -16,8 +16,8 @@ from builder.plan.inroot import read_limited, relative_to_context, resolve_in_co
 from builder.plan.planner import Plan, make_plan
 from builder.plan.platforms import Platform
 from builder.progress import Event, EventCallback
-from builder.solve.options import BuildOptions, BuildResult, StepResult
 from builder.solve.assemble import assemble_image
+from builder.solve.options import BuildOptions, BuildResult, StepResult
 from builder.solve.solver import Solver
 
 __all__ = ["build", "plan", "BuildResult", "StepResult", "find_buildfile", "source_date_epoch_from_env"]

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from builder.errors import BuildError, ImageNotFound, StoreError
-from builder.image.reference import InvalidReference, normalize_tag, parse_reference, split_tag
 from builder.image.inuse import image_in_use
+from builder.image.reference import InvalidReference, normalize_tag, parse_reference, split_tag
 from builder.image.store import ImageRecord, Store
 
 NONE = "<none>"

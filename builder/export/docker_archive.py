@@ -77,7 +77,7 @@ def export_docker_archive(store: Store, images: Sequence[tuple[str, Sequence[str
         config_path = store.blob_path(config_desc.digest)
         plan.add_file(config_name, config_path.stat().st_size, lambda p=config_path: open(p, "rb"))
         layer_names = []
-        for layer, diff_id in zip(layers, diff_ids):
+        for layer, diff_id in zip(layers, diff_ids, strict=True):
             name = diff_id.removeprefix("sha256:") + "/layer.tar"
             layer_names.append(name)
             if name in plan:

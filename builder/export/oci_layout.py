@@ -16,8 +16,8 @@ from typing import BinaryIO, Callable, Sequence
 from builder.errors import OutputError
 from builder.export.tarout import TarPlan, atomic_output_file
 from builder.image import oci
-from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 from builder.image.blobfiles import fsync_dir
+from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 from builder.image.store import Store
 from builder.platforms import Platform
 
@@ -79,7 +79,7 @@ def export_oci(store: Store, manifest_digest: str, dest: Path | str, *, tar: boo
         plan = TarPlan(mtime=mtime)
         plan.add_bytes("oci-layout", _layout_json())
         plan.add_bytes("index.json", oci.canonical_json(oci.make_index(descriptors)))
-        for digest, size in blobs:
+        for digest, _size in blobs:
             path = store.blob_path(digest)
             plan.add_file(f"blobs/sha256/{digest.removeprefix('sha256:')}", path.stat().st_size,
                           lambda p=path: open(p, "rb"))
@@ -119,7 +119,7 @@ def _export_oci_dir(store: Store, dest: Path, blobs: list[tuple[str, int]],
         # Entries with a ref.name we now write are replaced (like re-tagging); the rest stay.
         new_names = {d.annotations.get(oci.ANNOTATION_REF_NAME) for d in descriptors if d.annotations}
         kept = [m for m in existing
-                if not (m.get("annotations") or {}).get(oci.ANNOTATION_REF_NAME) in new_names
+                if (m.get("annotations") or {}).get(oci.ANNOTATION_REF_NAME) not in new_names
                 and not (not new_names and m.get("digest") == descriptors[0].digest)]
         index = oci.make_index([])
         index["manifests"] = kept + [d.to_json() for d in descriptors]

@@ -6,8 +6,8 @@ from pathlib import Path
 from builder.errors import ArchiveError, OutputError
 from builder.export.tarout import CountingWriter, atomic_output_file
 from builder.image import oci
-from builder.layer import apply_layer, open_layer_stream, write_layer
 from builder.image.store import Store
+from builder.layer import apply_layer, open_layer_stream, write_layer
 
 
 def _apply_all(store: Store, manifest_digest: str, dest_dir: Path) -> None:

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Sequence
 
-from builder.errors import ArchiveError, BuildError, StoreError
+from builder.errors import ArchiveError, StoreError
 from builder.image import oci
-from builder.layer.decompress import open_layer_stream
-from builder.layer.extract import unpack_layer
-from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 from builder.image.blobfiles import BlobWriter, DigestMismatch
 from builder.image.content import Staging
+from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 from builder.image.store import ImageRecord, Store
+from builder.layer.decompress import open_layer_stream
+from builder.layer.extract import unpack_layer
 from builder.platforms import Platform
 
 _CHUNK = 1 << 20
@@ -321,7 +321,7 @@ class _Loader:
         if len(oci.config_diff_ids(config)) != len(layers):
             raise ArchiveError(f"{self.source.label}: manifest {desc.digest} has {len(layers)} layers but its "
                                f"config lists {len(oci.config_diff_ids(config))} diff_ids")
-        for layer, claimed in zip(layers, oci.config_diff_ids(config)):
+        for layer, claimed in zip(layers, oci.config_diff_ids(config), strict=True):
             if not oci.is_digest(layer.digest):
                 raise ArchiveError(f"{self.source.label}: unsupported layer digest {layer.digest!r}")
             actual = self._stage_layer(self._blob_member(layer.digest), layer.digest, layer.size)
@@ -329,8 +329,8 @@ class _Loader:
         media_type = manifest.get("mediaType") or desc.media_type
         if media_type == oci.DOCKER_MANIFEST:
             # Rebuild as OCI: same config bytes (image ID kept) and same layer blobs.
-            new_layers = [oci.Descriptor(oci.DOCKER_TO_OCI_LAYER.get(l.media_type, l.media_type), l.digest, l.size)
-                          for l in layers]
+            new_layers = [oci.Descriptor(oci.DOCKER_TO_OCI_LAYER.get(layer.media_type, layer.media_type), layer.digest,
+                                         layer.size) for layer in layers]
             config_oci = oci.Descriptor(oci.OCI_CONFIG, config_desc.digest, len(config_bytes))
             manifest_bytes = oci.canonical_json(oci.make_manifest(config_oci, new_layers,
                                                                   manifest.get("annotations")))
@@ -369,7 +369,7 @@ class _Loader:
                 raise ArchiveError(f"{self.source.label}: {config_name} lists {len(diff_ids)} diff_ids but "
                                    f"manifest.json {len(entry['Layers'])} layers")
             layers = []
-            for member, diff_id in zip(entry["Layers"], diff_ids):
+            for member, diff_id in zip(entry["Layers"], diff_ids, strict=True):
                 if not isinstance(member, str) or not oci.is_digest(diff_id):
                     raise ArchiveError(f"{self.source.label}: malformed layer entry {member!r}")
                 if diff_id not in layer_by_diff:

@@ -15,7 +15,6 @@ from typing import Iterator
 from builder.image.blobfiles import open_lock_file
 from builder.image.store import Store
 
-
 # Builds hold this lock shared for their whole run; a prune that takes it exclusively knows no
 # build is between writing a blob and referencing it, so it may collect everything unreferenced.
 _BUILDS_LOCK = "builds"

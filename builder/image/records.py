@@ -71,14 +71,14 @@ class ImageRecords:
         diff_ids = oci.config_diff_ids(config)
         if len(diff_ids) != len(layers):
             raise StoreError(f"the config lists {len(diff_ids)} diff_ids but the manifest {len(layers)} layers")
-        for layer, claimed in zip(layers, diff_ids):
+        for layer, claimed in zip(layers, diff_ids, strict=True):
             actual = self.blobs.layer_diff_id(layer.digest)
             if actual != claimed:
                 raise DiffIdMismatch(layer.digest, claimed, actual)
         self.blobs.put_blob(config_bytes, config_digest)
         manifest_digest, _ = self.blobs.put_blob(manifest_bytes)
         with self.index.tx() as tx:
-            for layer, diff_id in zip(layers, diff_ids):  # each pair hashed above
+            for layer, diff_id in zip(layers, diff_ids, strict=True):  # each pair hashed above
                 tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
                            "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id",
                            (layer.digest, diff_id, layer.media_type, layer.size))

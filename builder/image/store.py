@@ -215,7 +215,7 @@ class Store:
         diff_ids = oci.config_diff_ids(record.config)
         if len(layers) != len(diff_ids):
             raise StoreError(f"image {record.manifest_digest} has {len(layers)} layers but {len(diff_ids)} diff_ids")
-        return [self.snapshot_dir(d, layer.digest) for layer, d in zip(layers, diff_ids)]
+        return [self.snapshot_dir(d, layer.digest) for layer, d in zip(layers, diff_ids, strict=True)]
 
     # --- images and tags (records.py) ---
 

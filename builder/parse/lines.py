@@ -255,13 +255,14 @@ def prepare(text: str, path: str) -> Prepared:
         segments: list[tuple[int, int, int]] = []
         length = 0
 
+        # Called only within this iteration, so the lists it fills are this line's.
         def take(content: str, number: int, column: int) -> bool:
             nonlocal length
             match = continues.search(content)
             if match:
                 content = content[: match.start()]
-            segments.append((length, number, column))
-            pieces.append(content)
+            segments.append((length, number, column))  # noqa: B023
+            pieces.append(content)  # noqa: B023
             length += len(content)
             return match is not None
 

@@ -186,7 +186,8 @@ class _Flags:
     offsets: tuple[int, ...] = ()  # where each flag starts in the parsed text, for errors
 
     def offset(self, name: str) -> int:
-        for flag, offset in zip(self.items, self.offsets):
+        # A hand-made _Flags may carry no offsets: then there is nothing to point at.
+        for flag, offset in zip(self.items, self.offsets, strict=False):
             if flag.name == name:
                 return offset
         raise KeyError(name)
@@ -413,7 +414,7 @@ class _AstBuilder:
 
     def _run(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         mounts = tuple(
-            self.mount(flag, offset) for flag, offset in zip(flags.items, flags.offsets) if flag.name == "mount"
+            self.mount(flag, offset) for flag, offset in zip(flags.items, flags.offsets, strict=False) if flag.name == "mount"
         )
         network = flags.value("network")
         security = flags.value("security")

@@ -256,7 +256,7 @@ class IgnoreMatcher:
         self.source = source
         self._compiled: list[_Pattern] = []
         numbers = line_numbers or list(range(1, len(patterns) + 1))
-        for number, pattern in zip(numbers, patterns):
+        for number, pattern in zip(numbers, patterns, strict=True):
             text = pattern.strip()
             if not text:
                 continue

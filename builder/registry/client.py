@@ -20,7 +20,7 @@ from builder.errors import RegistryError
 
 from . import mediatypes
 from .auth import DOCKER_HUB_HOSTS, Authenticator, Credentials, lookup_credentials
-from .transport import Response, Transport, TransientError, is_listed_insecure, is_loopback, same_origin
+from .transport import Response, TransientError, Transport, is_listed_insecure, is_loopback, same_origin
 
 MANIFEST_LIMIT = 4 * 1024 * 1024
 ERROR_BODY_LIMIT = 64 * 1024

@@ -3,13 +3,21 @@ from __future__ import annotations
 
 from builder.image.oci import (
     CONFIG_TYPES as CONFIGS,
+)
+from builder.image.oci import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
-    INDEX_TYPES as INDEXES,
-    LAYER_TYPES as LAYERS,
-    MANIFEST_TYPES as IMAGE_MANIFESTS,
     OCI_INDEX,
     OCI_MANIFEST,
+)
+from builder.image.oci import (
+    INDEX_TYPES as INDEXES,
+)
+from builder.image.oci import (
+    LAYER_TYPES as LAYERS,
+)
+from builder.image.oci import (
+    MANIFEST_TYPES as IMAGE_MANIFESTS,
 )
 
 __all__ = ["CONFIGS", "IMAGE_MANIFESTS", "INDEXES", "LAYERS", "MANIFEST_ACCEPT", "OCI_INDEX", "OCI_MANIFEST"]

@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterable
 
 from builder.errors import BuildError, RegistryError, StoreError
+from builder.platforms import Platform
 
 from . import mediatypes
 from .client import Manifest, RegistryClient
-from builder.platforms import Platform
-
 from .platform import select_manifest
 from .sources import remember_source
 from .transport import TransientError
@@ -77,7 +76,7 @@ def check_diff_ids(store: "Store", config: dict, layer_digests: list[str], what:
     if len(claimed_ids) != len(layer_digests):
         raise RegistryError(f"{what}: the manifest lists {len(layer_digests)} layers but the config "
                             f"{len(claimed_ids)} diff_ids")
-    for digest, claimed in zip(layer_digests, claimed_ids):
+    for digest, claimed in zip(layer_digests, claimed_ids, strict=True):
         try:
             actual = store.layer_diff_id(digest)
         except StoreError as exc:

@@ -106,11 +106,11 @@ class OverlaySnapshot(ActiveSnapshot):
         prepare_dest(dest)
         try:
             os.rename(self.upper, dest)
-        except OSError:
+        except OSError as exc:
             # Another file system: copy, keeping hardlinks, xattrs, devices and times.
             result = subprocess.run(["cp", "-a", str(self.upper), str(dest)], capture_output=True, text=True)
             if result.returncode != 0:
-                raise SandboxError(f"cannot copy the upper dir to {dest}: {result.stderr.strip()}")
+                raise SandboxError(f"cannot copy the upper dir to {dest}: {result.stderr.strip()}") from exc
 
     def _remove_placeholders(self) -> None:
         leftovers = self.placeholder_leftovers()

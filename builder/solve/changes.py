@@ -3,7 +3,7 @@ same parser and the same metadata code as a build (so EXPOSE ranges, ENV quoting
 ENTRYPOINT's effect on CMD mean what they mean in a Buildfile)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from builder.errors import BuildError
 from builder.parse import ast, parse_buildfile
@@ -27,11 +27,15 @@ def apply_changes(config: dict[str, Any], changes: Sequence[str]) -> None:
             allowed = ", ".join(sorted(kind.__name__.upper() for kind in CHANGE_INSTRUCTIONS))
             raise BuildError(f"unsupported change {change!r}", hint=f"give one instruction of: {allowed}")
         instruction = parsed.instructions[0]
-        env = state.expansion_env()
-
-        def expand(raw: str, instruction: ast.Instruction = instruction) -> str:
-            return expand_word(raw, env, pos=instruction.pos, escape=parsed.escape)
+        expand = _expander(state.expansion_env(), instruction, parsed.escape)
 
         _, config_change = metadata.describe(instruction, state, expand)
         config_change.apply(state)
     config["config"] = state.runtime_config()
+
+
+def _expander(env: dict[str, str], instruction: ast.Instruction, escape: str) -> Callable[[str], str]:
+    def expand(raw: str) -> str:
+        return expand_word(raw, env, pos=instruction.pos, escape=escape)
+
+    return expand

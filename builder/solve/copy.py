@@ -30,7 +30,6 @@ are SOURCE_DATE_EPOCH or 0, never "now", so the same inputs give the same layer.
 from __future__ import annotations
 
 import errno
-
 import hashlib
 import os
 import posixpath

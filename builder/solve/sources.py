@@ -69,7 +69,7 @@ def image_layers(record: ImageRecord) -> list[LayerRef]:
             f"image {record.manifest_digest} is inconsistent: its config and manifest list different numbers of layers",
             hint="re-import or re-pull the image",
         )
-    return [LayerRef(diff_id, layer.digest, layer.size, layer.media_type) for diff_id, layer in zip(diff_ids, layers)]
+    return [LayerRef(diff_id, layer.digest, layer.size, layer.media_type) for diff_id, layer in zip(diff_ids, layers, strict=True)]
 
 
 class SourceResolver:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from ctxhelpers import make_tree  # type: ignore[import-not-found]
 
 

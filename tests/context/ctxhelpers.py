@@ -5,6 +5,7 @@ import os
 import stat
 from pathlib import Path
 
+
 def make_tree(root: Path, spec: dict[str, object]) -> Path:
     """Create files from {relpath: content}; content bytes/str = file, ("link", target) = symlink,
     None = directory."""

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from ctxhelpers import tree_listing  # type: ignore[import-not-found]
 
 from builder.errors import ArchiveError, ContextError, Pos
 from builder.plan.context import BuildContext
 from builder.plan.dockerignore import IgnoreMatcher
 from builder.solve.archive import is_tar_archive
 from builder.solve.copy import stage_copy
-
-from ctxhelpers import tree_listing  # type: ignore[import-not-found]
 
 POS = Pos("Buildfile", 4, 1)
 

@@ -6,14 +6,13 @@ import stat
 from pathlib import Path
 
 import pytest
+from ctxhelpers import make_tree, tree_listing  # type: ignore[import-not-found]
 
 from builder.errors import ContextError, Pos
 from builder.parse.ast import Heredoc
 from builder.plan.context import BuildContext
 from builder.plan.dockerignore import IgnoreMatcher
 from builder.solve.copy import DirMeta, parse_chmod, stage_copy
-
-from ctxhelpers import make_tree, tree_listing  # type: ignore[import-not-found]
 
 POS = Pos("Buildfile", 7, 1)
 HOST_UID = 1234

@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from ctxhelpers import make_tree  # type: ignore[import-not-found]
 
 import builder.plan.context as context_module
 from builder.plan.context import BuildContext, content_digest
 from builder.plan.dockerignore import IgnoreMatcher
 from builder.plan.statcache import StatCache
-
-from ctxhelpers import make_tree  # type: ignore[import-not-found]
 
 SPEC = {
     "app/main.py": "print('hi')\n",

@@ -5,12 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+from ctxhelpers import make_tree  # type: ignore[import-not-found]
 
 from builder.errors import ContextError, Pos
 from builder.plan.context import BuildContext
 from builder.plan.dockerignore import IgnoreMatcher
-
-from ctxhelpers import make_tree  # type: ignore[import-not-found]
 
 POS = Pos("Buildfile", 3, 1)
 

@@ -6,11 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import write_context
 
 import builder
 from builder.cli import main as cli_main
-
-from helpers import write_context
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="RUN needs root for namespaces and overlayfs")
 

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_context
 
 import builder
-from builder.cli import build_main, main as cli_main
+from builder.cli import build_main
+from builder.cli import main as cli_main
 from builder.layer import MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD
-
-from helpers import write_context
 
 REPO = Path(__file__).resolve().parents[2]
 MULTI = (

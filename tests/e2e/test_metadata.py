@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import builder
-
 from helpers import write_context
+
+import builder
 
 METADATA_BUILDFILE = """\
 FROM scratch AS base

@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import layer_members, write_context
 
 import builder
 from builder.cli import main as cli_main
 from builder.commands.diff import diff_images
 from builder.image.importer import import_rootfs
 from builder.image.store import Store
-
-from helpers import layer_members, write_context
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import layer_members, write_context
 
 import builder
 from builder.cli import main as cli_main
 from builder.errors import RunError
-
-from helpers import layer_members, write_context
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="RUN needs root for namespaces and overlayfs")
 

@@ -5,11 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import layer_file_contents, layer_members, write_context
 
 import builder
 from builder.errors import PlanError
-
-from helpers import layer_file_contents, layer_members, write_context
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="RUN needs root for namespaces and overlayfs")
 

@@ -11,13 +11,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import layer_members, write_context
 
 import builder
 from builder.cli import main as cli_main
 from builder.errors import ContextError
 from builder.image.store import Store
-
-from helpers import layer_members, write_context
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello"

@@ -10,12 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import write_context
 
 import builder
 from builder.image.importer import import_rootfs
 from builder.image.store import Store
-
-from helpers import write_context
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="RUN needs root for namespaces and overlayfs")
 

@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import write_context
 
 import builder
 from builder.cli import main as cli_main
 from builder.errors import StoreError
 from builder.image.inuse import hold_store_for_build
 from builder.image.store import Store
-
-from helpers import write_context
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for RUN and tmpfs")

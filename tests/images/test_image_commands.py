@@ -7,10 +7,10 @@ import subprocess
 import tarfile
 
 import pytest
+from image_cmd_helpers import add_image
 
 from builder.commands.images import human_duration, human_size
 from builder.image.inuse import hold_image
-from image_cmd_helpers import add_image
 
 
 def table(text: str) -> list[list[str]]:
@@ -23,7 +23,7 @@ def by_header(text: str, names: list[str]) -> list[list[str]]:
     lines = text.splitlines()
     starts = [lines[0].index(name) for name in names]
     ends = starts[1:] + [None]
-    return [[line[s:e].strip() for s, e in zip(starts, ends)] for line in lines[1:]]
+    return [[line[s:e].strip() for s, e in zip(starts, ends, strict=True)] for line in lines[1:]]
 
 
 def test_images_table_and_json(cli, store):
@@ -42,7 +42,7 @@ def test_images_table_and_json(cli, store):
         ("app", "1.0", record_old.config_digest[7:19]),
         ("localhost:5000/team/app", "v2", record_old.config_digest[7:19]),
     }
-    size = record_old.manifest["config"]["size"] + sum(l["size"] for l in record_old.manifest["layers"])
+    size = record_old.manifest["config"]["size"] + sum(layer["size"] for layer in record_old.manifest["layers"])
     assert rows[2][4] == human_size(size)
     # Columns line up: every header starts where its values start.
     header = result.out.splitlines()[0]
@@ -143,7 +143,7 @@ def test_inspect(cli, store):
     assert data["Created"] == "2020-01-01T00:00:00Z"
     assert data["Config"] == {"Env": ["PATH=/usr/bin"], "Cmd": ["/bin/sh"], "Labels": {"label": "insp"}}
     assert (data["Architecture"], data["Os"]) == ("amd64", "linux")
-    assert data["Size"] == record.manifest["config"]["size"] + sum(l["size"] for l in record.manifest["layers"])
+    assert data["Size"] == record.manifest["config"]["size"] + sum(layer["size"] for layer in record.manifest["layers"])
     assert data["RootFS"] == {"Type": "layers", "Layers": record.config["rootfs"]["diff_ids"]}
     assert "LastTagTime" in data["Metadata"]
     missing = cli("inspect", "insp:1", "ghost")

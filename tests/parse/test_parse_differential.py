@@ -41,7 +41,7 @@ def ours(text: str, name: str) -> list[tuple[str, str]]:
     lines = prepare(text, name).lines
     assert len(lines) == len(buildfile.instructions)
     pairs = []
-    for instruction, line in zip(buildfile.instructions, lines):
+    for instruction, line in zip(buildfile.instructions, lines, strict=True):
         parts = line.text.strip().split(None, 1)
         pairs.append((instruction.keyword, parts[1].strip() if len(parts) > 1 else ""))
     return pairs

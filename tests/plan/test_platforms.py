@@ -5,8 +5,8 @@ import pytest
 
 from builder.api import plan as plan_buildfile
 from builder.errors import PlanError
-from builder.platforms import Platform
 from builder.plan.platforms import platform_args
+from builder.platforms import Platform
 from builder.registry.platform import select_manifest
 
 

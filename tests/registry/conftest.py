@@ -4,7 +4,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from registry_helpers import REGISTRY_BIN, FaultProxy, RegistryServer, TokenServer, htpasswd_auth
 
 if not shutil.which(REGISTRY_BIN):

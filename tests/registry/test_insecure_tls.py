@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from registry_helpers import REGISTRY_BIN, make_image, push_raw
 
 from builder.errors import RegistryError
 from builder.registry import RegistryClient
-
-from registry_helpers import REGISTRY_BIN, make_image, push_raw
 
 
 @pytest.fixture

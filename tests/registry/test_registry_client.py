@@ -9,14 +9,14 @@ import stat
 import subprocess
 
 import pytest
+from registry_helpers import PASSWORD, REFRESH_TOKEN, USERNAME, make_image, push_raw, sha256
 
 from builder.errors import RegistryError
+from builder.platforms import Platform
 from builder.registry.auth import Credentials, lookup_credentials, parse_challenge
 from builder.registry.client import RegistryClient
-from builder.platforms import Platform
 from builder.registry.platform import select_manifest
 from builder.registry.transport import TransientError, uses_plain_http
-from registry_helpers import PASSWORD, REFRESH_TOKEN, USERNAME, make_image, push_raw, sha256
 
 
 def test_push_then_read_back_byte_for_byte(registry):

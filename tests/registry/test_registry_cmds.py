@@ -5,12 +5,12 @@ import argparse
 import sys
 
 import pytest
+from registry_helpers import FaultProxy, make_image, push_raw
 
 from builder.commands import registry_cmds
 from builder.errors import BuildError
 from builder.image.store import Store
 from builder.registry import RegistryClient
-from registry_helpers import FaultProxy, make_image, push_raw
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ import os
 import subprocess
 
 import pytest
+from registry_helpers import PASSWORD, USERNAME, make_image, push_raw, write_oci_layout
 
 from builder.errors import ImageNotFound, RegistryError
 from builder.image.store import Store
 from builder.registry import RegistryClient, pull, push
-from registry_helpers import PASSWORD, USERNAME, make_image, push_raw, write_oci_layout
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from fixtures.busybox import make_busybox_rootfs
+
 from sandbox.helpers import Runner
 
 

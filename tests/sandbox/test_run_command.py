@@ -11,8 +11,8 @@ import pytest
 
 from builder.errors import ImageNotFound, SandboxError
 from builder.image.importer import import_rootfs
-from builder.solve.changes import apply_changes
 from builder.image.store import Store
+from builder.solve.changes import apply_changes
 
 REPO = Path(__file__).resolve().parents[2]
 

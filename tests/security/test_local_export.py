@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from e2e.helpers import write_context
 
 import builder
 from builder.errors import OutputError
-
-from e2e.helpers import write_context
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="RUN needs root for namespaces and overlayfs")
 

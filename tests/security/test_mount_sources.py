@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from e2e.helpers import layer_file_contents, write_context
 
 import builder
 from builder.errors import BuildError
-
-from e2e.helpers import layer_file_contents, write_context
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="RUN needs root for namespaces and overlayfs")
 

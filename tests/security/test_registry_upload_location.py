@@ -15,14 +15,8 @@ import json
 import shutil
 import threading
 import urllib.parse
-from pathlib import Path
 
 import pytest
-
-from builder.image.importer import import_rootfs
-from builder.image.store import Store
-from builder.registry import RegistryClient, pull, push
-
 from registry.registry_helpers import (
     PASSWORD,
     REGISTRY_BIN,
@@ -31,6 +25,10 @@ from registry.registry_helpers import (
     TokenServer,
     htpasswd_auth,
 )
+
+from builder.image.importer import import_rootfs
+from builder.image.store import Store
+from builder.registry import RegistryClient, pull, push
 
 if not shutil.which(REGISTRY_BIN):
     pytest.skip("docker-registry is not installed", allow_module_level=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from security.sandbox_support import needs_root, probe_layer, results, run_in_sandbox  # noqa: F401
+from security.sandbox_support import needs_root, results, run_in_sandbox
 
 pytestmark = [needs_root]
 

@@ -11,7 +11,7 @@ import secrets
 import pytest
 
 from builder.errors import SandboxError
-from security.sandbox_support import needs_root, probe_layer, results, run_in_sandbox  # noqa: F401
+from security.sandbox_support import needs_root, results, run_in_sandbox
 
 pytestmark = [needs_root]
 

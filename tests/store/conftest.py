@@ -1,18 +1,17 @@
 """Fixtures for the store/export tests."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import http.client
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+from storehelpers import build_image, make_tree, opaque, whiteout
 
 from builder.image.store import ImageRecord, Store
-from storehelpers import build_image, make_tree, opaque, whiteout
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from builder.image.store import Store
-
 from storehelpers import build_image, make_tree
+
+from builder.image.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 

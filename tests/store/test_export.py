@@ -6,16 +6,21 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from storehelpers import store_state
 
 from builder.errors import OutputError
 from builder.export import (
-    OutputSpec, export_docker_archive, export_local, export_oci, export_rootfs_tar, parse_output_spec, write_output,
+    OutputSpec,
+    export_docker_archive,
+    export_local,
+    export_oci,
+    export_rootfs_tar,
+    parse_output_spec,
+    write_output,
 )
 from builder.image import oci
 from builder.image.importer import load_archive
 from builder.image.store import Store
-
-from storehelpers import store_state
 
 
 def run(*argv: str) -> str:
@@ -104,7 +109,7 @@ def test_docker_archive_with_skopeo_and_round_trip(store, three_layer_image, tmp
     with tarfile.open(archive) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))
         assert tar.extractfile(config_name).read() == store.read_blob(record.config_digest)
-        for name, diff_id in zip(layer_names, diff_ids):
+        for name, diff_id in zip(layer_names, diff_ids, strict=True):
             assert "sha256:" + hashlib.sha256(tar.extractfile(name).read()).hexdigest() == diff_id
         repositories = json.load(tar.extractfile("repositories"))
     assert manifest == [{"Config": config_name, "Layers": layer_names,

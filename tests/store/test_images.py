@@ -2,12 +2,11 @@
 import os
 
 import pytest
+from storehelpers import build_image, make_tree
 
 from builder.errors import ImageNotFound, StoreError
 from builder.image import oci
 from builder.image.store import Store, default_root
-
-from storehelpers import build_image, make_tree
 
 
 def empty_image(store, label: str, tag: str | None = None):

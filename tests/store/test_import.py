@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from storehelpers import build_image, make_tree, store_state
 
 from builder.errors import ArchiveError, BuildError
 from builder.export import export_docker_archive, export_oci
@@ -15,8 +16,6 @@ from builder.image import oci
 from builder.image.importer import import_rootfs, load_archive
 from builder.image.store import Store
 from builder.solve.changes import apply_changes
-
-from storehelpers import build_image, make_tree, store_state
 
 
 def rewrite_tar(src: Path, dest: Path, *, drop=(), replace=None, add=()) -> Path:
@@ -176,7 +175,7 @@ def test_docker_archive_with_gzip_layers_kept_compressed(target, store, archives
     """A docker-archive whose layer.tar files are gzip: blobs kept as-is, media type gzip."""
     record = archives["record"]
     layer_members = {}
-    for desc, diff_id in zip(record.manifest["layers"], record.config["rootfs"]["diff_ids"]):
+    for desc, diff_id in zip(record.manifest["layers"], record.config["rootfs"]["diff_ids"], strict=True):
         layer_members[f"{diff_id[7:]}/layer.tar"] = store.read_blob(desc["digest"])
     gz = rewrite_tar(archives["docker"], tmp_path / "gz.tar", replace=layer_members)
     loaded = load_archive(target, gz)

@@ -3,11 +3,10 @@ import os
 import stat
 
 import pytest
+from storehelpers import build_image, make_tree, whiteout
 
 from builder.errors import StoreError
 from builder.image import oci
-
-from storehelpers import build_image, make_tree, whiteout
 
 
 def test_snapshot_dirs_hold_layers_in_upper_format(store, three_layer_image):
