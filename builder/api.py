@@ -10,6 +10,7 @@ from builder.errors import BuildError, ContextError, ParseError, Pos, StoreError
 from builder.image.inuse import hold_store_for_build
 from builder.image.oci import check_source_date_epoch, format_time, source_date_epoch_from_env
 from builder.image.store import Store
+from builder.image.variants import effective_level
 from builder.parse import parse_buildfile
 from builder.parse.lines import MAX_BUILDFILE_BYTES, check_size, split_physical_lines
 from builder.plan.inroot import read_limited, relative_to_context, resolve_in_context
@@ -21,8 +22,6 @@ from builder.solve.options import BuildOptions, BuildResult, StepResult
 from builder.solve.solver import Solver
 
 __all__ = ["build", "plan", "BuildResult", "StepResult", "find_buildfile", "source_date_epoch_from_env"]
-
-COMPRESSIONS = ("gzip", "zstd", "uncompressed")
 
 
 def find_buildfile(context: Path, file: str | os.PathLike[str] | None) -> Path:
@@ -160,8 +159,7 @@ def build(
     context_dir = Path(context)
     if not context_dir.is_dir():
         raise ContextError(f"build context {str(context_dir)!r} is not a directory", hint="pass the context directory, e.g. .")
-    if compression not in COMPRESSIONS:
-        raise BuildError(f"unknown compression {compression!r}", hint="use gzip, zstd or uncompressed")
+    effective_level(compression, compression_level)  # an unknown compression or level fails before any work
     if snapshotter not in ("auto", "overlay", "copy"):
         raise BuildError(f"unknown snapshotter {snapshotter!r}", hint="use auto, overlay or copy")
     if source_date_epoch is None:
@@ -196,8 +194,6 @@ def build(
         platform=platform,
         no_cache=no_cache,
         no_cache_filter=tuple(name.lower() for name in no_cache_filter),
-        compression=compression,
-        compression_level=compression_level,
         source_date_epoch=source_date_epoch,
         snapshotter=snapshotter,
         network=network,
@@ -221,8 +217,12 @@ def build(
             config_digest, config, manifest_digest, manifest = assemble_image(store, final_state, options, created)
             for tag in tags:
                 store.tag(tag, manifest_digest)
-            for spec in output_specs:
-                write_output(store, manifest_digest, spec, list(tags))
+            exported = []
+            for text, spec in zip(outputs, output_specs, strict=True):
+                shipped = write_output(store, manifest_digest, spec, list(tags), compression=compression,
+                                       compression_level=compression_level)
+                if shipped is not None:
+                    exported.append((text, shipped))
     except OSError as error:
         raise _os_error_as_build_error(error, store.root) from None
     if on_event is not None:
@@ -234,6 +234,7 @@ def build(
         manifest=manifest,
         tags=tuple(tags),
         steps=tuple(steps),
+        exported=tuple(exported),
     )
 
 

@@ -53,8 +53,8 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _entries(store: Store, digest: str) -> dict[str, LayerEntry]:
-    with store.open_blob(digest) as blob:
-        return {entry.name.rstrip("/"): entry for entry in iter_layer_entries(blob)}
+    with store.open_layer_tar(digest) as tar:
+        return {entry.name.rstrip("/"): entry for entry in iter_layer_entries(tar)}
 
 
 def _compare_entries(a: dict[str, LayerEntry], b: dict[str, LayerEntry]) -> list[dict[str, Any]]:

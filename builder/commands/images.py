@@ -100,10 +100,21 @@ def print_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
         print("   ".join(cells).rstrip(), file=out)
 
 
-def image_size(record: ImageRecord) -> int:
-    """Bytes the image's blobs take: config plus (compressed) layers, as containerd counts it."""
-    config = record.manifest.get("config") or {}
-    return int(config.get("size") or 0) + sum(int(layer.get("size") or 0) for layer in record.manifest.get("layers", []))
+def layer_sizes(store: Store, record: ImageRecord) -> list[int]:
+    """Each layer's uncompressed size, as Docker shows it (a pulled layer's blob size until the
+    store has hashed its content once)."""
+    layers = record.manifest.get("layers") or []
+    diff_ids = list((record.config.get("rootfs") or {}).get("diff_ids") or [])
+    sizes = []
+    for index, layer in enumerate(layers):
+        known = store.blobs.diff(diff_ids[index]) if index < len(diff_ids) else None
+        sizes.append(known.size if known is not None else int(layer.get("size") or 0))
+    return sizes
+
+
+def image_size(store: Store, record: ImageRecord) -> int:
+    """The image's size as Docker shows it: its layers, uncompressed."""
+    return sum(layer_sizes(store, record))
 
 
 def short_id(digest: str) -> str:
@@ -131,7 +142,7 @@ def image_rows(store: Store) -> list[dict]:
                 "Digest": record.manifest_digest,
                 "CreatedAt": created or "",
                 "CreatedSince": created_since(created),
-                "Size": human_size(image_size(record)),
+                "Size": human_size(image_size(store, record)),
                 "_sort": (parse_created(created) or datetime.fromtimestamp(0, timezone.utc)).timestamp(),
             })
     rows.sort(key=lambda r: (-r["_sort"], r["Repository"], r["Tag"]))
@@ -240,7 +251,7 @@ def repo_digests(record: ImageRecord) -> list[str]:
     return names
 
 
-def inspect_record(record: ImageRecord) -> dict:
+def inspect_record(store: Store, record: ImageRecord) -> dict:
     config = record.config
     return {
         "Id": record.config_digest,
@@ -255,7 +266,7 @@ def inspect_record(record: ImageRecord) -> dict:
         "Architecture": config.get("architecture", ""),
         **({"Variant": config["variant"]} if config.get("variant") else {}),
         "Os": config.get("os", ""),
-        "Size": image_size(record),
+        "Size": image_size(store, record),
         "RootFS": {"Type": (config.get("rootfs") or {}).get("type", "layers"),
                    "Layers": list((config.get("rootfs") or {}).get("diff_ids") or [])},
         "Descriptor": {
@@ -271,7 +282,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     found, missing = [], []
     for ref in args.images:
         try:
-            found.append(inspect_record(store.load_image(ref)))
+            found.append(inspect_record(store, store.load_image(ref)))
         except ImageNotFound as exc:
             missing.append(exc)
     print(json.dumps(found, indent=4))
@@ -282,9 +293,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def history_rows(record: ImageRecord) -> list[dict]:
+def history_rows(store: Store, record: ImageRecord) -> list[dict]:
     """Newest first; a history entry with empty_layer has no layer and shows 0B."""
-    layers = list(record.manifest.get("layers") or [])
+    sizes = layer_sizes(store, record)
     entries = list(record.config.get("history") or [])
     rows = []
     layer_index = 0
@@ -292,7 +303,7 @@ def history_rows(record: ImageRecord) -> list[dict]:
         if entry.get("empty_layer"):
             size = 0
         else:
-            size = int(layers[layer_index].get("size") or 0) if layer_index < len(layers) else 0
+            size = sizes[layer_index] if layer_index < len(sizes) else 0
             layer_index += 1
         rows.append({
             "CreatedAt": entry.get("created", ""),
@@ -315,7 +326,7 @@ def _ellipsis(text: str, width: int) -> str:
 def cmd_history(args: argparse.Namespace) -> int:
     store = open_store(args)
     record = store.load_image(args.image)
-    rows = history_rows(record)
+    rows = history_rows(store, record)
     if args.format == "json":
         for row in rows:
             print(json.dumps(row, sort_keys=True, ensure_ascii=False))
@@ -419,7 +430,7 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    images = subparsers.add_parser("images", help="list images in the store")
+    images = subparsers.add_parser("images", help="list images in the store (SIZE: layers uncompressed, as Docker shows it)")
     images.add_argument("filter_repository", nargs="?", metavar="REPOSITORY", help="only this repository")
     images.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
     images.add_argument("--format", choices=["table", "json"], default=None, help="table (default) or json lines")

@@ -59,7 +59,7 @@ def prune_cache(store: Store, *, everything: bool, keep_storage: int | None) -> 
         # Entries whose layers are gone can never be used again.
         doomed = [
             key for key, value, _ in entries
-            if not key.startswith("lineage:") and not all(store.has_blob(d) for d in entry_blobs(value))
+            if not key.startswith("lineage:") and not all(store.has_layer(d) for d in entry_blobs(value))
         ]
         if keep_storage is not None:
             kept_bytes = 0
@@ -111,31 +111,64 @@ def _remove_idle_step_locks(store: Store) -> None:
 
 
 def disk_usage(store: Store) -> dict[str, dict[str, int]]:
-    image_blobs = _image_blob_digests(store)
-    cache_blobs: set[str] = set()
+    """What the store holds. images and build cache: their layers' uncompressed bytes (each
+    layer once), as `docker system df` counts; blobs and snapshots: bytes on disk."""
+    from builder.commands.images import layer_sizes
+
+    image_layers: dict[str, int] = {}
+    records = store.images()
+    for record in records:
+        diff_ids = (record.config.get("rootfs") or {}).get("diff_ids") or []
+        image_layers.update(zip(diff_ids, layer_sizes(store, record), strict=False))
     entries = store.cache_entries()
+    cache_layers: dict[str, int] = {}
     for _, value, _ in entries:
-        cache_blobs |= entry_blobs(value)
-    cache_only = cache_blobs - image_blobs
-    all_blobs: list[os.stat_result] = []
-    with store_dir(store.root, "blobs/sha256") as blobs_fd:  # lstat only: a link is not followed
-        for name in os.listdir(blobs_fd):
+        for digest in entry_blobs(value):
+            if digest not in image_layers:
+                known = store.blobs.diff(digest)
+                cache_layers[digest] = known.size if known is not None else _blob_size(store, digest)
+    blob_count, blob_bytes = _tree_usage(store, "blobs/sha256", depth=1)
+    snapshot_count, snapshot_bytes = _tree_usage(store, "s", depth=None)
+    return {
+        "images": {"count": len(records), "bytes": sum(image_layers.values())},
+        "build cache": {"count": sum(1 for key, _, _ in entries if not key.startswith("lineage:")),
+                        "bytes": sum(cache_layers.values())},
+        "blobs": {"count": blob_count, "bytes": blob_bytes},
+        "snapshots": {"count": snapshot_count, "bytes": snapshot_bytes},
+    }
+
+
+def _tree_usage(store: Store, relpath: str, *, depth: int | None) -> tuple[int, int]:
+    """(entries at the top, bytes the files below take on disk), walked by dir fds without
+    following links; a file linked several times counts once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def walk(dir_fd: int, level: int) -> None:
+        nonlocal total
+        for name in os.listdir(dir_fd):
             try:
-                all_blobs.append(os.stat(name, dir_fd=blobs_fd, follow_symlinks=False))
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:  # removed by a concurrent prune
                 continue
-    with store_dir(store.root, "s") as snapshots_fd:
-        snapshot_count = len(os.listdir(snapshots_fd))
-    return {
-        "images": {"count": len(store.images()), "bytes": sum(_blob_size(store, d) for d in image_blobs)},
-        "build cache": {
-            "count": sum(1 for key, _, _ in entries if not key.startswith("lineage:")),
-            "bytes": sum(_blob_size(store, d) for d in cache_only),
-        },
-        "all blobs": {"count": len(all_blobs),
-                      "bytes": sum(st.st_size for st in all_blobs if stat.S_ISREG(st.st_mode))},
-        "snapshots": {"count": snapshot_count, "bytes": 0},
-    }
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode) and (depth is None or level < depth):
+                try:
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                except OSError:
+                    continue
+                try:
+                    walk(child, level + 1)
+                finally:
+                    os.close(child)
+
+    with store_dir(store.root, relpath) as top_fd:
+        count = len(os.listdir(top_fd))
+        walk(top_fd, 1)
+    return count, total
 
 
 def _run_fsck(args: argparse.Namespace) -> int:
@@ -165,8 +198,8 @@ def _run_df(args: argparse.Namespace) -> int:
         return 0
     print(f"{'TYPE':<14}{'COUNT':>8}{'SIZE':>12}")
     for kind, figures in usage.items():
-        size = human_size(figures["bytes"]) if kind != "snapshots" else "-"
-        print(f"{kind:<14}{figures['count']:>8}{size:>12}")
+        print(f"{kind:<14}{figures['count']:>8}{human_size(figures['bytes']):>12}")
+    print("images and build cache: layers uncompressed, each once; blobs and snapshots: bytes on disk")
     return 0
 
 

@@ -35,7 +35,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     store = Store.open(getattr(args, "root", None))
     destination = args.destination or args.reference
     target = parse_reference(destination)
-    digest = push(store, args.reference, destination, insecure=_insecure(args))
+    digest = push(store, args.reference, destination, insecure=_insecure(args), compression=args.compression,
+                  level=args.compression_level, force_compression=args.force_compression)
     size = store.blob_path(digest).stat().st_size if store.has_blob(digest) else 0
     print(f"The push refers to repository [{target.name}]")
     print(f"{target.tag_or_latest()}: digest: {digest} size: {size}")
@@ -56,4 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              help="push under this name instead (HOST/REPO[:TAG])")
     push_parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                              help="allow plain HTTP to this registry")
+    push_parser.add_argument("--compression", default="gzip", choices=["gzip", "zstd", "uncompressed"],
+                             help="compression of the layers made here (a base image's blobs go as they are)")
+    push_parser.add_argument("--compression-level", type=int, help="compression level")
+    push_parser.add_argument("--force-compression", action="store_true",
+                             help="recompress a base image's layers too")
     push_parser.set_defaults(handler=cmd_push)

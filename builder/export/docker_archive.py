@@ -6,7 +6,8 @@
     <diff_id hex>/layer.tar  each layer uncompressed, named by its diff_id, written once
 
 The config is copied byte for byte; layers are decompressed on the fly (twice for compressed
-ones: once to learn the size the tar header needs and check the diff_id, once to copy).
+ones: once to learn the size the tar header needs and check the diff_id, once to copy), and a
+layer the builder made is written from its snapshot dir as it is copied (its size is known).
 """
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ _CHUNK = 1 << 20
 
 
 def _uncompressed_size(store: Store, blob_digest: str, diff_id: str) -> int:
+    """The tar's size, which the archive's header needs before the bytes: known when the store
+    hashed the blob (the pair is trusted then), else learnt by reading it once, checking the diff_id."""
+    known = store.blobs.diff(diff_id)
+    if known is not None:
+        return known.size
     from builder.layer.decompress import open_layer_stream
 
     hasher = hashlib.sha256()
@@ -82,10 +88,13 @@ def export_docker_archive(store: Store, images: Sequence[tuple[str, Sequence[str
             layer_names.append(name)
             if name in plan:
                 continue
-            if not store.has_blob(layer.digest):
-                raise OutputError(f"cannot export image {manifest_digest}: layer blob {layer.digest} missing",
+            if not store.has_layer(layer.digest):
+                raise OutputError(f"cannot export image {manifest_digest}: layer {layer.digest} is missing",
                                   hint="run fsck on the store; pull or rebuild the image")
-            if oci.layer_compression(layer.media_type) == "uncompressed" and layer.digest == diff_id:
+            if not store.has_blob(layer.digest):
+                # A layer made here: its tar is written from its snapshot dir while it is copied.
+                plan.add_file(name, layer.size, lambda layer=layer, diff_id=diff_id: store.open_layer_tar(layer.digest, diff_id))
+            elif oci.layer_compression(layer.media_type) == "uncompressed" and layer.digest == diff_id:
                 path = store.blob_path(layer.digest)
                 plan.add_file(name, path.stat().st_size, lambda p=path: open(p, "rb"))
             else:

@@ -19,32 +19,19 @@ from builder.image import oci
 from builder.image.blobfiles import fsync_dir
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 from builder.image.store import Store
+from builder.image.variants import Shipment
 from builder.platforms import Platform
 
 
-def image_blobs(store: Store, manifest_digest: str) -> list[tuple[str, int]]:
-    """(digest, size) of the manifest, its config and its layers, deduplicated, in that order."""
-    manifest = store.read_json(manifest_digest)
-    out: dict[str, int] = {manifest_digest: store.blob_path(manifest_digest).stat().st_size}
-    config = oci.manifest_config(manifest)
-    out.setdefault(config.digest, config.size)
-    for layer in oci.manifest_layers(manifest):
-        out.setdefault(layer.digest, layer.size)
-    for digest in out:
-        if not store.has_blob(digest):
-            raise OutputError(f"cannot export image {manifest_digest}: blob {digest} is missing from the store",
-                              hint="run fsck on the store; pull or rebuild the image")
-    return list(out.items())
-
-
-def index_descriptors(store: Store, manifest_digest: str, tags: Sequence[str]) -> list[oci.Descriptor]:
-    manifest = store.read_json(manifest_digest)
+def index_descriptors(store: Store, shipment: Shipment, tags: Sequence[str]) -> list[oci.Descriptor]:
+    manifest = shipment.manifest
     media_type = manifest.get("mediaType") or oci.OCI_MANIFEST
-    size = store.blob_path(manifest_digest).stat().st_size
+    size = len(shipment.manifest_bytes)
     config = store.read_json(oci.manifest_config(manifest).digest)
     platform = Platform.from_json(config)
+    digest = shipment.manifest_digest
     if not tags:
-        return [oci.Descriptor(media_type, manifest_digest, size, platform=platform)]
+        return [oci.Descriptor(media_type, digest, size, platform=platform)]
     parsed_tags = []
     for tag in dict.fromkeys(tags):
         try:
@@ -61,7 +48,7 @@ def index_descriptors(store: Store, manifest_digest: str, tags: Sequence[str]) -
             oci.ANNOTATION_REF_NAME: parsed.tag_or_latest() if unique else parsed.familiar(),
             oci.ANNOTATION_CONTAINERD_NAME: str(parsed.with_tag(parsed.tag_or_latest())),
         }
-        descriptors.append(oci.Descriptor(media_type, manifest_digest, size, annotations=annotations,
+        descriptors.append(oci.Descriptor(media_type, digest, size, annotations=annotations,
                                           platform=platform))
     return descriptors
 
@@ -71,10 +58,14 @@ def _layout_json() -> bytes:
 
 
 def export_oci(store: Store, manifest_digest: str, dest: Path | str, *, tar: bool = True,
-               tags: Sequence[str] = (), mtime: int = 0) -> None:
-    """Write the image as an OCI layout at `dest` (a tar file, "-" for stdout, or a directory)."""
-    blobs = image_blobs(store, manifest_digest)
-    descriptors = index_descriptors(store, manifest_digest, tags)
+               tags: Sequence[str] = (), mtime: int = 0, compression: str = "gzip", level: int | None = None,
+               force_compression: bool = False) -> Shipment:
+    """Write the image as an OCI layout at `dest` (a tar file, "-" for stdout, or a directory),
+    its layers in `compression` (made now where the store has no such blob yet; see
+    builder.image.variants). Returns what was shipped (the manifest digest in the layout)."""
+    shipment = store.ship(manifest_digest, compression=compression, level=level, force=force_compression)
+    blobs = shipment.blobs
+    descriptors = index_descriptors(store, shipment, tags)
     if tar:
         plan = TarPlan(mtime=mtime)
         plan.add_bytes("oci-layout", _layout_json())
@@ -85,8 +76,9 @@ def export_oci(store: Store, manifest_digest: str, dest: Path | str, *, tar: boo
                           lambda p=path: open(p, "rb"))
         with atomic_output_file(dest) as out:
             plan.write(out)
-        return
+        return shipment
     _export_oci_dir(store, Path(dest), blobs, descriptors)
+    return shipment
 
 
 def _export_oci_dir(store: Store, dest: Path, blobs: list[tuple[str, int]],

@@ -36,6 +36,10 @@ class OutputSpec:
     names: tuple[str, ...] = ()
     push: bool = False
     attrs: dict[str, str] = field(default_factory=dict)  # everything as given, for exporters' options
+    # This output's compression= / compression-level= / force-compression= (None: the build's own).
+    compression: str | None = None
+    compression_level: int | None = None
+    force_compression: bool = False
 
 
 def _bool(key: str, value: str, spec: str) -> bool:
@@ -86,11 +90,12 @@ def parse_output_spec(spec: str) -> OutputSpec:
         except InvalidReference as exc:
             raise OutputError(f"invalid image name {name!r} in output {spec!r}: {exc.message}", hint=exc.hint) from exc
     dest = attrs.get("dest")
+    layer_options = _layer_options(attrs, spec)
     if kind in ("registry", "image"):
         push = _bool("push", attrs["push"], spec) if "push" in attrs else kind == "registry"
         if not names:
             raise OutputError(f"output type {kind} needs name=<image reference>", hint="e.g. type=registry,name=localhost:5000/app:1")
-        return OutputSpec(type="registry" if push else kind, names=names, push=push, attrs=attrs)
+        return OutputSpec(type="registry" if push else kind, names=names, push=push, attrs=attrs, **layer_options)
     if not dest:
         raise OutputError(f"output type {kind} needs dest=<path>", hint=f"e.g. type={kind},dest=" +
                           ("out" if kind == "local" else "image.tar"))
@@ -99,19 +104,54 @@ def parse_output_spec(spec: str) -> OutputSpec:
     tar = _bool("tar", attrs["tar"], spec) if "tar" in attrs else True
     if not tar and dest == "-":
         raise OutputError("an OCI layout directory cannot be written to stdout", hint="drop tar=false, or give a directory")
-    return OutputSpec(type=kind, dest=dest, tar=tar, names=names, attrs=attrs)
+    return OutputSpec(type=kind, dest=dest, tar=tar, names=names, attrs=attrs, **layer_options)
 
 
-def write_output(store: Store, manifest_digest: str, spec: OutputSpec, tags: Sequence[str] = ()) -> None:
-    """Export the image as `spec` says. Registry pushes are not done here (builder.registry does)."""
+def _layer_options(attrs: dict[str, str], spec: str) -> dict:
+    """compression=, compression-level= and force-compression=, checked (BuildKit's keys)."""
+    from builder.image.variants import COMPRESSIONS, LEVEL_RANGES
+
+    options: dict = {}
+    if "compression" in attrs:
+        compression = attrs["compression"].strip().lower()
+        if compression not in COMPRESSIONS:
+            raise OutputError(f"unsupported compression {attrs['compression']!r} in output {spec!r}",
+                              hint="use compression=gzip, zstd or uncompressed")
+        options["compression"] = compression
+    if "compression-level" in attrs:
+        text = attrs["compression-level"].strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 2):
+            raise OutputError(f"invalid compression-level {text!r} in output {spec!r}", hint="give a whole number")
+        level = int(text)
+        low, high = LEVEL_RANGES[options.get("compression", "zstd")]
+        if "compression" in options and not low <= level <= high:
+            raise OutputError(f"compression-level {level} is out of range for {options['compression']}",
+                              hint=f"{options['compression']} levels go from {low} to {high}")
+        options["compression_level"] = level
+    if "force-compression" in attrs:
+        options["force_compression"] = _bool("force-compression", attrs["force-compression"], spec)
+    return options
+
+
+def write_output(store: Store, manifest_digest: str, spec: OutputSpec, tags: Sequence[str] = (), *,
+                 compression: str = "gzip", compression_level: int | None = None) -> str | None:
+    """Export the image as `spec` says; its layers, where the format compresses them, in the
+    output's own compression or else `compression` (the build's --compression). Returns the
+    digest of the manifest it shipped (oci, registry), else None."""
     from builder.export.docker_archive import export_docker_archive
     from builder.export.oci_layout import export_oci
     from builder.export.rootfs import export_local, export_rootfs_tar
 
     names = list(dict.fromkeys([*spec.names, *tags]))
+    if spec.compression is not None:
+        compression, compression_level = spec.compression, spec.compression_level
+    elif spec.compression_level is not None:
+        compression_level = spec.compression_level
+    layers = {"compression": compression, "level": compression_level, "force": spec.force_compression}
     if spec.type == "oci":
-        export_oci(store, manifest_digest, _dest(spec), tar=spec.tar, tags=names)
-    elif spec.type == "docker":
+        return export_oci(store, manifest_digest, _dest(spec), tar=spec.tar, tags=names, compression=compression,
+                          level=compression_level, force_compression=spec.force_compression).manifest_digest
+    if spec.type == "docker":
         export_docker_archive(store, [(manifest_digest, names)], _dest(spec))
     elif spec.type == "tar":
         export_rootfs_tar(store, manifest_digest, _dest(spec))
@@ -121,17 +161,21 @@ def write_output(store: Store, manifest_digest: str, spec: OutputSpec, tags: Seq
         for name in names:
             store.tag(name, manifest_digest)
     else:
-        _push(store, manifest_digest, spec)
+        return _push(store, manifest_digest, spec, layers)
+    return None
 
 
-def _push(store: Store, manifest_digest: str, spec: OutputSpec) -> None:
+def _push(store: Store, manifest_digest: str, spec: OutputSpec, layers: dict) -> str | None:
     """type=registry: push to every name= (the other names/tags of the build are not pushed)."""
     from builder.registry.pushing import push_image
 
     insecure = _bool("insecure", spec.attrs["insecure"], "output") if "insecure" in spec.attrs else False
+    pushed = None
     for name in spec.names:
         hosts = [parse_reference(name).registry] if insecure else []
-        push_image(store, manifest_digest, name, insecure=hosts)
+        pushed = push_image(store, manifest_digest, name, insecure=hosts, compression=layers["compression"],
+                            level=layers["level"], force_compression=layers["force"])
+    return pushed
 
 
 def _dest(spec: OutputSpec) -> Path | str:

@@ -5,16 +5,8 @@ from pathlib import Path
 
 from builder.errors import ArchiveError, OutputError
 from builder.export.tarout import CountingWriter, atomic_output_file
-from builder.image import oci
 from builder.image.store import Store
-from builder.layer import apply_layer, open_layer_stream, write_layer
-
-
-def _apply_all(store: Store, manifest_digest: str, dest_dir: Path) -> None:
-    manifest = store.read_json(manifest_digest)
-    for layer in oci.manifest_layers(manifest):
-        with store.open_blob(layer.digest) as raw:
-            apply_layer(open_layer_stream(raw), dest_dir)
+from builder.layer import write_layer
 
 
 def export_local(store: Store, manifest_digest: str, dest_dir: Path | str) -> None:
@@ -46,8 +38,11 @@ def export_local(store: Store, manifest_digest: str, dest_dir: Path | str) -> No
 def export_rootfs_tar(store: Store, manifest_digest: str, dest: Path | str, *,
                       source_date_epoch: int | None = None) -> None:
     """Write the flattened root file system as one uncompressed, sorted tar at `dest` ("-": stdout)."""
-    with store.tempdir(prefix="flat-") as merged:
-        _apply_all(store, manifest_digest, merged)
+    from builder.snapshot.view import flatten
+
+    with store.tempdir(prefix="flat-") as work:
+        # Linked, not copied, from the snapshots: the tar is written from them and they stay as they are.
+        merged = flatten(store.snapshot_dirs(manifest_digest), work / "root")
         with atomic_output_file(dest) as out:
             write_layer(merged, CountingWriter(out), compression="uncompressed",
                         source_date_epoch=source_date_epoch)

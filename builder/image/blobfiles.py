@@ -357,6 +357,7 @@ class UncompressedDigest:
         self._open_layer_stream = open_layer_stream
         self._chunks: queue.Queue[bytes] = queue.Queue(maxsize=4)
         self.diff_id: str | None = None
+        self.diff_size = 0  # bytes of the uncompressed content
         self.error: str | None = None
         self._ended = False
         self._thread = threading.Thread(target=self._run, name="diff-id", daemon=True)
@@ -379,9 +380,11 @@ class UncompressedDigest:
         try:
             stream = self._open_layer_stream(source)
             hasher = hashlib.sha256()
+            size = 0
             while chunk := stream.read(CHUNK):
                 hasher.update(chunk)
-            self.diff_id = "sha256:" + hasher.hexdigest()
+                size += len(chunk)
+            self.diff_id, self.diff_size = "sha256:" + hasher.hexdigest(), size
         except Exception as exc:  # noqa: BLE001 - any decoding failure means "not a layer"
             self.error = str(exc) or type(exc).__name__
         finally:
@@ -408,6 +411,7 @@ class BlobWriter(io.RawIOBase):
         self.size = 0
         self.digest: str | None = None
         self.diff_id: str | None = None
+        self.diff_size: int | None = None
         self.layer_error: str | None = None
         self._buffer = bytearray()
         self._uncompressed = UncompressedDigest() if layer else None
@@ -457,6 +461,7 @@ class BlobWriter(io.RawIOBase):
             )
         if self._uncompressed is not None:
             self.diff_id = self._uncompressed.finish()
+            self.diff_size = self._uncompressed.diff_size if self.diff_id else None
             self.layer_error = self._uncompressed.error
         return self.digest
 
@@ -490,12 +495,13 @@ def copy_into(data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes],
 
 
 class HashingReader(io.RawIOBase):
-    """Passes a stream through while hashing everything read from it."""
+    """Passes a stream through while hashing (and counting) everything read from it."""
 
     def __init__(self, inner: BinaryIO) -> None:
         super().__init__()
         self._inner = inner
         self._hash = hashlib.sha256()
+        self.size = 0
 
     def readable(self) -> bool:
         return True
@@ -503,6 +509,7 @@ class HashingReader(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         data = self._inner.read(size)
         self._hash.update(data)
+        self.size += len(data)
         return data
 
     def readinto(self, buffer) -> int:  # noqa: ANN001

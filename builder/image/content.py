@@ -13,6 +13,7 @@ import os
 import stat
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
@@ -28,9 +29,9 @@ class BlobStore:
         self.blobs_dir = root / "blobs" / "sha256"
         self.tmp_dir = root / "tmp"
         self.index = index
-        # blob digest -> diff_id for layer blobs this process hashed while writing or unpacking
-        # them; saved into `layers` only when an image that uses them is saved.
-        self._hashed_layers: dict[str, str] = {}
+        # blob digest -> (diff_id, uncompressed size or None) for layer blobs this process hashed
+        # while writing or unpacking them; saved into `layers` when an image that uses them is saved.
+        self._hashed_layers: dict[str, tuple[str, int | None]] = {}
         self._hashed_lock = threading.Lock()
 
     # --- blobs ---
@@ -70,7 +71,7 @@ class BlobStore:
         final = self.blobs_dir / writer.digest.removeprefix("sha256:")
         writer.release()
         if writer.diff_id is not None:
-            self.note_layer(writer.digest, writer.diff_id)
+            self.note_layer(writer.digest, writer.diff_id, writer.diff_size)
         if final.exists():
             # Same content is already there (another build wrote it): keep the existing file, and
             # refresh its mtime so gc's min_age protects it until our image references it.
@@ -142,10 +143,16 @@ class BlobStore:
                        "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id",
                        (blob_digest, diff_id, media_type, size))
 
-    def note_layer(self, blob_digest: str, diff_id: str) -> None:
+    def note_layer(self, blob_digest: str, diff_id: str, size: int | None = None) -> None:
         """Remember a pair this process hashed (recorded when an image that uses it is saved)."""
         with self._hashed_lock:
-            self._hashed_layers[blob_digest] = diff_id
+            self._hashed_layers[blob_digest] = (diff_id, size)
+
+    def learnt_size(self, blob_digest: str) -> int | None:
+        """The uncompressed size of a layer blob this process hashed, if it counted it."""
+        with self._hashed_lock:
+            known = self._hashed_layers.get(blob_digest)
+        return None if known is None else known[1]
 
     def layer_diff_id(self, blob_digest: str) -> str:
         """The diff_id of a stored layer blob as the builder itself hashed it: learnt while this
@@ -155,7 +162,7 @@ class BlobStore:
         with self._hashed_lock:
             known = self._hashed_layers.get(blob_digest)
         if known is not None:
-            return known
+            return known[0]
         row = self.index.db().execute("SELECT diff_id FROM layers WHERE blob_digest=?", (blob_digest,)).fetchone()
         if row is not None:
             return row[0]
@@ -170,7 +177,7 @@ class BlobStore:
                              hint="the image is corrupt; remove it and pull or load it again") from exc
         except OSError as exc:
             raise StoreError(f"cannot read layer blob {blob_digest}: {exc}") from exc
-        self.note_layer(blob_digest, stream.digest())
+        self.note_layer(blob_digest, stream.digest(), stream.size)
         return stream.digest()
 
     def layer_blobs(self, diff_id: str) -> list[tuple[str, str, int]]:
@@ -179,6 +186,47 @@ class BlobStore:
             "SELECT blob_digest, media_type, size FROM layers WHERE diff_id=? ORDER BY blob_digest", (diff_id,)
         ).fetchall()
         return [(d, m, s) for d, m, s in rows if self.has_blob(d)]
+
+
+    # --- uncompressed layers, and their compressed forms ---
+
+    def record_diff(self, diff_id: str, size: int, *, from_dir: bool, epoch: int | None = None) -> None:
+        """What the builder learnt of an uncompressed layer: its size, and, when it wrote the tar
+        itself from a snapshot dir, the epoch it wrote it with (so it can write the same again)."""
+        check_digest(diff_id)
+        with self.index.tx() as tx:
+            if from_dir:
+                tx.execute("INSERT INTO diffs(diff_id, size, from_dir, epoch) VALUES (?,?,1,?) "
+                           "ON CONFLICT(diff_id) DO UPDATE SET from_dir=1, epoch=excluded.epoch "
+                           "WHERE diffs.from_dir=0", (diff_id, size, epoch))
+            else:
+                tx.execute("INSERT OR IGNORE INTO diffs(diff_id, size, from_dir, epoch) VALUES (?,?,0,NULL)",
+                           (diff_id, size))
+
+    def diff(self, diff_id: str) -> DiffInfo | None:
+        row = self.index.db().execute("SELECT size, from_dir, epoch FROM diffs WHERE diff_id=?", (diff_id,)).fetchone()
+        return None if row is None else DiffInfo(int(row[0]), bool(row[1]), row[2])
+
+    def record_variant(self, diff_id: str, compression: str, level: int, blob_digest: str, size: int) -> None:
+        with self.index.tx() as tx:
+            tx.execute("INSERT OR REPLACE INTO variants(diff_id, compression, level, blob_digest, size) "
+                       "VALUES (?,?,?,?,?)", (diff_id, compression, level, blob_digest, size))
+
+    def variant(self, diff_id: str, compression: str, level: int) -> tuple[str, int] | None:
+        """(blob digest, size) of the layer compressed so, when made before and still stored."""
+        row = self.index.db().execute(
+            "SELECT blob_digest, size FROM variants WHERE diff_id=? AND compression=? AND level=?",
+            (diff_id, compression, level)).fetchone()
+        if row is None or not self.has_blob(row[0]):
+            return None
+        return row[0], int(row[1])
+
+
+@dataclass(frozen=True)
+class DiffInfo:
+    size: int  # bytes of the uncompressed tar
+    from_dir: bool  # written by the builder from its snapshot dir (which is then its only copy)
+    epoch: int | None  # the SOURCE_DATE_EPOCH that writing used
 
 
 class Staging:

@@ -480,7 +480,7 @@ def _newest_mtime(root: Path) -> int:
 def import_rootfs(store: Store, source: Path | str, ref: str | None = None, *,
                   edit_config: Callable[[dict], None] | None = None,
                   message: str | None = None, platform: Platform | None = None,
-                  compression: str = "gzip", source_date_epoch: int | None = None) -> ImageRecord:
+                  source_date_epoch: int | None = None) -> ImageRecord:
     """Like `docker import`: a rootfs tar (any compression) or directory becomes a one-layer image.
     `edit_config` may change the config before it is stored (`--change`).
 
@@ -499,21 +499,22 @@ def import_rootfs(store: Store, source: Path | str, ref: str | None = None, *,
             history=[oci.history_entry("", created=created, comment=message or f"Imported from {source.name}")],
         )
 
-    if source.is_dir():
-        digests = store.put_layer_from_dir(source, compression=compression, source_date_epoch=source_date_epoch)
-        config = config_for(source, digests.diff_id)
-    elif source.is_file():
-        with store.tempdir(prefix="import-") as work:
-            root = work / "rootfs"
+    if not (source.is_dir() or source.is_file()):
+        raise ArchiveError(f"cannot import {source}: no such file or directory")
+    with store.tempdir(prefix="import-") as work:
+        # The store takes a private copy in as the layer's snapshot (the user's dir is left as it is).
+        root = work / "rootfs"
+        if source.is_dir():
+            from builder.snapshot.view import flatten
+
+            flatten([source], root, hardlink=False)
+        else:
             root.mkdir(mode=0o755)
             with open(source, "rb") as f:
                 unpack_layer(f, root)
-            config = config_for(root, "")
-            digests = store.put_layer_from_dir(root, compression=compression,
-                                               source_date_epoch=source_date_epoch, adopt=True)
-            config["rootfs"]["diff_ids"] = [digests.diff_id]
-    else:
-        raise ArchiveError(f"cannot import {source}: no such file or directory")
+        config = config_for(root, "")
+        digests = store.put_layer_from_dir(root, source_date_epoch=source_date_epoch)
+        config["rootfs"]["diff_ids"] = [digests.diff_id]
     if edit_config is not None:
         edit_config(config)
     layer = oci.Descriptor(digests.media_type, digests.digest, digests.size)

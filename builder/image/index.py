@@ -12,7 +12,9 @@ from typing import Iterator
 from builder.errors import StoreError
 
 # 2: rows of `layers` are only written after hashing; v1 rows (taken from configs) are dropped.
-SCHEMA_VERSION = 2
+# 3: `diffs` (what the builder knows of each uncompressed layer) and `variants` (compressed forms
+#    made on demand); a layer the builder wrote needs no blob, its snapshot dir is its content.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -38,6 +40,20 @@ CREATE TABLE IF NOT EXISTS snapshots (
     diff_id   TEXT NOT NULL UNIQUE,
     created   REAL NOT NULL,
     last_used REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS diffs (
+    diff_id  TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,   -- bytes of the uncompressed tar
+    from_dir INTEGER NOT NULL,   -- 1: the builder wrote this tar from the snapshot dir, and can again
+    epoch    INTEGER             -- the SOURCE_DATE_EPOCH it was written with (NULL: none)
+);
+CREATE TABLE IF NOT EXISTS variants (
+    diff_id     TEXT NOT NULL,
+    compression TEXT NOT NULL,
+    level       INTEGER NOT NULL,
+    blob_digest TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    PRIMARY KEY (diff_id, compression, level)
 );
 CREATE TABLE IF NOT EXISTS cache (
     key       TEXT PRIMARY KEY,

@@ -12,6 +12,7 @@ from builder.image.blobfiles import DiffIdMismatch, check_digest
 from builder.image.content import BlobStore
 from builder.image.index import StoreIndex
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
+from builder.image.snapshots import SnapshotStore
 
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
 
@@ -35,9 +36,15 @@ class ImageRecord:
 
 
 class ImageRecords:
-    def __init__(self, index: StoreIndex, blobs: BlobStore) -> None:
+    def __init__(self, index: StoreIndex, blobs: BlobStore, snapshots: SnapshotStore) -> None:
         self.index = index
         self.blobs = blobs
+        self.snapshots = snapshots
+
+    def _made_here(self, digest: str) -> bool:
+        """A layer the builder wrote from a dir (digest = diff_id), whose snapshot is its content."""
+        info = self.blobs.diff(digest)
+        return info is not None and info.from_dir and self.snapshots.has_snapshot(digest)
 
     # --- images ---
 
@@ -64,7 +71,10 @@ class ImageRecords:
         if declared != config_digest:
             raise StoreError(f"the manifest's config descriptor ({declared}) does not match the config ({config_digest})")
         layers = oci.manifest_layers(manifest)
-        missing = [layer.digest for layer in layers if not self.blobs.has_blob(layer.digest)]
+        made_here = {layer.digest for layer in layers if not self.blobs.has_blob(layer.digest)
+                     and self._made_here(layer.digest)}
+        missing = [layer.digest for layer in layers if layer.digest not in made_here
+                   and not self.blobs.has_blob(layer.digest)]
         if missing:
             raise StoreError(f"image layers missing from the store: {', '.join(missing)}",
                              hint="put every layer blob before saving the image")
@@ -72,16 +82,23 @@ class ImageRecords:
         if len(diff_ids) != len(layers):
             raise StoreError(f"the config lists {len(diff_ids)} diff_ids but the manifest {len(layers)} layers")
         for layer, claimed in zip(layers, diff_ids, strict=True):
-            actual = self.blobs.layer_diff_id(layer.digest)
+            # A layer made here was hashed from its dir when it was made: its digest is its diff_id.
+            actual = layer.digest if layer.digest in made_here else self.blobs.layer_diff_id(layer.digest)
             if actual != claimed:
                 raise DiffIdMismatch(layer.digest, claimed, actual)
         self.blobs.put_blob(config_bytes, config_digest)
         manifest_digest, _ = self.blobs.put_blob(manifest_bytes)
         with self.index.tx() as tx:
             for layer, diff_id in zip(layers, diff_ids, strict=True):  # each pair hashed above
+                if layer.digest in made_here:
+                    continue
                 tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
                            "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id",
                            (layer.digest, diff_id, layer.media_type, layer.size))
+                size = self.blobs.learnt_size(layer.digest)
+                if size is not None:
+                    tx.execute("INSERT OR IGNORE INTO diffs(diff_id, size, from_dir, epoch) VALUES (?,?,0,NULL)",
+                               (diff_id, size))
             tx.execute("INSERT OR IGNORE INTO images(manifest_digest, config_digest, created) VALUES (?,?,?)",
                        (manifest_digest, config_digest, time.time()))
         return ImageRecord(manifest_digest, manifest, config_digest, config, self._tags_of(manifest_digest))

@@ -95,8 +95,8 @@ class SnapshotStore:
             if blob_digest is None or not self.blobs.has_blob(blob_digest):
                 known = self.blobs.layer_blobs(diff_id)
                 if not known:
-                    raise StoreError(f"no layer blob in the store has diff_id {diff_id}",
-                                     hint="the image's layers are missing; pull or build it again")
+                    raise StoreError(f"layer {diff_id} is gone from the store: no snapshot dir and no blob holds it",
+                                     hint="pull or build the image again (and run fsck on the store)")
                 blob_digest = known[0][0]
             n = self._claim_number(diff_id)
             final = self.snapshots_dir / str(n)
@@ -128,4 +128,4 @@ class SnapshotStore:
         if stream.digest() != diff_id:
             raise StoreError(f"layer blob {blob_digest} unpacks to {stream.digest()}, not {diff_id}",
                              hint="the store is corrupt; run fsck and remove the image")
-        self.blobs.note_layer(blob_digest, diff_id)
+        self.blobs.note_layer(blob_digest, diff_id, stream.size)

@@ -42,7 +42,7 @@ import os
 import tempfile
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
 from builder.errors import StoreError
 from builder.image import oci
@@ -60,8 +60,13 @@ from builder.image.records import ImageRecord, ImageRecords
 from builder.image.snapshots import SnapshotStore
 from builder.image.stepcache import StepCache
 from builder.image.upkeep import GCResult, Upkeep
+from builder.image.variants import Shipment, Variants
+
+if TYPE_CHECKING:
+    from builder.layer.media import LayerDigests
 
 __all__ = ["GCResult", "ImageRecord", "Store"]
+
 
 # The store's own dirs (made on open), dirs other rooms make on demand, and its database files:
 # none may be a link or another's.
@@ -81,10 +86,11 @@ class Store:
         self.db_path = root / "index.db"
         self.index = StoreIndex(self.db_path, root)
         self.blobs = BlobStore(root, self.index)
-        self.records = ImageRecords(self.index, self.blobs)
         self.snapshots = SnapshotStore(root, self.index, self.blobs, self.lock)
+        self.records = ImageRecords(self.index, self.blobs, self.snapshots)
+        self.variants = Variants(self.blobs, self.snapshots, self.records)
         self.step_cache = StepCache(self.index)
-        self.upkeep = Upkeep(root, self.index, self.blobs, self.records, self.lock,
+        self.upkeep = Upkeep(root, self.index, self.blobs, self.records, self.snapshots, self.lock,
                              (*_STORE_DIRS, *_ON_DEMAND_DIRS))
 
     @classmethod
@@ -179,25 +185,46 @@ class Store:
 
     # --- layers and snapshots (snapshots.py) ---
 
-    def put_layer_from_dir(self, layer_dir: Path, *, compression: str = "gzip", level: int | None = None,
-                           source_date_epoch: int | None = None, threads: int | None = None,
-                           adopt: bool = False):
-        """Tar `layer_dir` (overlay-upper format) into a blob; with adopt=True also move the dir in
-        as the snapshot of its diff_id, so it need not be unpacked again. Returns LayerDigests."""
+    def put_layer_from_dir(self, layer_dir: Path, *, source_date_epoch: int | None = None) -> "LayerDigests":
+        """Take a layer dir (overlay-upper format) in as the snapshot of its diff_id. Nothing is
+        compressed and no tar is written: the diff_id is hashed from the tar stream the dir makes,
+        and the dir is kept as the layer's content (a copy is dropped if the store has the layer
+        already). Compressed blobs are made when the layer leaves the store (variants.py).
+
+        Returns the layer's local descriptor: its digest is the diff_id, its media type an
+        uncompressed OCI layer."""
+        from builder.layer.compress import NullSink
+        from builder.layer.media import MEDIA_TYPE_TAR, LayerDigests
         from builder.layer.tarwrite import write_layer
+        from builder.layer.times import match_layer_times
 
-        with self.blob_writer() as writer:
-            digests = write_layer(Path(layer_dir), writer, compression=compression, level=level,
-                                  source_date_epoch=source_date_epoch, threads=threads)
-        if writer.digest != digests.digest:
-            raise StoreError(f"layer writer reported {digests.digest} but wrote {writer.digest}")
-        self.blobs.record_layer(digests.diff_id, digests.digest, digests.media_type, digests.size)
-        if adopt:
-            from builder.layer.times import match_layer_times
+        layer_dir = Path(layer_dir)
+        # The dir's times become what the tar records, so writing it again later gives the same bytes.
+        match_layer_times(layer_dir, source_date_epoch)
+        digests = write_layer(layer_dir, NullSink(), compression="uncompressed", source_date_epoch=source_date_epoch)
+        self.blobs.record_diff(digests.diff_id, digests.size, from_dir=True, epoch=source_date_epoch)
+        self.snapshots.adopt_snapshot(digests.diff_id, layer_dir)
+        return LayerDigests(diff_id=digests.diff_id, digest=digests.diff_id, size=digests.size,
+                            media_type=MEDIA_TYPE_TAR)
 
-            match_layer_times(Path(layer_dir), source_date_epoch)
-            self.snapshots.adopt_snapshot(digests.diff_id, Path(layer_dir))
-        return digests
+    def has_layer(self, digest: str) -> bool:
+        """Whether a manifest's layer can be read: its blob is stored, or it is a layer the builder
+        made (digest = diff_id) whose snapshot dir is its content."""
+        if self.blobs.has_blob(digest):
+            return True
+        info = self.blobs.diff(digest)
+        return info is not None and info.from_dir and self.snapshots.has_snapshot(digest)
+
+    def open_layer_tar(self, digest: str, diff_id: str | None = None) -> AbstractContextManager[BinaryIO]:
+        """`with store.open_layer_tar(digest) as tar:` the uncompressed tar of a manifest's layer:
+        its blob decompressed, or, for a layer made here (digest = diff_id), written from its
+        snapshot dir as it is read."""
+        return self.variants.open_layer_tar(oci.Descriptor(oci.OCI_LAYER_TAR, digest, 0), diff_id or digest)
+
+    def ship(self, manifest_digest: str, *, compression: str = "gzip", level: int | None = None,
+             force: bool = False) -> Shipment:
+        """The image with its layers in `compression`, for an export or a push (variants.py)."""
+        return self.variants.ship(manifest_digest, compression=compression, level=level, force=force)
 
     def has_snapshot(self, diff_id: str) -> bool:
         return self.snapshots.has_snapshot(diff_id)

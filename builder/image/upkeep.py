@@ -27,7 +27,7 @@ from builder.image.blobfiles import (
 from builder.image.content import BlobStore
 from builder.image.index import StoreIndex
 from builder.image.records import ImageRecords
-from builder.image.snapshots import Lock, snapshot_lock_name
+from builder.image.snapshots import Lock, SnapshotStore, snapshot_lock_name
 
 _DIGEST_IN_TEXT = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -40,13 +40,16 @@ class GCResult:
     freed_bytes: int = 0
 
 
+
+
 class Upkeep:
-    def __init__(self, root: Path, index: StoreIndex, blobs: BlobStore, records: ImageRecords, lock: Lock,
-                 store_dirs: tuple[str, ...]) -> None:
+    def __init__(self, root: Path, index: StoreIndex, blobs: BlobStore, records: ImageRecords,
+                 snapshots: SnapshotStore, lock: Lock, store_dirs: tuple[str, ...]) -> None:
         self.root = root
         self.index = index
         self.blobs = blobs
         self.records = records
+        self.snapshots = snapshots
         self.lock = lock
         self.store_dirs = store_dirs
 
@@ -68,8 +71,10 @@ class Upkeep:
             found = set(_DIGEST_IN_TEXT.findall(value))
             blobs |= found
             diff_ids |= found
+        # A live layer keeps every blob known to hold it: a cache entry naming its diff_id, and the
+        # compressed forms exports and pushes made of it (kept so the next one is free).
         for blob_digest, diff_id in db.execute("SELECT blob_digest, diff_id FROM layers").fetchall():
-            if diff_id in blobs:  # a cache entry naming a diff_id keeps its blob too
+            if diff_id in blobs or diff_id in diff_ids:
                 blobs.add(blob_digest)
         return blobs, diff_ids
 
@@ -103,6 +108,7 @@ class Upkeep:
         if not dry_run and result.removed_blobs:
             with self.index.tx() as tx:
                 tx.executemany("DELETE FROM layers WHERE blob_digest=?", [(d,) for d in result.removed_blobs])
+                tx.executemany("DELETE FROM variants WHERE blob_digest=?", [(d,) for d in result.removed_blobs])
         rows = self.index.db().execute("SELECT n, diff_id, last_used FROM snapshots").fetchall()
         with store_dir(self.root, "s") as snapshots_fd, store_dir(self.root, "tmp") as tmp_fd:
             for n, diff_id, last_used in rows:
@@ -115,6 +121,8 @@ class Upkeep:
                     trash = self._move_to_trash(snapshots_fd, str(n), tmp_fd)
                     with self.index.tx() as tx:
                         tx.execute("DELETE FROM snapshots WHERE n=?", (n,))
+                        # A layer made here had its snapshot as its only content: it is gone now.
+                        tx.execute("DELETE FROM diffs WHERE diff_id=? AND from_dir=1", (diff_id,))
                     if trash is not None:
                         remove_tree_at(tmp_fd, trash)
             result.removed_tmp = self._clean_tmp(tmp_fd, dry_run=dry_run)
@@ -214,6 +222,7 @@ class Upkeep:
                 problems.append(f"layer blob {blob_digest}: recorded diff_id {diff_id}, but its "
                                 f"uncompressed content hashes to {actual}")
         image_digests = set()
+        made_here_checked: dict[str, str | None] = {}
         for manifest_digest, config_digest in images:
             image_digests.add(manifest_digest)
             if manifest_digest not in present:
@@ -238,7 +247,9 @@ class Upkeep:
                     problems.append(f"image {manifest_digest}: config unreadable: {exc.message}")
             for index, layer in enumerate(layers):
                 if layer.digest not in present:
-                    problems.append(f"image {manifest_digest}: layer blob {layer.digest} missing")
+                    problem = self._check_made_here(layer.digest, made_here_checked)
+                    if problem:
+                        problems.append(f"image {manifest_digest}: {problem}")
                     continue
                 actual = uncompressed.get(layer.digest)
                 claimed = diff_ids[index] if index < len(diff_ids) else None
@@ -261,6 +272,27 @@ class Upkeep:
         except StoreError:
             pass  # reported above
         return problems
+
+    def _check_made_here(self, digest: str, checked: dict[str, str | None]) -> str | None:
+        """A layer with no blob must be one the builder made: its snapshot dir, written as a tar
+        again, must hash to its digest (its diff_id). None when it does."""
+        if digest in checked:
+            return checked[digest]
+        info = self.blobs.diff(digest)
+        if info is None or not info.from_dir or not self.snapshots.has_snapshot(digest):
+            checked[digest] = f"layer blob {digest} missing (and no snapshot the builder made holds it)"
+            return checked[digest]
+        from builder.layer.compress import NullSink
+        from builder.layer.tarwrite import write_layer
+
+        try:
+            actual = write_layer(self.snapshots.snapshot_dir(digest), NullSink(), compression="uncompressed",
+                                 source_date_epoch=info.epoch).diff_id
+        except (OSError, ArchiveError) as exc:
+            actual = f"an unreadable tree ({exc})"
+        checked[digest] = (None if actual == digest else
+                           f"layer {digest}: its snapshot dir now writes a tar hashing to {actual}")
+        return checked[digest]
 
     def _fsck_blobs(self, layer_digests: set[str], problems: list[str]) -> tuple[set[str], dict[str, str | Exception]]:
         """Hash every blob (and a layer's uncompressed stream in the same read); returns the

@@ -47,6 +47,13 @@ class OutputWriteError(Exception):
         self.error = error
 
 
+class NullSink:
+    """Keeps nothing: for hashing a tar stream without writing it anywhere."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
 class HashingSink:
     """Forwards bytes to `out` while counting them and hashing them with sha256."""
 

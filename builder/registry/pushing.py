@@ -3,11 +3,12 @@
 For each blob (config, then layers): skip it when the target repository has it (HEAD), else try
 a cross-repository mount from a repository of the same registry known to hold it (one we pulled
 it from or pushed it to, or another tag of this image), else upload it. The manifest is PUT last,
-by tag, with the exact bytes stored locally, so the remote digest equals the local one.
+by tag. A pulled image whose layers need no change goes out with its stored manifest bytes (the
+remote digest is the local one); an image with layers made here goes out with the manifest of its
+compressed layers (builder.image.variants), stored too, so pushing again gives the same digest.
 """
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Iterable
 
 from builder.errors import RegistryError
@@ -41,8 +42,13 @@ def push_image(
     *,
     insecure: Iterable[str] = (),
     chunk_size: int = 0,
+    compression: str = "gzip",
+    level: int | None = None,
+    force_compression: bool = False,
 ) -> str:
-    """Push a stored image to `remote_ref` (default: `local_ref`); returns the manifest digest.
+    """Push a stored image to `remote_ref` (default: `local_ref`); returns the pushed manifest's
+    digest. Layers made here go out in `compression` (made now where missing, then kept); a base
+    image's blobs go as they are unless `force_compression`.
 
     `chunk_size` > 0 uploads blobs larger than it in PATCH chunks of that size."""
     from builder.image.reference import parse_reference
@@ -55,8 +61,9 @@ def push_image(
     tag = target.tag_or_latest()
     client = RegistryClient(target.registry, insecure=insecure, chunk_size=chunk_size)
 
-    manifest_bytes = store.read_blob(record.manifest_digest)
-    manifest = json.loads(manifest_bytes)
+    shipment = store.ship(record.manifest_digest, compression=compression, level=level, force=force_compression)
+    manifest_bytes = shipment.manifest_bytes
+    manifest = shipment.manifest
     media_type = manifest.get("mediaType") or mediatypes.OCI_MANIFEST
     descriptors = [manifest["config"], *manifest.get("layers", [])]
     for descriptor in descriptors:

@@ -91,7 +91,7 @@ class CopyStep(PreparedStep):
         store = self.step.session.store
         link_key = cache_keys.step_key("copy --link", self.components)
         found = store.cache_get(link_key)
-        if found is not None and store.has_blob(found["digest"]):
+        if found is not None and store.has_layer(found["digest"]):
             return LayerRef.from_json(found)
         layer = self._execute(work)
         if layer is not None:

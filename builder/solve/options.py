@@ -21,8 +21,6 @@ class BuildOptions:
     platform: str | None = None
     no_cache: bool = False
     no_cache_filter: tuple[str, ...] = ()
-    compression: str = "gzip"
-    compression_level: int | None = None
     source_date_epoch: int | None = None
     snapshotter: str = "auto"
     network: str = "default"  # default network mode of RUN steps: default (private), host, none
@@ -52,6 +50,9 @@ class BuildResult:
     manifest: dict[str, Any]
     tags: tuple[str, ...]
     steps: tuple[StepResult, ...]
+    # (output spec as given, manifest digest it shipped) for outputs that ship a manifest (oci,
+    # registry): their layers are compressed as asked, so their digest is not the local one.
+    exported: tuple[tuple[str, str], ...] = ()
 
     @property
     def digest(self) -> str:

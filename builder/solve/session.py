@@ -84,16 +84,10 @@ class BuildSession:
             return self._stat_cache
 
     def commit_layer(self, layer_dir: Path | None) -> LayerRef | None:
-        """Store a step's layer dir (taken over by the store); None when it holds nothing."""
+        """Store a step's layer dir (taken over by the store, never compressed); None when it holds nothing."""
         if layer_dir is None or not any(layer_dir.iterdir()):
             return None
-        digests = self.store.put_layer_from_dir(
-            layer_dir,
-            compression=self.options.compression,
-            level=self.options.compression_level,
-            source_date_epoch=self.options.source_date_epoch,
-            adopt=True,
-        )
+        digests = self.store.put_layer_from_dir(layer_dir, source_date_epoch=self.options.source_date_epoch)
         return LayerRef(digests.diff_id, digests.digest, digests.size, digests.media_type)
 
     def lower_dirs(self, layers: list[LayerRef]) -> list[Path]:

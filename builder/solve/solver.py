@@ -236,7 +236,7 @@ class Solver:
     def _cached(self, key: str) -> CachedStep | None:
         found = self.store.cache_get(key, touch=False)
         cached = None if found is None else CachedStep.from_json(found)
-        if cached is None or (cached.layer is not None and not self.store.has_blob(cached.layer.digest)):
+        if cached is None or (cached.layer is not None and not self.store.has_layer(cached.layer.digest)):
             return None
         return cached
 

@@ -6,7 +6,6 @@ import tarfile
 from pathlib import Path
 
 from builder.image.store import Store
-from builder.layer import open_layer_stream
 
 
 def write_context(root: Path, files: dict[str, str | bytes]) -> Path:
@@ -22,18 +21,25 @@ def write_context(root: Path, files: dict[str, str | bytes]) -> Path:
 
 
 def layer_members(store: Store, digest: str) -> dict[str, tarfile.TarInfo]:
-    with store.open_blob(digest) as blob:
-        stream = open_layer_stream(blob)
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
-            return {member.name.rstrip("/"): member for member in archive}
+    with store.open_layer_tar(digest) as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
+        return {member.name.rstrip("/"): member for member in archive}
 
 
 def layer_file_contents(store: Store, digest: str) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
-    with store.open_blob(digest) as blob:
-        data = open_layer_stream(blob).read()
+    with store.open_layer_tar(digest) as stream:
+        data = stream.read()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
         for member in archive.getmembers():
             if member.isfile():
                 found[member.name] = archive.extractfile(member).read()
     return found
+
+
+def oci_layout_manifest(layout: Path) -> dict:
+    """The (first) image manifest an OCI layout directory's index names."""
+    import json
+
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"]
+    return json.loads((layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes())

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_context
+from helpers import oci_layout_manifest, write_context
 
 import builder
 from builder.cli import build_main
@@ -91,14 +91,19 @@ def test_labels_build_args_and_tags_from_the_cli(tmp_path: Path, capsys, monkeyp
     [("gzip", MEDIA_TYPE_TAR_GZIP), ("zstd", MEDIA_TYPE_TAR_ZSTD), ("uncompressed", MEDIA_TYPE_TAR)],
 )
 def test_compression_choices_keep_the_diff_id(tmp_path: Path, compression: str, media_type: str) -> None:
+    """--compression and --compression-level reach the layers that leave the store; the image ID
+    (config, diff_ids) does not depend on them, and the store keeps the build uncompressed."""
     context = write_context(tmp_path / "ctx", {"Buildfile": "FROM scratch\nCOPY data.txt /\n", "data.txt": "compress me " * 5000})
-    results = [
-        builder.build(context, root=tmp_path / f"s{level}", compression=compression, compression_level=level, source_date_epoch=1)
-        for level in (1, 9)
-    ]
-    layers = [result.manifest["layers"][0] for result in results]
+    results, layers = [], []
+    for level in (1, 9):
+        layout = tmp_path / f"layout{level}"
+        results.append(builder.build(context, root=tmp_path / f"s{level}", compression=compression, compression_level=level,
+                                     source_date_epoch=1, outputs=[f"type=oci,dest={layout},tar=false"]))
+        layers.append(oci_layout_manifest(layout)["layers"][0])
     assert {layer["mediaType"] for layer in layers} == {media_type}
     assert results[0].config["rootfs"] == results[1].config["rootfs"]
+    assert results[0].image_id == results[1].image_id
+    assert results[0].manifest["layers"][0]["mediaType"] == MEDIA_TYPE_TAR, "built layers stay uncompressed in the store"
     if compression != "uncompressed":
         assert layers[0]["digest"] != layers[1]["digest"], "the level must reach the compressor"
         assert layers[0]["size"] < 60000 and layers[1]["size"] < 60000

@@ -82,7 +82,8 @@ def test_hello_example_builds_and_exports_everywhere(tmp_path: Path, store_root:
     umoci = shutil.which("umoci")
     assert skopeo and umoci, ".ci/run installs skopeo and umoci"
     inspected = json.loads(subprocess.run([skopeo, "inspect", f"oci-archive:{oci_tar}:1"], check=True, capture_output=True, text=True).stdout)
-    assert inspected["Digest"] == result.manifest_digest
+    assert inspected["Digest"] == dict(result.exported)[f"type=oci,dest={oci_tar}"]
+    assert dict(result.exported)[f"type=oci,dest={oci_dir},tar=false"] == inspected["Digest"]
     inspected = json.loads(subprocess.run([skopeo, "inspect", f"docker-archive:{docker_tar}"], check=True, capture_output=True, text=True).stdout)
     assert inspected["Env"] == ["GREETING=hello"]
     unpacked = tmp_path / "umoci-bundle"

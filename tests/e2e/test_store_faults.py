@@ -123,17 +123,19 @@ def test_prune_and_df(tmp_path: Path, busybox_store, capsys) -> None:
     assert usage["build cache"]["bytes"] > 150_000
     assert cli_main(["--root", str(busybox_store.root), "prune", "--keep-storage", "1MB"]) == 0
     assert "removed 0 cache entries" in capsys.readouterr().out
-    blobs_before = usage["all blobs"]["count"]
+    kept_before = (usage["blobs"]["count"], usage["snapshots"]["count"])
     with hold_store_for_build(busybox_store):  # as a running build does
         assert cli_main(["--root", str(busybox_store.root), "prune", "--all"]) == 0
     assert "builds are running" in capsys.readouterr().err
     assert cli_main(["--root", str(busybox_store.root), "df", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)["all blobs"]["count"] == blobs_before, "a running build's blobs are kept"
+    during = json.loads(capsys.readouterr().out)
+    assert (during["blobs"]["count"], during["snapshots"]["count"]) == kept_before, "a running build's layers are kept"
     assert cli_main(["--root", str(busybox_store.root), "prune", "--all"]) == 0
     capsys.readouterr()
     assert cli_main(["--root", str(busybox_store.root), "df", "--format", "json"]) == 0
     usage = json.loads(capsys.readouterr().out)
     assert usage["build cache"]["count"] == 0 and usage["build cache"]["bytes"] == 0
+    assert usage["snapshots"]["count"] < kept_before[1], "the cache-only layer's snapshot went"
     assert busybox_store.load_image("busybox").manifest  # tagged images survive a prune
     assert busybox_store.fsck() == []
     again = builder.build(context, root=busybox_store.root)

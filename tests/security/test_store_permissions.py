@@ -109,7 +109,7 @@ def store_with_garbage(root: Path) -> Store:
     layer = root.parent / "layer"
     (layer / "d").mkdir(parents=True)
     (layer / "d" / "f").write_text("x")
-    digests = store.put_layer_from_dir(layer, adopt=True)
+    digests = store.put_layer_from_dir(layer)
     assert store.has_snapshot(digests.diff_id)
     (root / "tmp" / "blob-stale").write_bytes(b"left by a killed writer")
     old = time.time() - 7 * 86400
@@ -253,7 +253,7 @@ def test_snapshot_dir_link_is_not_a_snapshot(tmp_path):
     layer = tmp_path / "layer"
     layer.mkdir()
     (layer / "f").write_text("layer\n")
-    digests = store.put_layer_from_dir(layer, compression="gzip", adopt=True)
+    digests = store.put_layer_from_dir(layer)
     snapshot = store.snapshot_dir(digests.diff_id)
     victim = tmp_path / "victim"
     make_victim(victim)

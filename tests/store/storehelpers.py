@@ -8,6 +8,7 @@ from typing import Sequence
 
 from builder.image import oci
 from builder.image.store import ImageRecord, Store
+from builder.layer import write_layer
 
 
 def whiteout(path: Path) -> None:
@@ -33,14 +34,26 @@ def make_tree(root: Path, files: dict[str, str | None]) -> Path:
     return root
 
 
+def put_layer_blob(store: Store, layer_dir: Path, compression: str = "gzip"):
+    """A layer as a stored (compressed) blob, as a pull or a load leaves it; the dir stays as it is."""
+    with store.blob_writer(layer=True) as writer:
+        digests = write_layer(layer_dir, writer, compression=compression, source_date_epoch=0)
+    return digests
+
+
 def build_image(store: Store, layer_dirs: Sequence[Path], tag: str | None = None, *,
-                compression: str = "gzip", cmd: Sequence[str] | None = ("/bin/sh",),
+                compression: str | None = "gzip", cmd: Sequence[str] | None = ("/bin/sh",),
                 labels: dict[str, str] | None = None) -> ImageRecord:
+    """An image of these layer dirs: as compressed blobs (like a pulled image), or with
+    compression=None as layers made here (the dirs are taken in as snapshots, as a build does)."""
     layers = []
     config = oci.make_image_config(platform=oci.Platform("linux", "amd64"), created="1970-01-01T00:00:00Z",
                                    cmd=cmd, labels=labels)
     for i, layer_dir in enumerate(layer_dirs):
-        digests = store.put_layer_from_dir(layer_dir, compression=compression, source_date_epoch=0)
+        if compression is None:
+            digests = store.put_layer_from_dir(layer_dir, source_date_epoch=0)
+        else:
+            digests = put_layer_blob(store, layer_dir, compression)
         layers.append(oci.Descriptor(digests.media_type, digests.digest, digests.size))
         oci.add_layer(config, digests.diff_id, f"layer {i}", created="1970-01-01T00:00:00Z")
     record = store.save_image(oci.make_manifest_for_config(config, layers), config)

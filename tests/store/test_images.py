@@ -137,11 +137,13 @@ def test_gc_removes_only_unreferenced(store, tmp_path):
     dropped_blobs = {dropped.manifest_digest, dropped.config_digest, dropped.manifest["layers"][0]["digest"]}
     assert set(result.removed_blobs) == dropped_blobs | {stray}
     assert result.removed_snapshots == [dropped.config["rootfs"]["diff_ids"][0]]
-    assert store.has_blob(cached_layer.digest)  # named by a cache entry (through its diff_id)
+    # A layer made here that a cache entry names (through its diff_id) keeps its snapshot: its only copy.
+    assert store.has_layer(cached_layer.digest) and store.has_snapshot(cached_layer.diff_id)
     for digest in (kept.manifest_digest, kept.config_digest, kept.manifest["layers"][0]["digest"]):
         assert store.has_blob(digest)
-    assert [p.name for p in store.snapshot_dirs("kept")] == ["1"]
-    assert sorted(p.name for p in store.snapshots_dir.iterdir()) == ["1"]
+    kept_snapshot = store.snapshot_dirs("kept")[0]
+    cached_snapshot = store.snapshot_dir(cached_layer.diff_id)
+    assert sorted(p.name for p in store.snapshots_dir.iterdir()) == sorted([kept_snapshot.name, cached_snapshot.name])
     assert store.fsck() == []
 
 

@@ -1,9 +1,10 @@
 """Snapshot dirs: unpacked layers in overlay-upper format, shared, adopted, verified."""
+import hashlib
 import os
 import stat
 
 import pytest
-from storehelpers import build_image, make_tree, whiteout
+from storehelpers import build_image, make_tree, put_layer_blob, whiteout
 
 from builder.errors import StoreError
 from builder.image import oci
@@ -35,28 +36,34 @@ def test_snapshot_shared_between_images_with_same_layer(store, tmp_path):
     assert a.manifest["layers"][0] == b.manifest["layers"][0]
 
 
-def test_put_layer_from_dir_adopt_moves_dir_in(store, tmp_path):
+def test_put_layer_from_dir_takes_the_dir_in_without_writing_a_blob(store, tmp_path):
     upper = make_tree(tmp_path / "upper", {"new": "file\n"})
     whiteout(upper / "old")
-    digests = store.put_layer_from_dir(upper, adopt=True, source_date_epoch=0)
+    digests = store.put_layer_from_dir(upper, source_date_epoch=0)
     assert not upper.exists()
+    assert digests.digest == digests.diff_id and digests.media_type == oci.OCI_LAYER_TAR
+    assert list(store.blobs_dir.iterdir()) == [], "a build compresses nothing and writes no tar"
+    assert store.has_layer(digests.digest)
     snap = store.snapshot_dir(digests.diff_id)
     assert (snap / "new").read_text() == "file\n"
     assert stat.S_ISCHR(os.lstat(snap / "old").st_mode)
-    # A second dir with the same content is not adopted: the existing snapshot is kept.
+    # The tar the dir makes is the one the diff_id names, and its size is the recorded one.
+    with store.open_layer_tar(digests.digest) as tar:
+        data = tar.read()
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == digests.diff_id and len(data) == digests.size
+    # A second dir with the same content is not taken: the existing snapshot is kept.
     again = make_tree(tmp_path / "again", {"new": "file\n"})
     whiteout(again / "old")
-    assert store.put_layer_from_dir(again, adopt=True, source_date_epoch=0) == digests
+    assert store.put_layer_from_dir(again, source_date_epoch=0) == digests
     assert again.exists()
     assert store.snapshot_dir(digests.diff_id) == snap
-    assert store.layer_blobs(digests.diff_id) == [(digests.digest, oci.OCI_LAYER_GZIP, digests.size)]
 
 
 def test_same_diff_id_two_compressions(store, tmp_path):
     tree = make_tree(tmp_path / "t", {"f": "data\n"})
-    gz = store.put_layer_from_dir(tree, compression="gzip", source_date_epoch=0)
-    zs = store.put_layer_from_dir(tree, compression="zstd", source_date_epoch=0)
-    plain = store.put_layer_from_dir(tree, compression="uncompressed", source_date_epoch=0)
+    gz = put_layer_blob(store, tree, "gzip")
+    zs = put_layer_blob(store, tree, "zstd")
+    plain = put_layer_blob(store, tree, "uncompressed")
     assert gz.diff_id == zs.diff_id == plain.diff_id == plain.digest
     assert len({gz.digest, zs.digest, plain.digest}) == 3
     snap = store.snapshot_dir(gz.diff_id, zs.digest)
@@ -66,17 +73,16 @@ def test_same_diff_id_two_compressions(store, tmp_path):
 def test_snapshot_of_corrupt_or_unknown_layer(store, tmp_path):
     with pytest.raises(StoreError) as info:
         store.snapshot_dir("sha256:" + "6" * 64)
-    assert "no layer blob" in info.value.message
-    tree = make_tree(tmp_path / "t", {"f": "data\n"})
-    digests = store.put_layer_from_dir(tree, compression="uncompressed")
-    other = store.put_layer_from_dir(make_tree(tmp_path / "u", {"g": "other\n"}), compression="uncompressed")
+    assert "is gone from the store" in info.value.message
+    digests = put_layer_blob(store, make_tree(tmp_path / "t", {"f": "data\n"}), "uncompressed")
+    other = put_layer_blob(store, make_tree(tmp_path / "u", {"g": "other\n"}), "uncompressed")
     # Asking for diff_id A with the blob of B: the unpacked bytes do not hash to A, nothing published.
     with pytest.raises(StoreError) as info:
         store.snapshot_dir(digests.diff_id, other.digest)
     assert "unpacks to" in info.value.message
     assert list(store.snapshots_dir.iterdir()) == []
     assert list(store.tmp_dir.iterdir()) == []
-    assert (store.snapshot_dir(digests.diff_id) / "f").read_text() == "data\n"
+    assert (store.snapshot_dir(digests.diff_id, digests.digest) / "f").read_text() == "data\n"
 
 
 _KILLED_UNPACKER = """
