@@ -12,6 +12,7 @@ from builder.image.oci import check_source_date_epoch, format_time, source_date_
 from builder.image.store import Store
 from builder.image.variants import effective_level
 from builder.parse import parse_buildfile
+from builder.parse.grammar import set_cache_dir
 from builder.parse.lines import MAX_BUILDFILE_BYTES, check_size, split_physical_lines
 from builder.plan.inroot import read_limited, relative_to_context, resolve_in_context
 from builder.plan.planner import Plan, make_plan
@@ -174,6 +175,8 @@ def build(
     from builder.export import parse_output_spec, write_output
 
     output_specs = [parse_output_spec(spec) for spec in outputs]
+    store = Store.open(root)
+    set_cache_dir(store.parser_cache_dir)
     path, text, shown = read_buildfile(context_dir, file, buildfile_text)
     buildfile = parse_buildfile(text, path=shown)
     the_plan = make_plan(
@@ -202,7 +205,6 @@ def build(
         secrets={name: Path(path) for name, path in (secrets or {}).items()},
         on_event=on_event,
     )
-    store = Store.open(root)
     solver = Solver(store, the_plan, options, escape=buildfile.escape)
     try:
         # Held shared for the whole build, so `builder prune` never collects a blob written here

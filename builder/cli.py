@@ -193,7 +193,8 @@ def _push_tags(args: argparse.Namespace, result) -> dict[str, str]:
                        level=args.compression_level) for name in args.tag}
 
 
-def build_parser(prog: str = "builder") -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+def build_parser(prog: str = "builder", *, only_build: bool = False) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The whole CLI; with only_build, just `build` (a build need not import the other commands)."""
     parser = argparse.ArgumentParser(prog=prog, description="Daemonless, reproducible Dockerfile-style image builder.")
     parser.add_argument("--root", default=None, help="the store directory (default: $BUILDER_ROOT, else $XDG_DATA_HOME/builder)")
     from builder import __version__
@@ -204,7 +205,7 @@ def build_parser(prog: str = "builder") -> tuple[argparse.ArgumentParser, argpar
     add_build_arguments(build_command)
     build_command.add_argument("--root", default=argparse.SUPPRESS, help="the store directory")
     build_command.set_defaults(handler=run_build)
-    for module_name in COMMAND_MODULES:
+    for module_name in () if only_build else COMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
@@ -219,8 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C, so scratch dirs are removed and sandboxes killed on the way out.
         signal.signal(signal.SIGTERM, _terminate)
-    parser, _ = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser, _ = build_parser(only_build=_command_of(arguments) == "build")
+    args = parser.parse_args(arguments)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
@@ -245,6 +247,21 @@ class Terminated(BaseException):
 
 def _terminate(signum, frame) -> None:
     raise Terminated()
+
+
+def _command_of(arguments: Sequence[str]) -> str | None:
+    """The subcommand named in `arguments` (skipping the global `--root DIR`), if any."""
+    index = 0
+    while index < len(arguments):
+        word = arguments[index]
+        if word == "--root":
+            index += 2
+            continue
+        if word.startswith("--root=") or word.startswith("-"):
+            index += 1
+            continue
+        return word
+    return None
 
 
 def build_main(argv: Sequence[str] | None = None) -> int:

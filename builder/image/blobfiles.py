@@ -4,7 +4,6 @@ of the store's root and dirs, link-proof removal of trees) that keep writes atom
 inside the store."""
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -59,6 +58,8 @@ def syncfs(path: Path) -> None:
     """Flush the whole file system holding `path` (one call instead of an fsync per unpacked file)."""
     global _libc
     if _libc is None:
+        import ctypes  # only when something is published: a no-op build never loads it
+
         _libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -71,7 +71,7 @@ __all__ = ["GCResult", "ImageRecord", "Store"]
 # The store's own dirs (made on open), dirs other rooms make on demand, and its database files:
 # none may be a link or another's.
 _STORE_DIRS = ("blobs", "blobs/sha256", "s", "tmp", "locks")
-_ON_DEMAND_DIRS = ("cache-mounts", "registry-sources")
+_ON_DEMAND_DIRS = ("cache-mounts", "registry-sources", "cache")
 _STORE_FILES = ("index.db", "index.db-wal", "index.db-shm", "statcache.db", "statcache.db-wal",
                 "statcache.db-shm")
 
@@ -84,6 +84,8 @@ class Store:
         self.tmp_dir = root / "tmp"
         self.locks_dir = root / "locks"
         self.db_path = root / "index.db"
+        # Compiled Buildfile parsers (builder.parse.grammar): private to the store's owner.
+        self.parser_cache_dir = root / "cache"
         self.index = StoreIndex(self.db_path, root)
         self.blobs = BlobStore(root, self.index)
         self.snapshots = SnapshotStore(root, self.index, self.blobs, self.lock)

@@ -4,6 +4,11 @@ The grammar ships inside the wheel as package data of `builder.grammar` (pyproje
 top-level grammar/ dir there); from a source tree it is read from <repo>/grammar/.
 Compiling is deferred to the first parse so `import builder` stays fast, and done once per
 process and escape character.
+
+Compiling takes ~30 ms; loading the compiled tables takes ~2 ms. So a build keeps them in its
+store (`set_cache_dir`): a directory only its owner can write (never a shared temp dir, where
+another user could plant a pickle), written atomically, keyed by the grammar, this module and
+the Lark and Python versions. Without a cache dir the grammar is compiled.
 """
 from __future__ import annotations
 
@@ -23,6 +28,13 @@ _OTHER_ESC_DEFINITION = re.compile(r'^_OTHER_ESC: "`"$', re.MULTILINE)
 
 _parsers: dict[str, Lark] = {}
 _lock = threading.Lock()
+_cache_dir: Path | None = None
+
+
+def set_cache_dir(directory: Path | None) -> None:
+    """Keep compiled parsers in `directory` (the store's, private to its owner), or nowhere."""
+    global _cache_dir
+    _cache_dir = directory
 
 
 def grammar_text() -> str:
@@ -89,15 +101,66 @@ def get_parser(escape: str = "\\") -> Lark:
     with _lock:
         parser = _parsers.get(escape)
         if parser is None:
-            parser = Lark(
-                _grammar_for_escape(escape),
-                parser="lalr",
-                lexer="contextual",
-                propagate_positions=False,
-                maybe_placeholders=False,
-                edit_terminals=_possessive_terminal,
-                # No cache=True: Lark would unpickle a file from the shared temp dir, which another
-                # local user could plant; compiling takes ~0.1 s once per process and escape mode.
-            )
+            text = _grammar_for_escape(escape)
+            cached = _cache_file(text)
+            parser = _load_cached(cached) if cached is not None else None
+            if parser is None:
+                parser = Lark(
+                    text,
+                    parser="lalr",
+                    lexer="contextual",
+                    propagate_positions=False,
+                    maybe_placeholders=False,
+                    edit_terminals=_possessive_terminal,
+                    # Not Lark's own cache=True: it unpickles from the shared temp dir.
+                )
+                if cached is not None:
+                    _save_cached(parser, cached)
             _parsers[escape] = parser
     return parser
+
+
+def _cache_file(text: str) -> Path | None:
+    if _cache_dir is None:
+        return None
+    import hashlib
+    import sys
+
+    import lark
+
+    key = hashlib.sha256()
+    for part in (text, Path(__file__).read_text(encoding="utf-8"), lark.__version__, sys.version):
+        key.update(part.encode() + b"\0")
+    return _cache_dir / f"parser-{key.hexdigest()[:32]}.lark"
+
+
+def _load_cached(path: Path) -> Lark | None:
+    import os
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            return Lark.load(handle)
+    except Exception:  # noqa: BLE001 - a damaged cache file is compiled again, never trusted
+        return None
+
+
+def _save_cached(parser: Lark, path: Path) -> None:
+    import os
+    import tempfile
+
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".parser-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                parser.save(handle)
+            os.rename(temp, path)  # whole or not at all, for a concurrent build reading it
+        except BaseException:
+            os.unlink(temp)
+            raise
+    except OSError:
+        pass  # no cache this time: the next build compiles again

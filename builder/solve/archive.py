@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from builder.errors import ArchiveError, Pos
-from builder.layer.decompress import open_layer_stream
 
 _COPY_BUFFER = 1 << 20
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
 
 def open_decompressed(fileobj: BinaryIO) -> BinaryIO:
     """The uncompressed bytes of `fileobj`, whatever of the supported compressions it uses."""
+    from builder.layer.decompress import open_layer_stream  # the layer package: only for a real ADD
+
     return open_layer_stream(fileobj)
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-from builder.sandbox.runner import ExtraMount
+if TYPE_CHECKING:
+    from builder.sandbox.runner import ExtraMount
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class RunSpec:
     user: str | None
     network: str
     lower_dirs: list[Path]
-    binds: Sequence[ExtraMount] = field(default_factory=tuple)  # the step's --mounts, in order
+    binds: Sequence["ExtraMount"] = field(default_factory=tuple)  # the step's --mounts, in order
 
 
 @dataclass(frozen=True)
