@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 _MAX_LINK_HOPS = 40
 _CHUNK = 1 << 20
-_SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
+SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
 
 
 def contains_wildcards(component: str) -> bool:
@@ -189,7 +189,7 @@ def read_xattrs(path: Path) -> list[tuple[str, bytes]]:
         return []
     found = []
     for name in sorted(names):
-        if name.startswith(_SKIPPED_XATTR_PREFIXES):
+        if name.startswith(SKIPPED_XATTR_PREFIXES):
             continue
         try:
             found.append((name, os.getxattr(path, name, follow_symlinks=False)))
