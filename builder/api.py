@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from builder.context.inroot import read_limited, relative_to_context, resolve_in_context
 from builder.errors import BuildError, ContextError, ParseError, Pos, StoreError
 from builder.image.inuse import hold_store_for_build
 from builder.image.oci import check_source_date_epoch, format_time, source_date_epoch_from_env
@@ -14,7 +15,6 @@ from builder.image.variants import effective_level
 from builder.parse import parse_buildfile
 from builder.parse.grammar import set_cache_dir
 from builder.parse.lines import MAX_BUILDFILE_BYTES, check_size, split_physical_lines
-from builder.plan.inroot import read_limited, relative_to_context, resolve_in_context
 from builder.plan.planner import Plan, make_plan
 from builder.plan.platforms import Platform
 from builder.progress import Event, EventCallback

@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
+from builder.context.dockerignore import IgnoreMatcher, go_clean
+from builder.context.tree import SKIPPED_XATTR_PREFIXES as _SKIPPED_XATTRS
+from builder.context.tree import BuildContext, Selected, read_xattrs
 from builder.errors import ArchiveError, ContextError, Pos
-from builder.plan.context import SKIPPED_XATTR_PREFIXES as _SKIPPED_XATTRS
-from builder.plan.context import BuildContext, Selected, read_xattrs
-from builder.plan.dockerignore import IgnoreMatcher, go_clean
 from builder.solve.archive import extract_tar, is_tar_archive
 
 _COPY_BUFFER = 1 << 20

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from builder.context.dockerignore import IgnoreMatcher
+from builder.context.statcache import StatCache
 from builder.image.inuse import hold_image
 from builder.image.oci import format_time
 from builder.image.store import Store
-from builder.plan.dockerignore import IgnoreMatcher
 from builder.plan.planner import Plan
-from builder.plan.statcache import StatCache
 from builder.progress import Event
 from builder.solve.executor import Executor
 from builder.solve.options import BuildOptions, StepResult

@@ -14,13 +14,13 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from builder.context.dockerignore import IgnoreMatcher
+from builder.context.statcache import StatCache
+from builder.context.tree import BuildContext
 from builder.errors import BuildError, ImageNotFound, Pos
 from builder.image import oci
 from builder.image.store import ImageRecord, Store
-from builder.plan.context import BuildContext
-from builder.plan.dockerignore import IgnoreMatcher
 from builder.plan.planner import Plan
-from builder.plan.statcache import StatCache
 from builder.platforms import Platform
 from builder.solve.options import BuildOptions
 from builder.solve.state import ImageState, LayerRef

@@ -17,9 +17,9 @@ import pytest
 import zstandard
 from ctxhelpers import tree_listing  # type: ignore[import-not-found]
 
+from builder.context.dockerignore import IgnoreMatcher
+from builder.context.tree import BuildContext
 from builder.errors import ArchiveError, ContextError, Pos
-from builder.plan.context import BuildContext
-from builder.plan.dockerignore import IgnoreMatcher
 from builder.solve.archive import is_tar_archive
 from builder.solve.copy import stage_copy
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from builder import api
+from builder.context.dockerignore import IgnoreMatcher
+from builder.context.inroot import relative_to_context, resolve_in_context
 from builder.errors import BuildError, ContextError, ParseError
-from builder.plan.dockerignore import IgnoreMatcher
-from builder.plan.inroot import relative_to_context, resolve_in_context
 
 
 def test_link_inside_the_context_is_followed_there(tmp_path: Path):
@@ -82,7 +82,7 @@ def test_non_utf8_buildfile_error_has_a_position_and_no_bytes(tmp_path: Path):
 
 
 def test_ignore_file_size_limit(tmp_path: Path):
-    from builder.plan.dockerignore import MAX_IGNORE_FILE_BYTES
+    from builder.context.dockerignore import MAX_IGNORE_FILE_BYTES
 
     (tmp_path / ".dockerignore").write_text("a\n" * (MAX_IGNORE_FILE_BYTES // 2))
     assert len(IgnoreMatcher.load(tmp_path, None).patterns) == MAX_IGNORE_FILE_BYTES // 2

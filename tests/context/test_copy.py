@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from ctxhelpers import make_tree, tree_listing  # type: ignore[import-not-found]
 
+from builder.context.dockerignore import IgnoreMatcher
+from builder.context.tree import BuildContext
 from builder.errors import ContextError, Pos
 from builder.parse.ast import Heredoc
-from builder.plan.context import BuildContext
-from builder.plan.dockerignore import IgnoreMatcher
 from builder.solve.copy import DirMeta, parse_chmod, stage_copy
 
 POS = Pos("Buildfile", 7, 1)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from ctxhelpers import make_tree  # type: ignore[import-not-found]
 
-import builder.plan.context as context_module
-from builder.plan.context import BuildContext, content_digest
-from builder.plan.dockerignore import IgnoreMatcher
-from builder.plan.statcache import StatCache
+import builder.context.tree as context_module
+from builder.context.dockerignore import IgnoreMatcher
+from builder.context.statcache import StatCache
+from builder.context.tree import BuildContext, content_digest
 
 SPEC = {
     "app/main.py": "print('hi')\n",
@@ -227,9 +227,9 @@ def test_two_processes_share_one_stat_cache(tmp_path: Path):
     db = tmp_path / "shared.db"
     script = (
         "import sys; from pathlib import Path;"
-        "from builder.plan.context import BuildContext, content_digest;"
-        "from builder.plan.dockerignore import IgnoreMatcher;"
-        "from builder.plan.statcache import StatCache;"
+        "from builder.context.tree import BuildContext, content_digest;"
+        "from builder.context.dockerignore import IgnoreMatcher;"
+        "from builder.context.statcache import StatCache;"
         "ctx = BuildContext(Path(sys.argv[1]), IgnoreMatcher.empty());"
         "cache = StatCache(Path(sys.argv[2]));"
         "print(content_digest(ctx.select(['.']), cache)); cache.close()"

@@ -6,8 +6,8 @@ from pathlib import Path
 import pathspec
 import pytest
 
+from builder.context.dockerignore import IgnoreMatcher, clean_ignore_lines
 from builder.errors import ContextError
-from builder.plan.dockerignore import IgnoreMatcher, clean_ignore_lines
 
 # (patterns, path, ignored?) — the Dockerfile reference's examples first, then patternmatcher facts.
 CASES = [

@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.plan.context import BuildContext, content_digest
-from builder.plan.dockerignore import IgnoreMatcher
+from builder.context.dockerignore import IgnoreMatcher
+from builder.context.tree import BuildContext, content_digest
 
 names = st.sampled_from(["a", "b", "c.txt", "d.md", "e"])
 paths = st.lists(names, min_size=1, max_size=3).map("/".join)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from ctxhelpers import make_tree  # type: ignore[import-not-found]
 
+from builder.context.dockerignore import IgnoreMatcher
+from builder.context.tree import BuildContext
 from builder.errors import ContextError, Pos
-from builder.plan.context import BuildContext
-from builder.plan.dockerignore import IgnoreMatcher
 
 POS = Pos("Buildfile", 3, 1)
 

@@ -16,10 +16,16 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from builder.context.dockerignore import (
+    IgnoreMatcher,
+    _check_go_pattern_syntax,
+    clean_ignore_lines,
+    go_clean,
+    translate,
+)
+from builder.context.tree import _go_match_pattern
 from builder.errors import ContextError
 from builder.parse.wildcard import Matcher, parse_regex_subset
-from builder.plan.context import _go_match_pattern
-from builder.plan.dockerignore import IgnoreMatcher, _check_go_pattern_syntax, clean_ignore_lines, go_clean, translate
 
 # WILDCARD_DIFF_EXAMPLES raises the count for a longer hunt; the default keeps the suite fast.
 SETTINGS = settings(max_examples=int(os.environ.get("WILDCARD_DIFF_EXAMPLES", "400")), deadline=None)

@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import oci_layout_manifest, write_context
 
 import builder
 from builder.image import oci
 from builder.image.store import Store
-
-from helpers import oci_layout_manifest, write_context
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="RUN needs root for namespaces and overlayfs")
 

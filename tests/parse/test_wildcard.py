@@ -171,10 +171,10 @@ def test_bracket_first_is_a_member_and_bad_ranges_are_errors():
 
 
 def test_pattern_length_limit():
+    from builder.context.dockerignore import IgnoreMatcher
+    from builder.context.tree import _go_match_pattern
     from builder.errors import ContextError
     from builder.parse.wildcard import MAX_PATTERN_LENGTH
-    from builder.plan.context import _go_match_pattern
-    from builder.plan.dockerignore import IgnoreMatcher
 
     longest = "a*" * (MAX_PATTERN_LENGTH // 2)
     assert expand_word("${V#" + longest + "}", {"V": "ab"}) == "ab"

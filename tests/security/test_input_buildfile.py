@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from builder import api
+from builder.context.dockerignore import IgnoreMatcher
 from builder.errors import ContextError
-from builder.plan.dockerignore import IgnoreMatcher
 
 from ._input_helpers import assert_clean_failure, run_cli
 

@@ -34,7 +34,7 @@ def _timed(code: str) -> dict:
 def test_dockerignore_nested_double_stars_on_a_deep_path():
     done = _timed(
         """
-        from builder.plan.dockerignore import IgnoreMatcher
+        from builder.context.dockerignore import IgnoreMatcher
         matcher = IgnoreMatcher.from_lines(["a/**/**/**/**/**/**/**/**/**/b"])
         deep = "a/" + "x/" * 60 + "c"
         result = [matcher.ignored(deep), matcher.ignored("a/" + "x/" * 60 + "b"), matcher.ignored("a/b")]
@@ -54,8 +54,8 @@ def test_dockerignore_pattern_reaches_the_walk_of_a_real_context(tmp_path):
     done = _timed(
         f"""
         from pathlib import Path
-        from builder.plan.context import BuildContext
-        from builder.plan.dockerignore import IgnoreMatcher
+        from builder.context.tree import BuildContext
+        from builder.context.dockerignore import IgnoreMatcher
         root = Path({str(tmp_path)!r})
         context = BuildContext(root, IgnoreMatcher.load(root, None))
         base = "a/" + "x/" * 40
@@ -89,7 +89,7 @@ def test_copy_source_wildcard_with_many_stars(tmp_path):
     done = _timed(
         f"""
         from pathlib import Path
-        from builder.plan.context import BuildContext
+        from builder.context.tree import BuildContext
         context = BuildContext(Path({str(tmp_path)!r}))
         result = [s.relpath for s in context.select(["*a*a*a*a*a*a*a*a*a*a*b", "*a*b"])]
         """

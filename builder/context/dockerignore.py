@@ -40,9 +40,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+from builder.context.inroot import read_limited, relative_to_context, resolve_in_context
 from builder.errors import ContextError, Pos
 from builder.parse.wildcard import Matcher, check_pattern_length, parse_regex_subset
-from builder.plan.inroot import read_limited, relative_to_context, resolve_in_context
 
 # Docker has no limit; patterns cost memory (~2 KB each once used: at most ~360 MB for 1 MiB of
 # one-star lines) and every one is tried on every path, so a file larger than any real one

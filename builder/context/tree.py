@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+from builder.context.dockerignore import IgnoreMatcher, go_clean
 from builder.errors import ContextError, Pos
 from builder.parse.wildcard import NOT_SLASH, Char, CharTest, Matcher, Seq, Star, check_pattern_length
-from builder.plan.dockerignore import IgnoreMatcher, go_clean
 
 if TYPE_CHECKING:
-    from builder.plan.statcache import StatCache
+    from builder.context.statcache import StatCache
 
 _MAX_LINK_HOPS = 40
 _CHUNK = 1 << 20
