@@ -107,6 +107,33 @@ class StatCache:
             return None
         return row[4]
 
+    def lookup_many(self, stats: list[os.stat_result]) -> dict[tuple[int, int], str]:
+        """`lookup` for many files in a few queries (a directory's files at once):
+        (dev, ino) -> sha256 for those whose signature still matches."""
+        if self._db is None or not stats:
+            return {}
+        wanted = {(st.st_dev, st.st_ino): stat_key(st) for st in stats}
+        by_dev: dict[int, list[int]] = {}
+        for dev, ino in wanted:
+            by_dev.setdefault(dev, []).append(ino)
+        found: dict[tuple[int, int], str] = {}
+        try:
+            with self._lock:
+                for dev, inodes in by_dev.items():
+                    for start in range(0, len(inodes), 500):  # SQLite's limit on bound values
+                        chunk = inodes[start : start + 500]
+                        rows = self._db.execute(
+                            "SELECT ino, size, mtime_ns, ctime_ns, mode, sha256 FROM content_digest"
+                            f" WHERE dev = ? AND ino IN ({','.join('?' * len(chunk))})",
+                            (dev, *chunk),
+                        ).fetchall()
+                        for ino, size, mtime_ns, ctime_ns, mode, sha256 in rows:
+                            if wanted[(dev, ino)][2:] == (size, mtime_ns, ctime_ns, mode):
+                                found[(dev, ino)] = sha256
+        except sqlite3.Error:
+            return {}
+        return found
+
     def remember(self, st: os.stat_result, sha256: str) -> None:
         """Queue an entry; written in batches (and on `flush`/`close`) to keep commits few."""
         if self._db is None:

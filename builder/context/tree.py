@@ -487,23 +487,24 @@ class BuildContext:
         An ignored dir is listed only while it still holds a re-included path (Docker keeps it to
         hold that path)."""
         try:
-            names = sorted(os.listdir(host_dir))
+            with os.scandir(host_dir) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
             raise ContextError(
                 f'cannot read directory "{ctx_rel}" in the {self.label}: {exc.strerror}',
                 hint="make it readable or exclude it in .dockerignore",
             ) from None
         children = []
-        for name in names:
-            host = host_dir / name
-            child_ctx = name if ctx_rel in ("", ".") else f"{ctx_rel}/{name}"
+        prefix = "" if ctx_rel in ("", ".") else ctx_rel + "/"
+        for entry in entries:
             try:
-                st = os.lstat(host)
+                st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
+            child_ctx = prefix + entry.name
             if self.ignore and not self.visible(child_ctx, st):
                 continue
-            children.append((name, host, child_ctx, st))
+            children.append((entry.name, host_dir / entry.name, child_ctx, st))
         return children
 
     def _walk_dir(self, host_dir: Path, ctx_rel: str, sel_rel: str) -> Iterator[Entry]:
@@ -534,11 +535,16 @@ class BuildContext:
             stat_cache.flush()
         return "sha256:" + top.hexdigest()
 
-    def _file_sha(self, path: Path, st: os.stat_result, stat_cache: "StatCache | None") -> str:
-        if stat_cache is not None:
-            known = stat_cache.lookup(st)
-            if known is not None:
-                return known
+    def _file_sha(self, path: Path, st: os.stat_result, stat_cache: "StatCache | None",
+                  known: dict[tuple[int, int], str] | None = None) -> str:
+        if known is not None:
+            found = known.get((st.st_dev, st.st_ino))
+            if found is not None:
+                return found
+        elif stat_cache is not None:
+            found = stat_cache.lookup(st)
+            if found is not None:
+                return found
         try:
             # Looked up through the module so tests can count real reads.
             digest = globals()["hash_file"](path)
@@ -551,8 +557,10 @@ class BuildContext:
             stat_cache.remember(st, digest)
         return digest
 
-    def _node_digest(self, path: Path, ctx_rel: str, stat_cache: "StatCache | None") -> str:
-        st = os.lstat(path)
+    def _node_digest(self, path: Path, ctx_rel: str, stat_cache: "StatCache | None",
+                     st: os.stat_result | None = None, known: dict[tuple[int, int], str] | None = None) -> str:
+        if st is None:
+            st = os.lstat(path)
         mode = st.st_mode
         uid, gid = self.owner_of(st)
         h = hashlib.sha256()
@@ -560,14 +568,18 @@ class BuildContext:
         for name, value in read_xattrs(path):
             h.update(b"x\0" + name.encode() + b"\0" + value.hex().encode() + b"\0")
         if stat.S_ISREG(mode):
-            h.update(b"c\0" + self._file_sha(path, st, stat_cache).encode())
+            h.update(b"c\0" + self._file_sha(path, st, stat_cache, known).encode())
         elif stat.S_ISLNK(mode):
             h.update(b"l\0" + os.fsencode(os.readlink(path)))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             h.update(f"d\0{os.major(st.st_rdev)}\0{os.minor(st.st_rdev)}".encode())
         elif stat.S_ISDIR(mode):
-            for name, host, child_ctx, _ in self._list_dir(path, ctx_rel):
-                child = self._node_digest(host, child_ctx, stat_cache)
+            children = self._list_dir(path, ctx_rel)
+            # The stat cache is asked once for the whole directory, not once per file.
+            files = [child_st for _, _, _, child_st in children if stat.S_ISREG(child_st.st_mode)]
+            known_here = stat_cache.lookup_many(files) if stat_cache is not None and files else {}
+            for name, host, child_ctx, child_st in children:
+                child = self._node_digest(host, child_ctx, stat_cache, child_st, known_here)
                 h.update(b"e\0" + os.fsencode(name) + b"\0" + child.encode() + b"\n")
         return h.hexdigest()
 
