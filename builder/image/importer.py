@@ -451,6 +451,9 @@ def load_archive(store: Store, path: Path | str, *, name: str | None = None) -> 
         staging.publish()
         for image in loader.images:
             try:
+                # Unpacked now, as `docker load` does, so the first build on it starts at once; a
+                # layer that will not unpack fails the load before the image is recorded.
+                store.unpack_layers(json.loads(image.manifest_bytes), json.loads(image.config_bytes))
                 record = store.save_image_bytes(image.manifest_bytes, image.config_bytes)
             except StoreError as exc:
                 raise ArchiveError(f"{path}: {exc.message}", hint=exc.hint) from exc

@@ -237,14 +237,19 @@ class Store:
     def snapshot_dir(self, diff_id: str, blob_digest: str | None = None) -> Path:
         return self.snapshots.snapshot_dir(diff_id, blob_digest)
 
+    def unpack_layers(self, manifest: dict, config: dict) -> list[Path]:
+        """The snapshot dirs of an image's layers (its manifest and config, stored or not yet),
+        unpacked now where missing; each blob's content is checked against its diff_id."""
+        layers = oci.manifest_layers(manifest)
+        diff_ids = oci.config_diff_ids(config)
+        if len(layers) != len(diff_ids):
+            raise StoreError(f"the manifest lists {len(layers)} layers but the config {len(diff_ids)} diff_ids")
+        return [self.snapshot_dir(diff_id, layer.digest) for layer, diff_id in zip(layers, diff_ids, strict=True)]
+
     def snapshot_dirs(self, ref: str) -> list[Path]:
         """The snapshot dirs of an image's layers, lowest first."""
         record = self.load_image(ref)
-        layers = oci.manifest_layers(record.manifest)
-        diff_ids = oci.config_diff_ids(record.config)
-        if len(layers) != len(diff_ids):
-            raise StoreError(f"image {record.manifest_digest} has {len(layers)} layers but {len(diff_ids)} diff_ids")
-        return [self.snapshot_dir(d, layer.digest) for layer, d in zip(layers, diff_ids, strict=True)]
+        return self.unpack_layers(record.manifest, record.config)
 
     # --- images and tags (records.py) ---
 

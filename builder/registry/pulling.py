@@ -156,6 +156,8 @@ def pull_image(
             future.result()  # re-raises the first failure after the pool has finished
     check_diff_ids(store, config, [digest for digest, _, _ in layers], what)
 
+    # Unpacked now, as `docker pull` does, so a build on it starts at once.
+    store.unpack_layers(manifest.json(), config)
     # Every blob is in: now, and only now, the image and its tag become visible.
     record = store.save_image_bytes(manifest.data, store.read_blob(config_digest))
     for digest, _size, _media in [(config_digest, config_size, config_type), *layers]:
