@@ -81,7 +81,7 @@ def export_docker_archive(store: Store, images: Sequence[tuple[str, Sequence[str
             raise OutputError(f"image {manifest_digest} has {len(layers)} layers but {len(diff_ids)} diff_ids")
         config_name = config_desc.digest.removeprefix("sha256:") + ".json"
         config_path = store.blob_path(config_desc.digest)
-        plan.add_file(config_name, config_path.stat().st_size, lambda p=config_path: open(p, "rb"))
+        plan.add_path(config_name, config_path)
         layer_names = []
         for layer, diff_id in zip(layers, diff_ids, strict=True):
             name = diff_id.removeprefix("sha256:") + "/layer.tar"
@@ -95,8 +95,7 @@ def export_docker_archive(store: Store, images: Sequence[tuple[str, Sequence[str
                 # A layer made here: its tar is written from its snapshot dir while it is copied.
                 plan.add_file(name, layer.size, lambda layer=layer, diff_id=diff_id: store.open_layer_tar(layer.digest, diff_id))
             elif oci.layer_compression(layer.media_type) == "uncompressed" and layer.digest == diff_id:
-                path = store.blob_path(layer.digest)
-                plan.add_file(name, path.stat().st_size, lambda p=path: open(p, "rb"))
+                plan.add_path(name, store.blob_path(layer.digest))
             else:
                 size = _uncompressed_size(store, layer.digest, diff_id)
                 plan.add_file(name, size, lambda d=layer.digest: _DecompressedBlob(store, d))

@@ -71,9 +71,7 @@ def export_oci(store: Store, manifest_digest: str, dest: Path | str, *, tar: boo
         plan.add_bytes("oci-layout", _layout_json())
         plan.add_bytes("index.json", oci.canonical_json(oci.make_index(descriptors)))
         for digest, _size in blobs:
-            path = store.blob_path(digest)
-            plan.add_file(f"blobs/sha256/{digest.removeprefix('sha256:')}", path.stat().st_size,
-                          lambda p=path: open(p, "rb"))
+            plan.add_path(f"blobs/sha256/{digest.removeprefix('sha256:')}", store.blob_path(digest))
         with atomic_output_file(dest) as out:
             plan.write(out)
         return shipment

@@ -83,6 +83,45 @@ class HashingSink:
         return "sha256:" + self._hash.hexdigest()
 
 
+class HandOver:
+    """Writes go to `target` from a second thread, through a small queue: the tar stream's own
+    hashing and the compressor (and what it writes to) then run side by side (hashlib, zlib and
+    zstd release the GIL), instead of one after the other on one core. `finish()` waits for the
+    last write and raises what the thread raised; the order of the bytes is kept."""
+
+    def __init__(self, target: ByteSink, depth: int = 8) -> None:
+        import queue
+        import threading
+
+        self._target = target
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="layer-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._target.write(chunk)
+                except BaseException as exc:  # noqa: BLE001 - raised in the writing thread by finish()
+                    self._error = exc
+
+    def write(self, data: bytes) -> int:
+        if self._error is not None:
+            self.finish()
+        self._queue.put(bytes(data))
+        return len(data)
+
+    def finish(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
 class Compressor(Protocol):
     def write(self, data: bytes) -> int: ...
 
@@ -210,9 +249,14 @@ class ZstdWriter:
 
     def write(self, data: bytes) -> int:
         self._buffer += data
-        while len(self._buffer) >= _ZSTD_CHUNK:
-            self._writer.write(bytes(self._buffer[:_ZSTD_CHUNK]))
-            del self._buffer[:_ZSTD_CHUNK]
+        if len(self._buffer) >= _ZSTD_CHUNK:
+            # Whole chunks out, the rest kept (one copy per chunk, no shifting of the remainder).
+            with memoryview(self._buffer) as view:
+                whole = len(view) - len(view) % _ZSTD_CHUNK
+                for start in range(0, whole, _ZSTD_CHUNK):
+                    self._writer.write(view[start : start + _ZSTD_CHUNK])
+                rest = bytes(view[whole:])
+            self._buffer = bytearray(rest)
         return len(data)
 
     def close(self) -> None:

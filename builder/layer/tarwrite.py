@@ -16,7 +16,7 @@ from typing import BinaryIO, Iterator
 
 from builder.errors import ArchiveError
 
-from .compress import HashingSink, OutputWriteError, open_compressor
+from .compress import HandOver, HashingSink, OutputWriteError, open_compressor
 from .media import COMPRESSIONS, MEDIA_TYPE_BY_COMPRESSION, LayerDigests
 
 WHITEOUT_PREFIX = ".wh."
@@ -226,6 +226,15 @@ def _open_content(path: bytes, expected_size: int) -> BinaryIO:
     return f
 
 
+def _stop(hand_over: HandOver | None) -> None:
+    """Wait for the compressing thread after a failure; its own error, if any, is secondary."""
+    if hand_over is not None:
+        try:
+            hand_over.finish()
+        except BaseException:  # noqa: BLE001 - the first failure is the one reported
+            pass
+
+
 def write_layer(
     src_dir: Path,
     out: BinaryIO,
@@ -243,8 +252,10 @@ def write_layer(
         compressor = open_compressor(compression, blob, level=level, threads=threads)
     except OutputWriteError as err:  # the gzip header already goes out
         raise err.error from None
-    # Uncompressed: the blob is the tar, hash it once.
-    tar_stream = blob if compression == "uncompressed" else HashingSink(compressor)
+    # Uncompressed: the blob is the tar, hash it once. Compressed: the compressor runs in a
+    # thread of its own, beside the tar writing and its hashing.
+    hand_over = None if compression == "uncompressed" else HandOver(compressor)
+    tar_stream = blob if hand_over is None else HashingSink(hand_over)
     try:
         with tarfile.open(
             fileobj=tar_stream,  # type: ignore[arg-type]
@@ -260,13 +271,18 @@ def write_layer(
                     continue
                 with _open_content(member.content_path, member.info.size) as content:
                     tar.addfile(member.info, content)
+        if hand_over is not None:
+            hand_over.finish()
     except OutputWriteError as err:
+        _stop(hand_over)
         compressor.abort()
         raise err.error from None  # the caller's own output failed (disk full...): its error
     except OSError as err:
+        _stop(hand_over)
         compressor.abort()
         raise ArchiveError(f"cannot write layer from {src_dir}: {err}") from err
     except BaseException:
+        _stop(hand_over)
         compressor.abort()
         raise
     try:
