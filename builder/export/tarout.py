@@ -187,10 +187,11 @@ def atomic_output_file(dest: Path | str) -> Iterator[BinaryIO]:
         raise OutputError(f"cannot write output {path}: {exc.strerror}") from exc
     tmp = Path(tmp_name)
     try:
+        # No fsync: this is the user's file, not the store; like cp, tar or `docker save` we
+        # leave flushing it to the kernel (the rename still hides a half-written file from readers).
         with os.fdopen(fd, "wb") as f:
             yield f  # type: ignore[misc]
             f.flush()
-            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.rename(tmp, path)
     except BaseException:

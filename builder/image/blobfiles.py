@@ -424,7 +424,10 @@ class BlobWriter(io.RawIOBase):
         with memoryview(data) as raw, raw.cast("B") as view:
             n = len(view)
             self._hash.update(view)
-            self._buffer += view
+            if n >= CHUNK and not self._buffer and self._uncompressed is None:
+                self._write_out(view)  # large enough on its own: no copy through the buffer
+            else:
+                self._buffer += view
         self.size += n
         if len(self._buffer) >= CHUNK:
             self._drain()
@@ -436,16 +439,18 @@ class BlobWriter(io.RawIOBase):
     def _drain(self) -> None:
         if self._uncompressed is not None and self._buffer:
             self._uncompressed.feed(bytes(self._buffer))
+        with memoryview(self._buffer) as whole:
+            self._write_out(whole)
+        self._buffer.clear()
+
+    def _write_out(self, data: memoryview) -> None:
         try:
-            with memoryview(self._buffer) as whole:
-                view = whole
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
-                view.release()
+            view = data
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
         except OSError as exc:
             raise io_error(exc, "cannot write a blob", self.temp_path.parent.parent) from exc
-        self._buffer.clear()
 
     def finish(self) -> str:
         """Flush and fsync the temp file; check the digest. Returns the digest."""

@@ -110,7 +110,7 @@ class Variants:
     def _make_variant(self, layer: oci.Descriptor, diff_id: str, compression: str, level: int) -> tuple[str, int]:
         from builder.layer.compress import open_compressor
         from builder.layer.decompress import open_layer_stream
-        from builder.layer.tarwrite import write_layer
+        from builder.layer.tarwrite import stream_layer
 
         with self.blobs.blob_writer() as writer:
             if self.blobs.has_blob(layer.digest):
@@ -128,8 +128,9 @@ class Variants:
                 made = source.digest()
             else:
                 info = self._made_here(diff_id)
-                made = write_layer(self.snapshots.snapshot_dir(diff_id), writer, compression=compression,
-                                   level=level, source_date_epoch=info.epoch).diff_id
+                # The writer hashes the blob itself: stream_layer does not hash it a second time.
+                made, _ = stream_layer(self.snapshots.snapshot_dir(diff_id), writer, compression=compression,
+                                       level=level, source_date_epoch=info.epoch)
             if made != diff_id:
                 raise StoreError(f"layer {diff_id} now reads as {made}: its content changed in the store",
                                  hint="run fsck; remove the image and build or pull it again")

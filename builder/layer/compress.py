@@ -54,18 +54,17 @@ class NullSink:
         return len(data)
 
 
-class HashingSink:
-    """Forwards bytes to `out` while counting them and hashing them with sha256."""
+class CountingSink:
+    """Forwards bytes to `out`, counting them. With `is_output`, a failing write to `out` is
+    raised as OutputWriteError, so it stays apart from failures reading the source."""
 
     def __init__(self, out: ByteSink, *, is_output: bool = False) -> None:
         self._out = out
-        self._hash = hashlib.sha256()
         self._is_output = is_output
         self.size = 0
 
     def write(self, data: bytes) -> int:
         if data:
-            self._hash.update(data)
             try:
                 self._out.write(data)
             except OSError as err:
@@ -78,6 +77,19 @@ class HashingSink:
     def tell(self) -> int:
         # tarfile asks for the position when it opens; it is the count of bytes written.
         return self.size
+
+
+class HashingSink(CountingSink):
+    """Forwards bytes to `out` while counting them and hashing them with sha256."""
+
+    def __init__(self, out: ByteSink, *, is_output: bool = False) -> None:
+        super().__init__(out, is_output=is_output)
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self._hash.update(data)
+        return super().write(data)
 
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
@@ -244,10 +256,14 @@ class ZstdWriter:
             write_content_size=False,
             write_dict_id=False,
         )
-        self._writer = cctx.stream_writer(sink, closefd=False, write_return_read=True)
+        # Output in 1 MiB pieces (the bytes are the same for any size): fewer, larger writes downstream.
+        self._writer = cctx.stream_writer(sink, write_size=_ZSTD_CHUNK, closefd=False, write_return_read=True)
         self._buffer = bytearray()
 
     def write(self, data: bytes) -> int:
+        if not self._buffer and len(data) >= _ZSTD_CHUNK:
+            self._writer.write(data)  # a whole chunk or more: no copy through the buffer
+            return len(data)
         self._buffer += data
         if len(self._buffer) >= _ZSTD_CHUNK:
             # Whole chunks out, the rest kept (one copy per chunk, no shifting of the remainder).
