@@ -5,7 +5,8 @@ Three workloads on the same busybox base (one docker-archive loaded into each bu
   parallel  three independent stages doing work, joined by COPY --from
   big       10,000 small files + 16 x 16 MiB random files, COPY . then RUN over them
 Cases: cold (empty cache), no-op (nothing changed), edit (one small file changed). Each case is
-timed `--repeat` times (median kept). Printed: a table of seconds, peak RSS and ours/BuildKit;
+timed `--repeat` times (median kept). With the big workload, also the first export of its image
+as an OCI tar with zstd layers, against `tar | zstd -T0` of the same files. Printed: a table of seconds, peak RSS and ours/BuildKit;
 written: bench/results/compare.json and the chart docs/benchmarks.svg.
 
     python3 bench/compare.py [--repeat 3] [--work /tmp/compare-bench] [--only small,big]
@@ -198,6 +199,34 @@ def run_case(builder: Builder, workload: str, case: str, context: Path) -> tuple
         edited.write_text(original)
 
 
+def export_case(builder: Builder, context: Path, work: Path, repeat: int) -> dict[str, dict[str, list[float]]]:
+    """The big image exported as an OCI tar with zstd layers, the first time (the build itself is
+    cached; the layers are compressed now), against `tar | zstd -T0` of the same files."""
+    dest, reference = work / "export.oci.tar", work / "export.tar.zst"
+    rootfs = work / "export-rootfs"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    builder.reset()
+    subprocess.run([*builder.build(context), "-o", f"type=local,dest={rootfs}"], check=True, capture_output=True,
+                   env=builder.env)
+    ours_runs, reference_runs = [], []
+    for _ in range(repeat):
+        builder.reset()
+        subprocess.run(builder.build(context), check=True, capture_output=True, env=builder.env)
+        dest.unlink(missing_ok=True)
+        settle()
+        ours_runs.append(timed([*builder.build(context), "-o", f"type=oci,dest={dest},compression=zstd"],
+                               builder.env))
+        reference.unlink(missing_ok=True)
+        settle()
+        reference_runs.append(timed(["sh", "-c", f"tar -C {rootfs} -cf - . | zstd -q -T0 -3 > {reference}"]))
+    dest.unlink(missing_ok=True)
+    reference.unlink(missing_ok=True)
+    shutil.rmtree(rootfs, ignore_errors=True)
+    return {"ours": {"seconds": [r[0] for r in ours_runs], "peak_mib": [r[1] for r in ours_runs]},
+            "tar | zstd -T0": {"seconds": [r[0] for r in reference_runs],
+                               "peak_mib": [r[1] for r in reference_runs]}}
+
+
 def svg_chart(ratios: dict[str, float], path: Path) -> None:
     """A horizontal bar chart of ours/BuildKit per case, with the 1.0 line (no plotting library)."""
     bar_height, gap, left, width = 22, 8, 150, 420
@@ -246,6 +275,12 @@ def main() -> int:
                 results.setdefault(label, {})[builder.name] = {"seconds": [r[0] for r in runs],
                                                                "peak_mib": [r[1] for r in runs]}
                 print(f"{label:<16} {builder.name:<9} {statistics.median(r[0] for r in runs):7.2f} s", flush=True)
+    export = None
+    if "big" in args.only.split(",") and any(b.name == "ours" for b in available):
+        export = export_case(next(b for b in available if b.name == "ours"), args.work / "context-big", args.work,
+                             args.repeat)
+        for name, data in export.items():
+            print(f"{'big export zstd':<16} {name:<9} {statistics.median(data['seconds']):7.2f} s", flush=True)
     print(f"\nmedians of {args.repeat}; peak RSS of the largest process each command waited for\n")
     names = [b.name for b in available]
     print(f"| case | {' | '.join(names)} | ours / BuildKit | ours / buildah |")
@@ -261,6 +296,12 @@ def main() -> int:
             ratios[label] = vs_buildkit
         print(f"| {label} | {' | '.join(cells)} | "
               f"{'' if vs_buildkit is None else f'{vs_buildkit:.2f}x'} | {'' if vs_buildah is None else f'{vs_buildah:.2f}x'} |")
+    if export is not None:
+        ours_s, ref_s = (statistics.median(export[n]["seconds"]) for n in ("ours", "tar | zstd -T0"))
+        print(f"\n| export (big, OCI tar, zstd) | ours | tar \\| zstd -T0 | ours / tar \\| zstd |\n| --- | ---: | ---: | ---: |\n"
+              f"| first export, build cached | {ours_s:.2f} s / {max(export['ours']['peak_mib']):.0f} MiB | "
+              f"{ref_s:.2f} s | {ours_s / ref_s:.2f}x |")
+        results["big export zstd"] = export
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "compare.json").write_text(json.dumps(results, indent=2))
