@@ -38,7 +38,7 @@ def _key_value(text: str, what: str, from_env: bool = False) -> tuple[str, str]:
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("context", nargs="?", default=".", help="the build context directory (default: .)")
+    parser.add_argument("context", nargs="?", default=None, help="the build context directory (default: .)")
     parser.add_argument("-f", "--file", help="the Buildfile (default: CONTEXT/Buildfile, then CONTEXT/Dockerfile; - reads stdin)")
     parser.add_argument("-t", "--tag", action="append", default=[], help="name the image NAME[:TAG]; repeatable")
     parser.add_argument("--build-arg", action="append", default=[], metavar="NAME[=VALUE]", help="set a build-time variable")
@@ -66,7 +66,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]", help="allow plain HTTP to this registry")
     parser.add_argument("--secret", action="append", default=[], metavar="id=ID,src=PATH",
                         help="a file RUN --mount=type=secret can read; never stored in the image or cache")
-    parser.add_argument("--print-plan", nargs="?", const="text", choices=["text", "dot"], help="print the plan and stop")
+    parser.add_argument("--print-plan", nargs="?", const="text", metavar="text|dot", help="print the plan (text, the default, or dot) and stop")
+    parser.add_argument("--load", action="store_true",
+                        help="accepted as in docker buildx: every image lands in the store anyway (see `builder images`)")
     parser.add_argument("--print-ast", action="store_true", help="print the parsed Buildfile as JSON and stop")
 
 
@@ -87,7 +89,10 @@ def run_build(args: argparse.Namespace) -> int:
     from builder.progress import make_progress
     from builder.solve.mounts import parse_secret_spec
 
-    context = Path(args.context)
+    _settle_print_plan(args)
+    if args.load:
+        print("note: --load has nothing to do: the image is in the store (`builder images`)", file=sys.stderr)
+    context = Path(args.context or ".")
     buildfile_text = None
     file = args.file
     if file == "-":
@@ -166,6 +171,16 @@ def run_build(args: argparse.Namespace) -> int:
 # What the layer compressors accept (BuildKit's documented ranges: gzip 0-9, zstd 0-22).
 
 
+def _settle_print_plan(args: argparse.Namespace) -> None:
+    """`build --print-plan .`: the word after --print-plan is the context unless it names a format."""
+    if args.print_plan in (None, "text", "dot"):
+        return
+    if args.context is not None:
+        raise BuildError(f"--print-plan {args.print_plan}: the plan is printed as text or dot",
+                         hint="write --print-plan=dot or --print-plan=text")
+    args.context, args.print_plan = args.print_plan, "text"
+
+
 def _check_build_values(args: argparse.Namespace) -> None:
     """Numbers the library would only trip over deep in the build, refused up front."""
     from builder.image.oci import check_source_date_epoch
@@ -203,7 +218,7 @@ def build_parser(prog: str = "builder", *, only_build: bool = False) -> tuple[ar
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     build_command = subparsers.add_parser("build", help="build an image from a Buildfile")
     add_build_arguments(build_command)
-    build_command.add_argument("--root", default=argparse.SUPPRESS, help="the store directory")
+    build_command.add_argument("--version", action="version", version=f"build {__version__}")
     build_command.set_defaults(handler=run_build)
     for module_name in () if only_build else COMMAND_MODULES:
         try:
@@ -213,7 +228,18 @@ def build_parser(prog: str = "builder", *, only_build: bool = False) -> tuple[ar
                 raise
             continue
         module.register(subparsers)
+    _accept_root_anywhere(subparsers)
     return parser, subparsers
+
+
+def _accept_root_anywhere(subparsers: argparse._SubParsersAction) -> None:
+    """`builder images --root DIR` as well as `builder --root DIR images`, at every level."""
+    for command in set(subparsers.choices.values()):
+        if "--root" not in command._option_string_actions:
+            command.add_argument("--root", default=argparse.SUPPRESS, help="the store directory")
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_root_anywhere(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

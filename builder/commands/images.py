@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Iterable, Sequence, TextIO
 
+from builder.commands.gotemplate import parse_template
 from builder.errors import BuildError, ImageNotFound, StoreError
 from builder.image.inuse import image_in_use
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference, split_tag
@@ -121,6 +124,32 @@ def short_id(digest: str) -> str:
     return digest.removeprefix("sha256:")[:12]
 
 
+# Docker's table headers for the row fields a `table {{...}}` format names.
+TABLE_HEADERS = {"ID": "IMAGE ID", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "CreatedBy": "CREATED BY"}
+
+
+def print_formatted(rows: Sequence[dict], fmt: str | None) -> bool:
+    """Print rows as --format asks (json lines or a Go template); False for the default table."""
+    if fmt in (None, "table"):
+        return False
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(row, sort_keys=True, ensure_ascii=False))
+        return True
+    with_header = fmt.startswith("table ")
+    template = parse_template(fmt[len("table "):] if with_header else fmt)
+    if not with_header:
+        for row in rows:
+            print(template.render(row))
+        return True
+    headers = {name: TABLE_HEADERS.get(name, re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).upper())
+               for name in template.top_fields()}
+    header = template.render(headers).split("\t")
+    cells = [template.render(row).split("\t") for row in rows]
+    print_table([header, *cells], sys.stdout)
+    return True
+
+
 def open_store(args: argparse.Namespace) -> Store:
     return Store.open(getattr(args, "root", None))
 
@@ -169,12 +198,8 @@ def cmd_images(args: argparse.Namespace) -> int:
         for image_id in seen:
             print(image_id)
         return 0
-    if args.format == "json":
-        for row in rows:
-            print(json.dumps(row, sort_keys=True))
+    if print_formatted(rows, args.format):
         return 0
-    if args.format not in (None, "table"):
-        raise BuildError(f"unsupported --format {args.format!r}", hint="use --format json or table")
     table = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]]
     table += [[r["Repository"], r["Tag"], r["ID"], r["CreatedSince"], r["Size"]] for r in rows]
     print_table(table, sys.stdout)
@@ -218,8 +243,11 @@ def remove_image(store: Store, ref: str, *, force: bool) -> list[str]:
             f"unable to remove {ref}: image {digest} is in use by a running build",
             hint="wait for the build to finish, or use rmi -f",
         )
+    image_id = store.load_image(digest).config_digest
     # By ID with a single tag, docker untags and deletes without -f; the store wants force for that.
-    return store.delete_image(ref, force=force or (tag is None and len(tags) <= 1))
+    done = store.delete_image(ref, force=force or (tag is None and len(tags) <= 1))
+    # docker rmi names what it deleted by image ID (the config digest), as `images` shows it.
+    return [f"Deleted: {image_id}" if line == f"Deleted: {digest}" else line for line in done]
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
@@ -280,12 +308,17 @@ def inspect_record(store: Store, record: ImageRecord) -> dict:
 def cmd_inspect(args: argparse.Namespace) -> int:
     store = open_store(args)
     found, missing = [], []
+    template = parse_template(args.format) if getattr(args, "format", None) else None
     for ref in args.images:
         try:
             found.append(inspect_record(store, store.load_image(ref)))
         except ImageNotFound as exc:
             missing.append(exc)
-    print(json.dumps(found, indent=4))
+    if template is not None:
+        for entry in found:
+            print(template.render(entry))
+    else:
+        print(json.dumps(found, indent=4))
     if missing:
         for exc in missing[:-1]:
             print(exc.render(), file=sys.stderr)
@@ -327,9 +360,11 @@ def cmd_history(args: argparse.Namespace) -> int:
     store = open_store(args)
     record = store.load_image(args.image)
     rows = history_rows(store, record)
-    if args.format == "json":
+    if args.quiet:
         for row in rows:
-            print(json.dumps(row, sort_keys=True, ensure_ascii=False))
+            print(row["ID"] if args.no_trunc or row["ID"] == "<missing>" else short_id(row["ID"]))
+        return 0
+    if print_formatted(rows, args.format):
         return 0
     table = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
     for row in rows:
@@ -372,15 +407,40 @@ def cmd_load(args: argparse.Namespace) -> int:
     from builder.image.importer import load_archive
 
     store = open_store(args)
+    if args.input is None:
+        return _load_from_stdin(store)
     source = args.input
     if not Path(source).exists():
         raise BuildError(f"cannot load {source}: no such file or directory")
-    for tag, digest in load_archive(store, source):
+    _report_loaded(store, load_archive(store, source))
+    return 0
+
+
+def _load_from_stdin(store: Store) -> int:
+    from builder.image.importer import load_archive
+
+    if sys.stdin.isatty():
+        raise BuildError("requested load from stdin, but stdin is a terminal",
+                         hint="pipe an archive in (builder load < image.tar) or name it with -i FILE")
+    # The archive is read more than once (manifest first, then layers): spool the stream to a
+    # private file in the store's own temp area, which the store removes even after a crash.
+    with store.tempdir(prefix="load-") as scratch:
+        spooled = scratch / "stdin.tar"
+        with open(spooled, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        if spooled.stat().st_size == 0:
+            raise BuildError("requested load from stdin, but stdin is empty",
+                             hint="pipe an archive in (builder load < image.tar) or name it with -i FILE")
+        _report_loaded(store, load_archive(store, str(spooled)))
+    return 0
+
+
+def _report_loaded(store: Store, loaded: Iterable[tuple[str | None, str]]) -> None:
+    for tag, digest in loaded:
         if tag:
             print(f"Loaded image: {tag}")
         else:
             print(f"Loaded image ID: {store.load_image(digest).config_digest}")
-    return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -429,42 +489,62 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
 # --- registration -------------------------------------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    images = subparsers.add_parser("images", help="list images in the store (SIZE: layers uncompressed, as Docker shows it)")
+def _add_images(subparsers: argparse._SubParsersAction, name: str) -> None:
+    images = subparsers.add_parser(name, help="list images in the store (SIZE: layers uncompressed, as Docker shows it)")
     images.add_argument("filter_repository", nargs="?", metavar="REPOSITORY", help="only this repository")
     images.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
-    images.add_argument("--format", choices=["table", "json"], default=None, help="table (default) or json lines")
+    images.add_argument("--format", default=None,
+                        help="table (default), json (one object per line), or a Go template such as '{{.Repository}}:{{.Tag}}'")
     images.set_defaults(handler=cmd_images)
 
+
+def _add_tag(subparsers: argparse._SubParsersAction) -> None:
     tag = subparsers.add_parser("tag", help="name an image: tag SOURCE TARGET")
     tag.add_argument("source", metavar="SOURCE_IMAGE")
     tag.add_argument("target", metavar="TARGET_IMAGE")
     tag.set_defaults(handler=cmd_tag)
 
-    rmi = subparsers.add_parser("rmi", help="remove images (untag; delete when no tag is left)")
+
+def _add_rmi(subparsers: argparse._SubParsersAction, name: str) -> None:
+    rmi = subparsers.add_parser(name, help="remove images (untag; delete when no tag is left)")
     rmi.add_argument("-f", "--force", action="store_true", help="remove every tag, even when in use")
     rmi.add_argument("images", nargs="+", metavar="IMAGE")
     rmi.set_defaults(handler=cmd_rmi)
 
+
+def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
     inspect = subparsers.add_parser("inspect", help="show images as JSON, like docker image inspect")
+    inspect.add_argument("-f", "--format", help="a Go template applied to each image, e.g. '{{.Id}}' or '{{json .Config}}'")
+    inspect.add_argument("--type", choices=["image"], help="accepted as in docker: the store holds only images")
     inspect.add_argument("images", nargs="+", metavar="IMAGE")
     inspect.set_defaults(handler=cmd_inspect)
 
+
+def _add_history(subparsers: argparse._SubParsersAction) -> None:
     history = subparsers.add_parser("history", help="show the history of an image")
     history.add_argument("image", metavar="IMAGE")
     history.add_argument("--no-trunc", action="store_true", help="do not truncate output")
-    history.add_argument("--format", choices=["table", "json"], default=None)
+    history.add_argument("-q", "--quiet", action="store_true", help="only show image IDs")
+    history.add_argument("--format", default=None, help="table (default), json, or a Go template such as '{{.CreatedBy}}'")
     history.set_defaults(handler=cmd_history)
 
+
+def _add_save(subparsers: argparse._SubParsersAction) -> None:
     save = subparsers.add_parser("save", help="write images to a docker-archive tar")
     save.add_argument("-o", "--output", metavar="FILE", help="the tar to write (default: stdout)")
     save.add_argument("images", nargs="+", metavar="IMAGE")
     save.set_defaults(handler=cmd_save)
 
+
+def _add_load(subparsers: argparse._SubParsersAction) -> None:
     load = subparsers.add_parser("load", help="load images from a docker-archive or OCI archive")
-    load.add_argument("-i", "--input", required=True, metavar="FILE", help="the archive (tar, tar.gz or OCI dir)")
+    load.add_argument("-i", "--input", metavar="FILE",
+                      help="the archive (tar, tar.gz or OCI dir); default: standard input, as docker load")
+    load.add_argument("-q", "--quiet", action="store_true", help="accepted as in docker (there is no progress to hide)")
     load.set_defaults(handler=cmd_load)
 
+
+def _add_import(subparsers: argparse._SubParsersAction) -> None:
     importer = subparsers.add_parser("import", help="make a one-layer image from a rootfs tar or directory")
     importer.add_argument("source", metavar="FILE|DIR")
     importer.add_argument("reference", nargs="?", metavar="NAME[:TAG]")
@@ -473,9 +553,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     importer.add_argument("-m", "--message", help="the history comment")
     importer.set_defaults(handler=cmd_import)
 
-    image = subparsers.add_parser("image", help="image management")
-    image_commands = image.add_subparsers(dest="image_command", metavar="COMMAND")
-    prune = image_commands.add_parser("prune", help="remove dangling (untagged) images")
+
+def _add_image_prune(subparsers: argparse._SubParsersAction) -> None:
+    prune = subparsers.add_parser("prune", help="remove dangling (untagged) images")
     prune.add_argument("-a", "--all", action="store_true", help="remove every image not in use, tagged or not")
     prune.add_argument("-f", "--force", action="store_true", help="do not prompt (there is no prompt)")
     prune.set_defaults(handler=cmd_image_prune)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_images(subparsers, "images")
+    _add_tag(subparsers)
+    _add_rmi(subparsers, "rmi")
+    _add_inspect(subparsers)
+    _add_history(subparsers)
+    _add_save(subparsers)
+    _add_load(subparsers)
+    _add_import(subparsers)
+
+    # `docker image ls|rm|inspect|...`: the same commands under Docker's management command.
+    image = subparsers.add_parser("image", help="image management: ls, inspect, history, tag, rm, prune, save, load, import")
+    image_commands = image.add_subparsers(dest="image_command", metavar="COMMAND")
+    _add_images(image_commands, "ls")
+    _add_images(image_commands, "list")
+    _add_inspect(image_commands)
+    _add_history(image_commands)
+    _add_tag(image_commands)
+    _add_rmi(image_commands, "rm")
+    _add_image_prune(image_commands)
+    _add_save(image_commands)
+    _add_load(image_commands)
+    _add_import(image_commands)

@@ -209,6 +209,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prune = subparsers.add_parser("prune", help="remove unused build cache and dangling layers")
     prune.add_argument("-a", "--all", action="store_true", help="remove the whole build cache")
     prune.add_argument("--keep-storage", metavar="SIZE", help="keep the most recently used cache within SIZE")
+    prune.add_argument("-f", "--force", action="store_true", help="accepted as in docker (prune never prompts)")
     prune.set_defaults(handler=_run_prune)
     df = subparsers.add_parser("df", help="show what uses the store's disk space")
     df.add_argument("--format", choices=["table", "json"], default="table")

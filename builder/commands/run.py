@@ -97,6 +97,9 @@ def _env_item(text: str) -> tuple[str, str | None]:
 
 
 def handler(args: argparse.Namespace) -> int:
+    if args.tty and not (sys.stdout.isatty() and (not args.interactive or sys.stdin.isatty())):
+        raise SandboxError("the input device is not a TTY" if args.interactive else "the output device is not a TTY",
+                           hint="drop -t when piping input or output (docker run says the same)")
     store = Store.open(args.root)
     entrypoint = None
     if args.entrypoint is not None:
@@ -133,6 +136,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--entrypoint", help="override the image's ENTRYPOINT ('' clears it)")
     parser.add_argument("--hostname", help="the container's host name")
     parser.add_argument("-i", "--interactive", action="store_true", help="pass standard input to the command")
+    parser.add_argument("-t", "--tty", action="store_true",
+                        help="the command runs on this terminal (standard input and output must be one; no new pty is made)")
     parser.add_argument("--snapshotter", default="auto", choices=["auto", "overlay", "copy"],
                         help="how the container gets its file system")
     parser.add_argument("--root", default=argparse.SUPPRESS, help="the store directory")
