@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from builder.arguments import check_build_arguments
+from builder.cancel import Cancellation
 from builder.context.inroot import read_limited, relative_to_context, resolve_in_context
 from builder.errors import BuildError, ContextError, ParseError, Pos, StoreError
 from builder.image.inuse import hold_store_for_build
@@ -17,12 +19,12 @@ from builder.parse.grammar import set_cache_dir
 from builder.parse.lines import MAX_BUILDFILE_BYTES, check_size, split_physical_lines
 from builder.plan.planner import Plan, make_plan
 from builder.plan.platforms import Platform
-from builder.progress import Event, EventCallback
+from builder.progress import Event, EventCallback, GuardedCallback
 from builder.solve.assemble import assemble_image
 from builder.solve.options import BuildOptions, BuildResult, StepResult
 from builder.solve.solver import Solver
 
-__all__ = ["build", "plan", "BuildResult", "StepResult", "find_buildfile", "source_date_epoch_from_env"]
+__all__ = ["build", "plan", "BuildResult", "StepResult", "Cancellation", "find_buildfile", "source_date_epoch_from_env"]
 
 
 def find_buildfile(context: Path, file: str | os.PathLike[str] | None) -> Path:
@@ -150,13 +152,39 @@ def build(
     pull: bool = False,
     insecure_registries: Sequence[str] = (),
     secrets: Mapping[str, str | os.PathLike[str]] | None = None,
+    cancel: Cancellation | None = None,
 ) -> BuildResult:
-    """Build an image from a Buildfile and a context directory.
+    """Build an image from a Buildfile and a context directory, like `build` on the command line.
+
+    context: the build context directory. file: the Buildfile (default CONTEXT/Buildfile, then
+    CONTEXT/Dockerfile); or buildfile_text: the Buildfile's text itself. tags: names for the
+    image ("name:tag"). build_args, labels: str -> str. target: the stage to build. platform:
+    "os/arch[/variant]". outputs: output specs as for `-o` ("type=oci,dest=out.tar", ...).
+    root: the store directory (default $BUILDER_ROOT, else $XDG_DATA_HOME/builder).
+    on_event: called with each `Event` (see `EventKind`), from the build's threads; an exception
+    it raises never stops the build (the first is reported as a RuntimeWarning). no_cache,
+    no_cache_filter (stage names), compression ("gzip", "zstd", "uncompressed"),
+    compression_level, source_date_epoch (else $SOURCE_DATE_EPOCH), reproducible (epoch 0 when
+    none is set), snapshotter ("auto", "overlay", "copy"), network ("default", "host", "none"),
+    pull, insecure_registries, secrets (id -> file for RUN --mount=type=secret): as the CLI flags.
+    cancel: a `Cancellation`; calling its cancel() from another thread stops this build (and
+    only this one) with `BuildCancelled`.
 
     Returns a BuildResult with the image id (config digest), the manifest digest, the config,
     and one StepResult per step (cached or not, and why not). Raises a BuildError subclass for
-    every user mistake; nothing incomplete is left visible in the store.
+    every user mistake (`InvalidArgument` for an argument of the wrong type); nothing incomplete
+    is left visible in the store. Builds may run at once in several threads of one process.
     """
+    check_build_arguments(
+        context=context, file=file, buildfile_text=buildfile_text, tags=tags, build_args=build_args,
+        labels=labels, target=target, platform=platform, outputs=outputs, root=root, on_event=on_event,
+        no_cache=no_cache, no_cache_filter=no_cache_filter, compression=compression,
+        compression_level=compression_level, source_date_epoch=source_date_epoch, reproducible=reproducible,
+        snapshotter=snapshotter, network=network, pull=pull, insecure_registries=insecure_registries,
+        secrets=secrets, cancel=cancel,
+    )
+    if on_event is not None:
+        on_event = GuardedCallback(on_event)
     context_dir = Path(context)
     if not context_dir.is_dir():
         raise ContextError(f"build context {str(context_dir)!r} is not a directory", hint="pass the context directory, e.g. .")
@@ -204,6 +232,7 @@ def build(
         insecure_registries=tuple(insecure_registries),
         secrets={name: Path(path) for name, path in (secrets or {}).items()},
         on_event=on_event,
+        cancel=cancel,
     )
     solver = Solver(store, the_plan, options, escape=buildfile.escape)
     try:

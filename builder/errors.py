@@ -103,3 +103,13 @@ class RegistryError(BuildError):
 
 class OutputError(BuildError):
     """An `--output` specification is invalid or its destination cannot be written."""
+
+
+class InvalidArgument(BuildError):
+    """A library caller passed an argument of the wrong type or shape to `builder.build`."""
+
+
+class BuildCancelled(BuildError):
+    """The build was cancelled through its `Cancellation` handle."""
+
+    exit_code = 130

@@ -9,13 +9,26 @@ import json
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Callable, TextIO
+
+
+class EventKind(StrEnum):
+    """What an `Event` reports; each is equal to its string value ("step-start", ...)."""
+
+    STEP_START = "step-start"  # a step begins: stage, step, total, text (the instruction)
+    STEP_OUTPUT = "step-output"  # output of a running RUN: text
+    STEP_DONE = "step-done"  # a step ran: seconds, cache_reason (why the cache was not used)
+    STEP_CACHED = "step-cached"  # a step came from the cache
+    MESSAGE = "message"  # a note for the user: text
+    BUILD_DONE = "build-done"  # the image is made: text names it and its tags
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # build-start | step-start | step-output | step-done | step-cached | build-done | message
+    kind: EventKind
     stage: str = ""
     step: int = 0  # 1-based number within the whole build, 0 for build-level events
     total: int = 0
@@ -24,7 +37,40 @@ class Event:
     cache_reason: str = ""  # for step-done: why the cache was not used
 
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", EventKind(self.kind))  # a kind nobody knows is a bug here
+
+
 EventCallback = Callable[[Event], None]
+
+
+class GuardedCallback:
+    """A caller's `on_event`, made unable to break the build.
+
+    The policy (documented in README's Library section): an exception raised by the callback does
+    not stop the build; that event is dropped for the callback, later events still reach it, the
+    first exception is kept in `first_error` and reported once as a RuntimeWarning. A caller that
+    wants to stop the build uses a `Cancellation`.
+    """
+
+    def __init__(self, callback: EventCallback) -> None:
+        self.callback = callback
+        self.first_error: Exception | None = None
+        self.errors = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        try:
+            self.callback(event)
+        except Exception as error:  # noqa: BLE001 - the policy above: any error of the callback
+            with self._lock:
+                self.errors += 1
+                first = self.first_error is None
+                if first:
+                    self.first_error = error
+            if first:
+                warnings.warn(f"on_event raised {error!r} on a {event.kind} event; the build goes on",
+                              RuntimeWarning, stacklevel=2)
 
 
 class PlainProgress:

@@ -126,12 +126,14 @@ def run(
     on_output: Callable[[bytes], None] | None = None,
     stdin: int | IO[bytes] | None = None,
     extra_binds: Sequence[ExtraMount] = (),
+    group: "SandboxGroup | None" = None,
 ) -> int:
     """Run `argv` in the snapshot's rootfs; returns its exit status (128+N if killed by signal N).
 
     Output (stdout and stderr merged) goes to `on_output` chunk by chunk as it comes, or to the
     builder's own stdout/stderr if None. `stdin` defaults to /dev/null. `extra_binds` are the
-    step's own mounts, in order: host paths (`Bind`), `Tmpfs` and `SecretFile`.
+    step's own mounts, in order: host paths (`Bind`), `Tmpfs` and `SecretFile`. The sandbox
+    joins `group` while it runs, so its owner can kill it (and only its own) early.
     """
     if network not in NETWORK_MODES:
         raise SandboxError(f"unknown network mode {network!r}",
@@ -197,7 +199,7 @@ def run(
             "env": full_env,
             "argv": list(argv),
         }
-        return _launch(spec, network, on_output, stdin)
+        return _launch(spec, network, on_output, stdin, group)
     finally:
         shutil.rmtree(files_dir, ignore_errors=True)
 
@@ -226,7 +228,7 @@ def _file_entry(target: str, data: bytes, *, mode: int, readonly: bool, uid: int
 
 
 def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
-            stdin: int | IO[bytes] | None) -> int:
+            stdin: int | IO[bytes] | None, group: "SandboxGroup | None") -> int:
     spec_r, spec_w = os.pipe()
     status_r, status_w = os.pipe()
     command = build_command(network) + [str(spec_r), str(status_w)]
@@ -249,8 +251,9 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
     spec_out = os.fdopen(spec_w, "wb")
     attached: user_network.UserModeNetwork | None = None
     first_status = b""
-    with _LIVE_LOCK:
-        _LIVE.add(process)
+    for owner in (_ALL, group):
+        if owner is not None:
+            owner.add(process)
     try:
         if network == "default":
             # Once init says it runs, it is in its own network namespace: attach slirp4netns
@@ -278,8 +281,9 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
         raise
     finally:
         spec_out.close()
-        with _LIVE_LOCK:
-            _LIVE.discard(process)
+        for owner in (_ALL, group):
+            if owner is not None:
+                owner.discard(process)
         if process.stdout is not None:
             process.stdout.close()
         if attached is not None:
@@ -306,18 +310,36 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
                        hint="the builder needs root (or CAP_SYS_ADMIN), util-linux and namespaces")
 
 
-# Sandboxes running now, in any thread: Ctrl-C reaches only the main thread, which must be able
-# to take down sandboxes that worker threads are waiting on.
-_LIVE: set[subprocess.Popen] = set()
-_LIVE_LOCK = threading.Lock()
+class SandboxGroup:
+    """Sandboxes started on behalf of one owner (one build): killed together, and only they."""
+
+    def __init__(self) -> None:
+        self._running: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def add(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.add(process)
+
+    def discard(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(process)
+
+    def kill(self) -> None:
+        """Kill every sandbox of the group; their `run` calls then return or raise."""
+        with self._lock:
+            running = list(self._running)
+        for process in running:
+            _kill(process)
+
+
+# Every sandbox this process runs, in any thread: the CLI's Ctrl-C handler may take them all down.
+_ALL = SandboxGroup()
 
 
 def kill_all() -> None:
-    """Kill every sandbox this process is running; their `run` calls then return or raise."""
-    with _LIVE_LOCK:
-        running = list(_LIVE)
-    for process in running:
-        _kill(process)
+    """Kill every sandbox this process is running (any build, any thread)."""
+    _ALL.kill()
 
 
 def _kill(process: subprocess.Popen) -> None:

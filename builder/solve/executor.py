@@ -37,12 +37,23 @@ class Executor(Protocol):
         """Run `spec` using the empty dir `work` for scratch space."""
         ...
 
+    def stop_all(self) -> None:
+        """Stop every command this executor is running now (a failed or cancelled build)."""
+        ...
+
 
 class SandboxExecutor:
     """The real thing: an overlay (or copy) snapshot and the namespaced sandbox."""
 
     def __init__(self, snapshotter: str = "auto") -> None:
+        from builder.sandbox.runner import SandboxGroup
+
         self.snapshotter = snapshotter
+        # One per build: a failure or a cancel stops this build's sandboxes, never another's.
+        self.sandboxes = SandboxGroup()
+
+    def stop_all(self) -> None:
+        self.sandboxes.kill()
 
     def run(self, spec: RunSpec, work: Path, on_output: Callable[[bytes], None]) -> RunOutcome:
         from builder.sandbox import run as sandbox_run
@@ -59,6 +70,7 @@ class SandboxExecutor:
                 network=spec.network,
                 on_output=on_output,
                 extra_binds=spec.binds,
+                group=self.sandboxes,
             )
             if status != 0:
                 return RunOutcome(status, None)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.cancel import Cancellation
 from builder.progress import EventCallback
 
 
@@ -28,6 +29,7 @@ class BuildOptions:
     insecure_registries: tuple[str, ...] = ()
     secrets: dict[str, Path] = field(default_factory=dict)  # RUN --mount=type=secret sources by id
     on_event: EventCallback | None = None
+    cancel: Cancellation | None = None
 
 
 @dataclass(frozen=True)

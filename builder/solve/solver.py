@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.errors import BuildError
+from builder.errors import BuildCancelled, BuildError
 from builder.image.store import Store
 from builder.parse import ast
 from builder.parse.expand import expand_word
@@ -86,6 +86,8 @@ class Solver:
                                    held_images=held_images)
             futures: dict[int, Future[ImageState]] = {}
             pool = ThreadPoolExecutor(max_workers=max(1, min(4, len(self.plan.order))))
+            cancel = self.options.cancel
+            forget_cancel = cancel.on_cancel(lambda: self._stop(session)) if cancel is not None else None
             try:
                 for index in self.plan.order:
                     stage = self.plan.stages[index]
@@ -95,16 +97,23 @@ class Solver:
                 for future in futures.values():
                     future.result()
             except BaseException:
-                # A failed stage or Ctrl-C: stop the other stages' sandboxes instead of waiting.
-                session.cancelled.set()
-                from builder.sandbox.runner import kill_all
-
-                kill_all()
+                # A failed stage or Ctrl-C: stop this build's other stages instead of waiting.
+                self._stop(session)
+                if cancel is not None and cancel.cancelled:
+                    raise BuildCancelled("build cancelled", hint="Cancellation.cancel() was called") from None
                 raise
             finally:
+                if forget_cancel is not None:
+                    forget_cancel()
                 pool.shutdown(wait=True, cancel_futures=True)
+            if cancel is not None and cancel.cancelled:
+                raise BuildCancelled("build cancelled", hint="Cancellation.cancel() was called")
             session.results.sort(key=lambda result: result.number)
             return final, session.results
+
+    def _stop(self, session: BuildSession) -> None:
+        session.cancelled.set()
+        self.executor.stop_all()
 
     # --- one stage ---------------------------------------------------------------------------
     def _run_stage(self, session: BuildSession, stage: Stage, dependencies: list[Future[ImageState]]) -> ImageState:

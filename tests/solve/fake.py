@@ -8,6 +8,7 @@ A RUN's shell script is read as lines of a tiny language instead of being run:
     say TEXT             TEXT on the step's output
     fail N               exit status N
     meet                 wait at the executor's barrier (proves two steps run at once)
+    block                wait until the executor is told to stop_all, then exit 137 (killed)
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ class FakeExecutor:
     barrier: threading.Barrier | None = None
     runs: list[RunSpec] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    blocked: threading.Event = field(default_factory=threading.Event)  # set when a step waits in `block`
+
+    def stop_all(self) -> None:
+        self.stopped.set()
 
     def run(self, spec: RunSpec, work: Path, on_output: Callable[[bytes], None]) -> RunOutcome:
         with self.lock:
@@ -52,6 +58,11 @@ class FakeExecutor:
                 on_output((" ".join(args) + "\n").encode())
             elif verb == "fail":
                 return RunOutcome(int(args[0]), None)
+            elif verb == "block":
+                self.blocked.set()
+                if not self.stopped.wait(timeout=30):
+                    raise AssertionError("block: nobody stopped the executor")
+                return RunOutcome(137, None)
             elif verb == "meet":
                 assert self.barrier is not None
                 self.barrier.wait()
