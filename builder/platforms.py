@@ -8,6 +8,7 @@ variant is the default one, so `linux/arm64` and `linux/arm64/v8` are the same p
 from __future__ import annotations
 
 import platform as host_platform
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -20,6 +21,7 @@ _ARCH_ALIASES = {
     "i386": ("386", ""), "i686": ("386", ""), "386": ("386", ""),
 }
 _OS_NAMES = ("linux", "windows", "darwin", "freebsd")
+_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,17 @@ class Platform:
     @classmethod
     def parse(cls, text: str, pos: Pos | None = None) -> "Platform":
         """`linux/amd64`, `linux/arm/v7`, `arm64` (a bare architecture means linux)."""
+        if "," in text:
+            raise PlanError(
+                f"invalid platform {text!r}: one platform per build",
+                pos=pos,
+                hint="building several platforms into one image index is not supported yet; "
+                     "build each with its own --platform",
+            )
         parts = text.strip().split("/")
         if len(parts) == 1 and parts[0] and parts[0].lower() not in _OS_NAMES:
             parts = ["linux", *parts]
-        if len(parts) not in (2, 3) or not all(parts):
+        if len(parts) not in (2, 3) or not all(_PART.fullmatch(part) for part in parts):
             raise PlanError(
                 f"invalid platform {text!r}",
                 pos=pos,

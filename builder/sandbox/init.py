@@ -384,7 +384,8 @@ def exec_command(spec: dict, status_fd: int) -> None:
         hint = ""
         if exc.errno == errno.ENOENT and os.path.exists(program):
             hint = " (its interpreter or loader is missing from the image)"
-        raise SetupError(f"cannot run {argv[0]!r}: {exc.strerror}{hint}", kind="exec", code=code) from exc
+        kind = "exec-format" if exc.errno == errno.ENOEXEC else "exec"
+        raise SetupError(f"cannot run {argv[0]!r}: {exc.strerror}{hint}", kind=kind, code=code) from exc
 
 
 PR_SET_PDEATHSIG = 1

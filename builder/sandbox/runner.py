@@ -300,6 +300,9 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
             hint = None
             if message.get("kind") == "exec":
                 hint = "install it in an earlier step or use a base image that has it"
+            elif message.get("kind") == "exec-format":
+                hint = ("a program for another architecture? RUN for a foreign --platform needs binfmt_misc"
+                        " emulation on the host (e.g. Debian's qemu-user-static)")
             elif message.get("kind") == "seccomp":
                 hint = "apt-get install libseccomp2: RUN steps never run without their syscall filter"
             raise SandboxError(message["error"], hint=hint)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
-from builder.errors import PlanError, RunError
+from builder.errors import BuildError, PlanError, RunError
 from builder.parse import ast
 from builder.plan.platforms import PROXY_ARGS
 from builder.progress import Event
@@ -102,6 +102,10 @@ class RunStep(PreparedStep):
                 binds=mount_setup.binds(self.mounts, session.options.secrets),
             )
             outcome = session.executor.run(spec, work, on_output)
+        except BuildError as error:
+            if error.pos is None:  # the sandbox knows no Buildfile: say which RUN it was
+                error.pos, error.source_line = instruction.pos, step.source_line
+            raise
         finally:
             mount_setup.close()
         if partial[0]:

@@ -22,6 +22,7 @@ from builder.image import oci
 from builder.image.store import ImageRecord, Store
 from builder.plan.planner import Plan
 from builder.platforms import Platform
+from builder.progress import Event, EventKind
 from builder.solve.options import BuildOptions
 from builder.solve.state import ImageState, LayerRef
 
@@ -37,6 +38,8 @@ class SessionView(Protocol):
     stage_states: dict[int, ImageState]
 
     def hold(self, manifest_digest: str) -> None: ...
+
+    def emit(self, event: Event) -> None: ...
 
     def lower_dirs(self, layers: list[LayerRef]) -> list[Path]: ...
 
@@ -128,9 +131,12 @@ class SourceResolver:
         session = self.session
         if not session.options.pull:
             try:
-                return session.store.load_image(name)
+                record = session.store.load_image(name)
             except ImageNotFound:
                 pass
+            else:
+                self._warn_on_other_platform(record, name, platform, what)
+                return record
         from builder.registry import pull
 
         try:
@@ -147,6 +153,19 @@ class SourceResolver:
                     "`builder load` or `builder pull`, or check the name"
                 )
             raise
+
+    def _warn_on_other_platform(self, record: ImageRecord, name: str, wanted: Platform, what: str) -> None:
+        """As buildx warns (InvalidBaseImagePlatform): a local image of another platform is used
+        as it is, and RUN steps then need that platform's programs to run here."""
+        config = record.config if isinstance(record.config, dict) else {}
+        if not config.get("architecture"):
+            return  # an image that does not say (an import without a platform): nothing to compare
+        found = Platform.from_json(config)
+        if not found.matches(wanted):
+            self.session.emit(Event(
+                EventKind.MESSAGE,
+                text=f"warning: {what} {name}: the image in the store is {found}, not {wanted} as asked for this build",
+            ))
 
     def _flattened(self, name: str, layers: list[LayerRef], reach: list[str]) -> Path:
         from builder.snapshot.view import flatten

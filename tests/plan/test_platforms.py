@@ -24,7 +24,8 @@ def test_parse_normalises_like_containerd(text: str, expected: str) -> None:
     assert str(Platform.parse(text)) == expected
 
 
-@pytest.mark.parametrize("text", ["", "linux/", "/amd64", "a/b/c/d", "linux//v7"])
+@pytest.mark.parametrize("text", ["", "linux/", "/amd64", "a/b/c/d", "linux//v7", "linux/amd 64", "linux/$ARCH",
+                                  "linux/amd64,linux/arm64"])
 def test_malformed_platforms_are_plan_errors(text: str) -> None:
     with pytest.raises(PlanError):
         Platform.parse(text)
@@ -51,3 +52,10 @@ def test_an_index_entry_is_chosen_by_the_same_rules() -> None:
     ]}
     assert select_manifest(index, Platform.parse("ARM64"), "x")["digest"] == "sha256:" + "a" * 64
     assert select_manifest(index, Platform.parse("linux/x86_64"), "x")["digest"] == "sha256:" + "b" * 64
+
+
+def test_a_list_of_platforms_is_refused_not_mangled(tmp_path) -> None:
+    with pytest.raises(PlanError) as caught:
+        plan_buildfile(tmp_path, buildfile_text="FROM scratch\n", platform="linux/amd64,linux/arm64")
+    assert "one platform per build" in caught.value.message
+    assert "build each with its own --platform" in caught.value.hint
