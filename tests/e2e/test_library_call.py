@@ -95,6 +95,15 @@ def test_cancel_stops_a_running_build_and_keeps_earlier_steps(tmp_path, busybox_
     thread.join(30)
     assert not thread.is_alive() and time.monotonic() - began < 30
     assert isinstance(outcome.get("error"), BuildCancelled)
+    # Nothing of the cancelled build is left: no sandbox process, mount or scratch dir.
+    with open("/proc/self/mountinfo") as mountinfo:
+        assert [line for line in mountinfo if str(busybox_store.root) in line] == []
+    assert list((busybox_store.root / "tmp").iterdir()) == []
+    # The kernel kills the rest of a PID namespace after its init; give it a moment to finish.
+    deadline = time.monotonic() + 5
+    while (sleeping := _processes_running("sleep 60")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sleeping == []
     # The first RUN was cached before the cancel: a rebuild of the first two steps hits.
     again = builder.build(context, buildfile_text="FROM busybox\nRUN echo first > /first\n", root=busybox_store.root)
     assert [step.cached for step in again.steps[1:]] == [True]
@@ -121,6 +130,21 @@ def test_a_failing_build_in_one_thread_leaves_another_threads_build_alone(tmp_pa
     assert isinstance(outcome["failing"], RunError)
     assert not isinstance(outcome["slow"], BaseException), outcome["slow"]
     assert outcome["slow"].steps[-1].layer_diff_id is not None
+
+
+def _processes_running(command_line: str) -> list[str]:
+    """Live (not zombie) processes whose command line is `command_line`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip() != command_line.encode():
+                continue
+            state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if "zombie" not in state:
+            found.append(f"{entry.name}: {state}")
+    return found
 
 
 def test_cancellation_handle():
