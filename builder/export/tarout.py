@@ -31,7 +31,7 @@ class CountingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data) -> int:
         n = len(data)
         self._out.write(data)
         self.count += n
@@ -190,7 +190,7 @@ def atomic_output_file(dest: Path | str) -> Iterator[BinaryIO]:
         # No fsync: this is the user's file, not the store; like cp, tar or `docker save` we
         # leave flushing it to the kernel (the rename still hides a half-written file from readers).
         with os.fdopen(fd, "wb") as f:
-            yield f  # type: ignore[misc]
+            yield f
             f.flush()
         os.chmod(tmp, 0o644)
         os.rename(tmp, path)
