@@ -19,7 +19,7 @@ from builder.parse.grammar import set_cache_dir
 from builder.parse.lines import MAX_BUILDFILE_BYTES, check_size, split_physical_lines
 from builder.plan.planner import Plan, make_plan
 from builder.plan.platforms import Platform
-from builder.progress import Event, EventCallback, GuardedCallback
+from builder.progress import Event, EventCallback, EventKind, GuardedCallback
 from builder.solve.assemble import assemble_image
 from builder.solve.options import BuildOptions, BuildResult, StepResult
 from builder.solve.solver import Solver
@@ -198,7 +198,7 @@ def build(
     if source_date_epoch is None and reproducible:
         source_date_epoch = 0
         if on_event is not None:
-            on_event(Event("message", text="--reproducible without SOURCE_DATE_EPOCH: using timestamp 0 (1970-01-01)"))
+            on_event(Event(EventKind.MESSAGE, text="--reproducible without SOURCE_DATE_EPOCH: using timestamp 0 (1970-01-01)"))
 
     from builder.export import parse_output_spec, write_output
 
@@ -257,7 +257,7 @@ def build(
     except OSError as error:
         raise _os_error_as_build_error(error, store.root) from None
     if on_event is not None:
-        on_event(Event("build-done", text=f"image {config_digest}" + "".join(f"\nnamed {tag}" for tag in tags)))
+        on_event(Event(EventKind.BUILD_DONE, text=f"image {config_digest}" + "".join(f"\nnamed {tag}" for tag in tags)))
     return BuildResult(
         image_id=config_digest,
         manifest_digest=manifest_digest,

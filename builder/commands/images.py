@@ -17,7 +17,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence, TextIO
+from typing import Any, Iterable, Sequence, TextIO
 
 from builder.commands.gotemplate import parse_template
 from builder.errors import BuildError, ImageNotFound, StoreError
@@ -159,7 +159,7 @@ def open_store(args: argparse.Namespace) -> Store:
 
 def image_rows(store: Store) -> list[dict]:
     """One row per tag, and one `<none>` row per untagged image, newest first."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for record in store.images():
         created = record.config.get("created")
         names = [split_tag(tag) for tag in record.tags] or [(NONE, NONE)]
@@ -261,8 +261,8 @@ def cmd_rmi(args: argparse.Namespace) -> int:
             errors.append(exc)
     if not errors:
         return 0
-    for exc in errors[:-1]:
-        print(exc.render(), file=sys.stderr)
+    for error in errors[:-1]:
+        print(error.render(), file=sys.stderr)
     raise errors[-1]
 
 
@@ -320,8 +320,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(found, indent=4))
     if missing:
-        for exc in missing[:-1]:
-            print(exc.render(), file=sys.stderr)
+        for error in missing[:-1]:
+            print(error.render(), file=sys.stderr)
         raise missing[-1]
     return 0
 

@@ -12,6 +12,7 @@ layer the builder made is written from its snapshot dir as it is copied (its siz
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
@@ -93,12 +94,12 @@ def export_docker_archive(store: Store, images: Sequence[tuple[str, Sequence[str
                                   hint="run fsck on the store; pull or rebuild the image")
             if not store.has_blob(layer.digest):
                 # A layer made here: its tar is written from its snapshot dir while it is copied.
-                plan.add_file(name, layer.size, lambda layer=layer, diff_id=diff_id: store.open_layer_tar(layer.digest, diff_id))
+                plan.add_file(name, layer.size, partial(store.open_layer_tar, layer.digest, diff_id))
             elif oci.layer_compression(layer.media_type) == "uncompressed" and layer.digest == diff_id:
                 plan.add_path(name, store.blob_path(layer.digest))
             else:
                 size = _uncompressed_size(store, layer.digest, diff_id)
-                plan.add_file(name, size, lambda d=layer.digest: _DecompressedBlob(store, d))
+                plan.add_file(name, size, partial(_DecompressedBlob, store, layer.digest))
         repo_tags = []
         for tag in tags:
             try:

@@ -10,7 +10,7 @@ import io
 import os
 import tarfile
 import tempfile
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -31,7 +31,7 @@ class CountingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data) -> int:
         n = len(data)
         self._out.write(data)
         self.count += n
@@ -49,7 +49,7 @@ class _Entry:
     name: str
     kind: str  # "dir", "file"
     size: int = 0
-    opener: Callable[[], BinaryIO] | None = None
+    opener: Callable[[], AbstractContextManager[BinaryIO]] | None = None
     data: bytes | None = None
     path: Path | None = None  # a file on disk, copied by the kernel where it can
 
@@ -71,7 +71,7 @@ class TarPlan:
         self._add_parents(name)
         self._entries[name] = _Entry(name, "file", len(data), data=data)
 
-    def add_file(self, name: str, size: int, opener: Callable[[], BinaryIO]) -> None:
+    def add_file(self, name: str, size: int, opener: Callable[[], AbstractContextManager[BinaryIO]]) -> None:
         """`opener` is called at write time and must give exactly `size` bytes."""
         self._add_parents(name)
         self._entries[name] = _Entry(name, "file", size, opener=opener)
@@ -190,7 +190,7 @@ def atomic_output_file(dest: Path | str) -> Iterator[BinaryIO]:
         # No fsync: this is the user's file, not the store; like cp, tar or `docker save` we
         # leave flushing it to the kernel (the rename still hides a half-written file from readers).
         with os.fdopen(fd, "wb") as f:
-            yield f  # type: ignore[misc]
+            yield f
             f.flush()
         os.chmod(tmp, 0o644)
         os.rename(tmp, path)

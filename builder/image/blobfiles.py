@@ -420,7 +420,7 @@ class BlobWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data) -> int:
         with memoryview(data) as raw, raw.cast("B") as view:
             n = len(view)
             self._hash.update(view)
@@ -493,7 +493,7 @@ def copy_into(data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes],
     if isinstance(data, (bytes, bytearray, memoryview)):
         writer.write(data)
     elif hasattr(data, "read"):
-        while chunk := data.read(CHUNK):  # type: ignore[union-attr]
+        while chunk := data.read(CHUNK):
             writer.write(chunk)
     else:
         for chunk in data:

@@ -383,8 +383,8 @@ class _Loader:
 
     def _stage_docker_layer(self, member: str, diff_id: str) -> oci.Descriptor:
         # Already in the store under this diff_id: reuse that blob (and its compression) as is.
-        for digest, media_type, size in self.store.layer_blobs(diff_id):
-            return oci.Descriptor(oci.DOCKER_TO_OCI_LAYER.get(media_type, media_type), digest, size)
+        for stored_digest, media_type, size in self.store.layer_blobs(diff_id):
+            return oci.Descriptor(oci.DOCKER_TO_OCI_LAYER.get(media_type, media_type), stored_digest, size)
         from builder.layer import detect_compression
 
         with self.source.open(member) as f:

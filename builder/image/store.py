@@ -96,7 +96,7 @@ class Store:
                              (*_STORE_DIRS, *_ON_DEMAND_DIRS))
 
     @classmethod
-    def open(cls, root: str | Path | None = None) -> "Store":
+    def open(cls, root: str | os.PathLike[str] | None = None) -> "Store":
         path = Path(root) if root is not None else default_root()
         path = path.expanduser().absolute()
         prepare_root(path)

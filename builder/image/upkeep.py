@@ -324,7 +324,7 @@ class Upkeep:
                     problems.append(f"stray entry in blobs/sha256: {name}")
                     continue
                 with os.fdopen(fd, "rb") as f:
-                    raw = HashingReader(f)  # type: ignore[arg-type]
+                    raw = HashingReader(f)
                     if digest in layer_digests:
                         try:
                             stream = HashingReader(open_layer_stream(raw))

@@ -17,7 +17,7 @@ import struct
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import zstandard
 
@@ -31,8 +31,14 @@ _ZSTD_CHUNK = 1 << 20
 _GZIP_OS_UNKNOWN = 255
 
 
+# What the layer writers hand on: bytes, or a view of a reused buffer (the tar writer's file copies).
+BytesLike: TypeAlias = bytes | bytearray | memoryview
+
+
 class ByteSink(Protocol):
-    def write(self, data: bytes) -> int: ...
+    """All the layer writers need of their output: a file, a store blob writer or another sink."""
+
+    def write(self, data: BytesLike) -> int: ...
 
 
 class OutputWriteError(Exception):
@@ -50,7 +56,7 @@ class OutputWriteError(Exception):
 class NullSink:
     """Keeps nothing: for hashing a tar stream without writing it anywhere."""
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: BytesLike) -> int:
         return len(data)
 
 
@@ -63,7 +69,7 @@ class CountingSink:
         self._is_output = is_output
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: BytesLike) -> int:
         if data:
             try:
                 self._out.write(data)
@@ -86,7 +92,7 @@ class HashingSink(CountingSink):
         super().__init__(out, is_output=is_output)
         self._hash = hashlib.sha256()
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: BytesLike) -> int:
         if data:
             self._hash.update(data)
         return super().write(data)
@@ -123,7 +129,7 @@ class HandOver:
                 except BaseException as exc:  # noqa: BLE001 - raised in the writing thread by finish()
                     self._error = exc
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: BytesLike) -> int:
         if self._error is not None:
             self.finish()
         if len(data) >= self._piece and not self._gathered:
@@ -150,7 +156,7 @@ class HandOver:
 
 
 class Compressor(Protocol):
-    def write(self, data: bytes) -> int: ...
+    def write(self, data: BytesLike) -> int: ...
 
     def close(self) -> None: ...
 
@@ -163,7 +169,7 @@ class PlainWriter:
     def __init__(self, sink: ByteSink) -> None:
         self._sink = sink
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: BytesLike) -> int:
         self._sink.write(data)
         return len(data)
 
@@ -211,7 +217,7 @@ class ParallelGzipWriter:
         xfl = 2 if level == 9 else (4 if level == 1 else 0)
         self._sink.write(b"\x1f\x8b\x08\x00" + b"\x00\x00\x00\x00" + bytes([xfl, _GZIP_OS_UNKNOWN]))
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: BytesLike) -> int:
         if not data:
             return 0
         self._crc = zlib.crc32(data, self._crc)
@@ -272,10 +278,13 @@ class ZstdWriter:
             write_dict_id=False,
         )
         # Output in 1 MiB pieces (the bytes are the same for any size): fewer, larger writes downstream.
-        self._writer = cctx.stream_writer(sink, write_size=_ZSTD_CHUNK, closefd=False, write_return_read=True)
+        # The stub asks for IO[bytes]; the writer only calls write() (flush(), close() and fileno() only if present).
+        self._writer = cctx.stream_writer(
+            sink, write_size=_ZSTD_CHUNK, closefd=False, write_return_read=True  # type: ignore[arg-type]
+        )
         self._buffer = bytearray()
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: BytesLike) -> int:
         if not self._buffer and len(data) >= _ZSTD_CHUNK:
             self._writer.write(data)  # a whole chunk or more: no copy through the buffer
             return len(data)

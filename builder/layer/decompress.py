@@ -6,7 +6,7 @@ import gzip
 import io
 import lzma
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import zstandard
 
@@ -28,6 +28,12 @@ _ZSTD_MAX_INPUT = 1 << 16
 _DECODE_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError, ValueError)
 
 
+class ByteSource(Protocol):
+    """All the layer readers need of their input: a file, an HTTP body, a hashing reader..."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 def detect_compression(head: bytes) -> str:
     """"gzip", "zstd", "bzip2", "xz" or "none" from the first bytes of a stream."""
     for magic, name in _MAGICS:
@@ -39,14 +45,14 @@ def detect_compression(head: bytes) -> str:
 class _PrefixedReader(io.RawIOBase):
     """Gives back the bytes already read for sniffing, then the rest of the stream."""
 
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+    def __init__(self, head: bytes, rest: ByteSource) -> None:
         self._head = head
         self._rest = rest
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         if self._head:
             n = min(len(view), len(self._head))
@@ -63,14 +69,14 @@ class _PrefixedReader(io.RawIOBase):
 class _ErrorTranslatingReader(io.RawIOBase):
     """Turns decoder failures (bad CRC, truncated stream, garbage) into ArchiveError."""
 
-    def __init__(self, inner: BinaryIO, kind: str) -> None:
+    def __init__(self, inner: ByteSource, kind: str) -> None:
         self._inner = inner
         self._kind = kind
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         try:
             data = self._inner.read(len(view))
@@ -98,7 +104,7 @@ class _ZstdReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         while self._offset >= len(self._pending) and not self._eof:
             if self._decomp.eof and self._decomp.unused_data:
@@ -126,7 +132,7 @@ class _ZstdReader(io.RawIOBase):
         return n
 
 
-def open_layer_stream(fileobj: BinaryIO) -> BinaryIO:
+def open_layer_stream(fileobj: ByteSource) -> BinaryIO:
     """A readable stream of the uncompressed tar in `fileobj` (gzip/zstd/bzip2/xz/plain).
 
     Reads forward only (works on pipes and HTTP bodies). Decoding errors surface as
@@ -141,14 +147,14 @@ def open_layer_stream(fileobj: BinaryIO) -> BinaryIO:
     kind = detect_compression(head)
     raw = io.BufferedReader(_PrefixedReader(head, fileobj), buffer_size=1 << 16)
     if kind == "none":
-        return raw  # type: ignore[return-value]
-    decoder: BinaryIO
+        return raw
+    decoder: ByteSource
     if kind == "gzip":
-        decoder = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        decoder = gzip.GzipFile(fileobj=raw, mode="rb")
     elif kind == "zstd":
-        decoder = _ZstdReader(raw)  # type: ignore[assignment]
+        decoder = _ZstdReader(raw)
     elif kind == "bzip2":
-        decoder = bz2.BZ2File(raw, mode="rb")  # type: ignore[assignment]
+        decoder = bz2.BZ2File(raw, mode="rb")
     else:
-        decoder = lzma.LZMAFile(raw, mode="rb")  # type: ignore[assignment]
-    return io.BufferedReader(_ErrorTranslatingReader(decoder, kind), buffer_size=1 << 16)  # type: ignore[return-value]
+        decoder = lzma.LZMAFile(raw, mode="rb")
+    return io.BufferedReader(_ErrorTranslatingReader(decoder, kind), buffer_size=1 << 16)

@@ -13,10 +13,10 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from builder.errors import ArchiveError
 
+from .decompress import ByteSource
 from .tarread import iter_tar, member_xattrs, split_member_name
 from .tarwrite import OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX
 
@@ -200,7 +200,7 @@ class TreeWriter:
         # Mode and mtime at the end: adding children would change the mtime again.
         self._dir_meta[parts] = meta
 
-    def add_file(self, parts: tuple[str, ...], meta: EntryMeta, content: BinaryIO, size: int) -> None:
+    def add_file(self, parts: tuple[str, ...], meta: EntryMeta, content: ByteSource, size: int) -> None:
         parent_fd = self._prepare(parts)
         try:
             fd = os.open(
@@ -358,7 +358,7 @@ def _tar_meta(info: tarfile.TarInfo) -> EntryMeta:
     )
 
 
-def _extract_member(target: TreeWriter, info: tarfile.TarInfo, content: BinaryIO | None) -> None:
+def _extract_member(target: TreeWriter, info: tarfile.TarInfo, content: ByteSource | None) -> None:
     parts = split_member_name(info.name)
     base = parts[-1] if parts else ""
     if base == OPAQUE_MARKER:
@@ -391,7 +391,7 @@ def _extract_member(target: TreeWriter, info: tarfile.TarInfo, content: BinaryIO
         raise ArchiveError(f"tar entry {info.name!r} has an unsupported type {info.type!r}")
 
 
-def _extract(stream: BinaryIO, root: Path, *, upper: bool) -> None:
+def _extract(stream: ByteSource, root: Path, *, upper: bool) -> None:
     target = TreeWriter(Path(root), upper=upper)
     try:
         for info, content in iter_tar(stream):
@@ -409,7 +409,7 @@ def _extract(stream: BinaryIO, root: Path, *, upper: bool) -> None:
         target.close()
 
 
-def unpack_layer(stream: BinaryIO, dest_dir: Path) -> None:
+def unpack_layer(stream: ByteSource, dest_dir: Path) -> None:
     """Extract a (possibly compressed) layer tar into `dest_dir` in the overlay-upper format.
 
     `.wh.NAME` becomes a 0/0 char device NAME, `.wh..wh..opq` the trusted.overlay.opaque=y xattr
@@ -419,7 +419,7 @@ def unpack_layer(stream: BinaryIO, dest_dir: Path) -> None:
     _extract(stream, dest_dir, upper=True)
 
 
-def apply_layer_stream(stream: BinaryIO, merged_dir: Path) -> None:
+def apply_layer_stream(stream: ByteSource, merged_dir: Path) -> None:
     """Apply a (possibly compressed) layer tar onto a flattened tree: whiteouts delete, opaque
     markers empty the directory of earlier content, other entries replace what is there."""
     _extract(stream, merged_dir, upper=False)

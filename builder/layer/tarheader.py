@@ -44,6 +44,7 @@ def member_header(info: tarfile.TarInfo) -> bytes:
     if info.pax_headers or not numbers_fit or None in (encoded_name, linkname, uname, gname):
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     assert encoded_name is not None and linkname is not None and uname is not None and gname is not None
+    assert type(info.mtime) is int  # numbers_fit checked it; TarInfo types it as int | float
     block = b"".join((
         encoded_name.ljust(_NAME_MAX, b"\0"),
         b"%07o\0" % (info.mode & 0o7777),

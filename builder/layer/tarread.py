@@ -8,7 +8,7 @@ from typing import BinaryIO, Iterator
 
 from builder.errors import ArchiveError
 
-from .decompress import open_layer_stream
+from .decompress import ByteSource, open_layer_stream
 
 XATTR_PAX_PREFIX = "SCHILY.xattr."
 _TAIL_KEEP = 64 * 1024
@@ -44,7 +44,7 @@ class _RecordingReader:
 class _MemberReader:
     """A member's content; a short or corrupt stream raises ArchiveError, naming the member."""
 
-    def __init__(self, inner: BinaryIO, name: str) -> None:
+    def __init__(self, inner: ByteSource, name: str) -> None:
         self._inner = inner
         self._name = name
 
@@ -79,7 +79,7 @@ def member_xattrs(info: tarfile.TarInfo) -> dict[str, bytes]:
     return result
 
 
-def iter_tar(stream: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]:
+def iter_tar(stream: ByteSource) -> Iterator[tuple[tarfile.TarInfo, ByteSource | None]]:
     """(member, content reader for regular files) for each entry of a possibly compressed tar.
 
     The content reader is only valid until the next item is requested. Corrupt, truncated or
@@ -87,8 +87,10 @@ def iter_tar(stream: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | Non
     """
     recorder = _RecordingReader(open_layer_stream(stream))
     try:
-        tar = tarfile.open(
-            fileobj=recorder,  # type: ignore[arg-type]
+        # typeshed wants a file that also writes, seeks and tells, as the other modes do; a
+        # stream mode ("r|") only ever reads from it.
+        tar = tarfile.open(  # type: ignore[call-overload]
+            fileobj=recorder,
             mode="r|",
             encoding="utf-8",
             errors="surrogateescape",
@@ -106,7 +108,8 @@ def iter_tar(stream: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | Non
                     break
                 if info.isreg():
                     content = tar.extractfile(info)
-                    yield info, _MemberReader(content, info.name)  # type: ignore[arg-type,misc]
+                    assert content is not None  # tarfile gives every regular file a reader
+                    yield info, _MemberReader(content, info.name)
                 else:
                     yield info, None
             # tarfile ends quietly on a bad header after the first member; insist that it
@@ -155,7 +158,7 @@ class LayerEntry:
     sha256: str | None = None  # "sha256:<hex>" of a regular file's content
 
 
-def iter_layer_entries(stream: BinaryIO) -> Iterator[LayerEntry]:
+def iter_layer_entries(stream: ByteSource) -> Iterator[LayerEntry]:
     """The entries of a (possibly compressed) layer tar, in archive order, with content hashes."""
     for info, reader in iter_tar(stream):
         digest = None

@@ -12,7 +12,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from builder.errors import ArchiveError
 
@@ -83,7 +83,7 @@ class _LayerTarInfo(tarfile.TarInfo):
     """
 
     @classmethod
-    def _create_pax_generic_header(cls, pax_headers, type, encoding):  # type: ignore[override]
+    def _create_pax_generic_header(cls, pax_headers, type, encoding):
         records = b""
         for keyword, value in pax_headers.items():
             key_bytes = keyword.encode("utf-8", "surrogateescape")
@@ -102,7 +102,7 @@ class _LayerTarInfo(tarfile.TarInfo):
             "size": len(records),
             "magic": tarfile.POSIX_MAGIC,
         }
-        return cls._create_header(info, tarfile.USTAR_FORMAT, "ascii", "replace") + cls._create_payload(records)  # type: ignore[attr-defined]
+        return cls._create_header(info, tarfile.USTAR_FORMAT, "ascii", "replace") + cls._create_payload(records)
 
 
 @dataclass
@@ -295,7 +295,7 @@ def _stop(hand_over: HandOver | None) -> None:
 
 def write_layer(
     src_dir: Path,
-    out: BinaryIO,
+    out: ByteSink,
     *,
     compression: str = "gzip",
     level: int | None = None,

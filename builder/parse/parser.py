@@ -11,7 +11,7 @@ import json
 import re
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from lark import Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
@@ -81,6 +81,16 @@ _TRIGGER_REFUSED = {
     "FROM": "FROM isn't allowed as an ONBUILD trigger",
     "MAINTAINER": "MAINTAINER isn't allowed as an ONBUILD trigger",
 }
+
+# Lark types every child of a tree as Token | Tree. Which one a given child is, the grammar
+# (grammar/buildfile.lark) decides, so the code below casts to what the rule holds there.
+
+
+def _start(token: Token) -> int:
+    """Where `token` starts in the text Lark parsed.
+
+    Lark's lexer sets start_pos on every token it makes; its type is Optional for tokens made by hand."""
+    return cast(int, token.start_pos)
 
 
 def parse_buildfile(text: str, path: str = "Buildfile") -> ast.Buildfile:
@@ -256,11 +266,13 @@ class _AstBuilder:
         except LarkError as failure:  # anything else Lark may raise is still a parse error
             raise ParseError(f"cannot parse: {failure}", pos=Pos(self.path, 1, 1)) from None
         instructions = []
-        children = tree.children
-        for index, line in enumerate(lines):
-            child, children[index] = children[index], None  # freed as the AST grows: a lower peak
+        # The start rule's children, one instruction tree per line, popped so that each is freed
+        # as the AST grows: a lower peak.
+        trees = cast("list[Tree[Token]]", tree.children)
+        trees.reverse()
+        for line in lines:
             self.line = line
-            instructions.append(self.instruction(child))
+            instructions.append(self.instruction(trees.pop()))
         return tuple(instructions)
 
     def _syntax_error(self, failure: UnexpectedInput, joined: str) -> ParseError:
@@ -268,7 +280,7 @@ class _AstBuilder:
             offset = failure.token.start_pos
             at_end = failure.token.type in ("_NL", "$END")
             expected = set(failure.expected)
-        elif isinstance(failure, UnexpectedCharacters):
+        elif isinstance(failure, UnexpectedCharacters) and failure.pos_in_stream is not None:
             offset = failure.pos_in_stream
             at_end = joined[offset : offset + 1] == "\n"
             expected = set(failure.allowed or ())
@@ -315,11 +327,11 @@ class _AstBuilder:
     # ---- one instruction ----------------------------------------------------------------
 
     def instruction(self, tree: Tree) -> ast.Instruction:
-        keyword_token: Token = tree.children[0]
+        keyword_token = cast(Token, tree.children[0])
         keyword = keyword_token.type
         flags = self.flags(tree, keyword)
         common = {
-            "pos": self.pos(keyword_token.start_pos),
+            "pos": self.pos(_start(keyword_token)),
             "source": self.line.source if self.line else "",
             "flags": flags.items,
         }
@@ -334,29 +346,30 @@ class _AstBuilder:
         if not isinstance(flag_tree, Tree) or not flag_tree.data.endswith("_flags"):
             return _Flags(())
         for token in _flag_tokens(flag_tree):
+            start = _start(token)
             name, eq, raw_value = str(token)[2:].partition("=")
             value = _unquote_flag(raw_value) if eq else None
             if name not in allowed:
                 accepted = ", ".join(f"--{a}" for a in allowed) if allowed else "no flags"
                 raise self.error(
-                    f"unknown flag --{name} for {keyword}", token.start_pos, f"{keyword} accepts {accepted}"
+                    f"unknown flag --{name} for {keyword}", start, f"{keyword} accepts {accepted}"
                 )
             if name not in REPEATABLE_FLAGS and any(flag.name == name for flag in found):
-                raise self.error(f"duplicate flag --{name}", token.start_pos, "give each flag once")
+                raise self.error(f"duplicate flag --{name}", start, "give each flag once")
             if name in BOOL_FLAGS:
                 if value is not None and value.lower() not in ("true", "false"):
                     raise self.error(
-                        f"expecting boolean value for flag --{name}, not: {value}", token.start_pos,
+                        f"expecting boolean value for flag --{name}, not: {value}", start,
                         f"use --{name}, --{name}=true or --{name}=false",
                     )
             elif not value:
-                raise self.error(f"missing a value on flag --{name}", token.start_pos, f"write --{name}=<value>")
-            found.append(ast.Flag(name=name, value=value, pos=self.pos(token.start_pos)))
-            offsets.append(token.start_pos)
+                raise self.error(f"missing a value on flag --{name}", start, f"write --{name}=<value>")
+            found.append(ast.Flag(name=name, value=value, pos=self.pos(start)))
+            offsets.append(start)
         return _Flags(tuple(found), tuple(offsets))
 
     def command(self, tree: Tree) -> ast.Command:
-        token: Token = tree.children[0]
+        token = cast(Token, tree.children[0])
         if tree.data == "exec_form":
             try:
                 return ast.ExecCommand(tuple(json.loads(str(token))))
@@ -371,7 +384,7 @@ class _AstBuilder:
             if isinstance(decoded, list):  # a JSON array, but not of strings only
                 raise self.error(
                     "when using JSON array syntax, arrays must be comprised of strings only",
-                    token.start_pos, 'quote every element, e.g. ["echo", "1"]',
+                    _start(token), 'quote every element, e.g. ["echo", "1"]',
                 )
         return ast.ShellCommand(text)
 
@@ -388,7 +401,7 @@ class _AstBuilder:
         if isinstance(decoded, list):
             raise self.error(
                 "when using JSON array syntax, arrays must be comprised of strings only",
-                first.start_pos, 'quote every element, e.g. ["src", "/dest/"]',
+                _start(first), 'quote every element, e.g. ["src", "/dest/"]',
             )
 
     def json_list(self, token: Token) -> list[str]:
@@ -396,7 +409,7 @@ class _AstBuilder:
         try:
             return json.loads(str(token))
         except ValueError as failure:
-            raise self.error(f"invalid JSON: {failure}", token.start_pos, 'write a JSON list of strings: ["a", "b"]') from None
+            raise self.error(f"invalid JSON: {failure}", _start(token), 'write a JSON list of strings: ["a", "b"]') from None
 
     # ---- handlers, one per keyword ------------------------------------------------------
 
@@ -407,7 +420,7 @@ class _AstBuilder:
             alias = str(tokens[2]).lower()
             if "$" not in alias and not _STAGE_NAME.match(alias):
                 raise self.error(
-                    f"invalid name for build stage: {str(tokens[2])!r}", tokens[2].start_pos,
+                    f"invalid name for build stage: {str(tokens[2])!r}", _start(tokens[2]),
                     "a stage name starts with a letter and holds only letters, digits, '-', '_' and '.'",
                 )
         return ast.From(**common, image=str(tokens[0]), platform=flags.value("platform"), alias=alias)
@@ -485,12 +498,13 @@ class _AstBuilder:
 
     def file_args(self, tree: Tree, keyword: Token) -> tuple[tuple[str, ...], str, bool]:
         if tree.data == "json_files":
-            items = self.json_list(tree.children[0])
+            items = self.json_list(cast(Token, tree.children[0]))
             if len(items) < 2:
-                raise self.error(MISSING[keyword.type], keyword.start_pos, f"usage: {USAGE[keyword.type]}")
+                raise self.error(MISSING[keyword.type], _start(keyword), f"usage: {USAGE[keyword.type]}")
             return tuple(items[:-1]), items[-1], True
-        self.refuse_non_string_json(tree.children)
-        words = [str(token) for token in tree.children]
+        tokens = cast("list[Token]", tree.children)
+        self.refuse_non_string_json(tokens)
+        words = [str(token) for token in tokens]
         return tuple(words[:-1]), words[-1], False
 
     def _add(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
@@ -517,11 +531,11 @@ class _AstBuilder:
         return tuple(self.line.heredocs)
 
     def _volume(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
-        tokens = tree.children[2:]
+        tokens = cast("list[Token]", tree.children[2:])
         if len(tokens) == 1 and tokens[0].type == "JSON_ARRAY":
             paths = tuple(self.json_list(tokens[0]))
             if not paths:
-                raise self.error("VOLUME requires at least one argument", keyword.start_pos, f"usage: {USAGE['VOLUME']}")
+                raise self.error("VOLUME requires at least one argument", _start(keyword), f"usage: {USAGE['VOLUME']}")
         else:
             self.refuse_non_string_json(tokens)
             paths = tuple(str(token) for token in tokens)
@@ -535,19 +549,19 @@ class _AstBuilder:
 
     def _arg(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         args: list[tuple[str, str | None]] = []
-        for token in tree.children[2:]:
+        for token in cast("list[Token]", tree.children[2:]):
             name, eq, default = str(token).partition("=")
             if not name:
-                raise self.error("ARG requires a name before '='", token.start_pos, f"usage: {USAGE['ARG']}")
+                raise self.error("ARG requires a name before '='", _start(token), f"usage: {USAGE['ARG']}")
             args.append((name, default if eq else None))
         return ast.Arg(**common, args=tuple(args))
 
     def _onbuild(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         trigger_tree: Tree = tree.children[1]
-        trigger_keyword: Token = trigger_tree.children[0]
+        trigger_keyword = cast(Token, trigger_tree.children[0])
         refused = _TRIGGER_REFUSED.get(trigger_keyword.type)
         if refused:
-            raise self.error(refused, trigger_keyword.start_pos, "ONBUILD triggers are instructions such as RUN, COPY or ENV")
+            raise self.error(refused, _start(trigger_keyword), "ONBUILD triggers are instructions such as RUN, COPY or ENV")
         self._top_level = False
         try:
             trigger = self.instruction(trigger_tree)
@@ -559,10 +573,10 @@ class _AstBuilder:
         return ast.Stopsignal(**common, signal=str(tree.children[2]))
 
     def _healthcheck(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
-        kind: Token = tree.children[2]
+        kind = cast(Token, tree.children[2])
         if kind.type == "NONE":
             if flags.items:
-                raise self.error("HEALTHCHECK NONE takes no flags", kind.start_pos, f"usage: {USAGE['HEALTHCHECK']}")
+                raise self.error("HEALTHCHECK NONE takes no flags", _start(kind), f"usage: {USAGE['HEALTHCHECK']}")
             return ast.Healthcheck(**common, command=None)
         durations: dict[str, int | None] = {}
         for name in ("interval", "timeout", "start-period", "start-interval"):
@@ -591,10 +605,14 @@ class _AstBuilder:
             retries = int(retries_text)
             if retries < 0:
                 raise self.error(f"--retries cannot be negative ({retries})", flags.offset(name), "use a whole number >= 0")
-        return ast.Healthcheck(**common, command=self.command(tree.children[3]), retries=retries, **durations)
+        return ast.Healthcheck(
+            **common, command=self.command(tree.children[3]), retries=retries,
+            interval=durations.get("interval"), timeout=durations.get("timeout"),
+            start_period=durations.get("start_period"), start_interval=durations.get("start_interval"),
+        )
 
     def _shell(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
-        argv = tuple(self.json_list(tree.children[2]))
+        argv = tuple(self.json_list(cast(Token, tree.children[2])))
         if not argv:
-            raise self.error("SHELL requires at least one argument", keyword.start_pos, f"usage: {USAGE['SHELL']}")
+            raise self.error("SHELL requires at least one argument", _start(keyword), f"usage: {USAGE['SHELL']}")
         return ast.Shell(**common, argv=argv)

@@ -9,6 +9,7 @@ compressed layers (builder.image.variants), stored too, so pushing again gives t
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Iterable
 
 from builder.errors import RegistryError
@@ -81,6 +82,6 @@ def push_image(
                 mounted = True
                 break
         if not mounted:
-            client.upload_blob(repository, digest, size, lambda digest=digest: store.open_blob(digest))
+            client.upload_blob(repository, digest, size, partial(store.open_blob, digest))
         remember_source(store, digest, target.registry, repository)
     return client.put_manifest(repository, tag, manifest_bytes, media_type)

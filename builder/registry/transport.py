@@ -25,7 +25,7 @@ MAX_REDIRECTS = 5
 CHUNK_SIZE = 1 << 16
 
 # Errors meaning "the connection broke", worth retrying on an idempotent request.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     ConnectionError,  # reset, refused, aborted, broken pipe
     http.client.RemoteDisconnected,
     http.client.IncompleteRead,

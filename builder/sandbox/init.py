@@ -36,7 +36,8 @@ if __package__:  # imported as builder.sandbox.init
     from builder.sandbox import seccomp_filter
 else:  # run as a script with -I, which leaves the script's dir off sys.path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import seccomp_filter  # noqa: E402
+    # The same module as above, found beside this file; mypy sees a second definition.
+    import seccomp_filter  # type: ignore[no-redef]  # noqa: E402
 
 MS_RDONLY = 1
 MS_NOSUID = 2

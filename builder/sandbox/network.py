@@ -42,6 +42,8 @@ def resolv_conf(host_text: str) -> str:
 class UserModeNetwork:
     """slirp4netns attached to the network namespace of process `pid` until `close()`."""
 
+    _exit_w: int | None  # None once closed
+
     def __init__(self, pid: int) -> None:
         tool = slirp_tool()
         ns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)

@@ -106,7 +106,7 @@ def extract_tar(
     try:
         with open(path, "rb") as raw:
             stream = open_decompressed(raw)
-            with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:  # type: ignore[arg-type]
+            with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
                 for member in tar:
                     _extract_member(tar, member, staging, dest_dir, chown, archive, pos, extracted)
     except ArchiveError as exc:

@@ -40,7 +40,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Literal, Mapping, Sequence, TypeAlias
 
 from builder.context.dockerignore import IgnoreMatcher, go_clean
 from builder.context.tree import SKIPPED_XATTR_PREFIXES as _SKIPPED_XATTRS
@@ -51,6 +51,10 @@ from builder.solve.archive import extract_tar, is_tar_archive
 _COPY_BUFFER = 1 << 20
 _URL_RE = re.compile(r"^https?://", re.IGNORECASE)
 _GIT_RE = re.compile(r"^(git@|git://|ssh://)|\.git(#.*)?$")
+# One source of a COPY/ADD, in the order given: a heredoc (name, text), a URL or a context path.
+_Planned: TypeAlias = (
+    'tuple[Literal["heredoc"], tuple[str, str]] | tuple[Literal["url"], str] | tuple[Literal["path"], Selected]'
+)
 
 
 @dataclass(frozen=True)
@@ -658,7 +662,8 @@ def stage_copy(
         raise ContextError("--checksum is only supported by ADD", pos=pos)
 
     # Select everything first, so a missing source fails before anything is written.
-    plan: list[tuple[str, object]] = []
+    plan: list[_Planned] = []
+    path_items: list[Selected] = []
     for source in sources:
         if source.startswith("<<"):
             name = _heredoc_name(source)
@@ -680,11 +685,11 @@ def stage_copy(
                 )
             for item in context.select([source], pos=pos):
                 plan.append(("path", item))
-    path_items = [item for kind, item in plan if kind == "path"]
+                path_items.append(item)
     dir_mode = trailing or dest_exists_dir or len(sources) > 1 or len(path_items) > 1
     if resolve_image_path is not None and dest_clean != "/":
         fills_dest = dir_mode or any(
-            item.kind == "dir" or (is_add and item.kind == "file" and is_tar_archive(item.path))  # type: ignore[union-attr]
+            item.kind == "dir" or (is_add and item.kind == "file" and is_tar_archive(item.path))
             for item in path_items
         )
         if fills_dest:
@@ -698,16 +703,17 @@ def stage_copy(
             # BuildKit makes the destination's directory before matching, so a wildcard that
             # matched nothing still leaves it (fsutil Copy's ensureDstPath).
             staging.ensure_dir(dest_clean if dir_mode else posixpath.dirname(dest_clean))
-        for kind, item in plan:
-            if kind == "heredoc":
-                name, text = item  # type: ignore[misc]
+        for entry in plan:
+            if entry[0] == "heredoc":
+                name, text = entry[1]
                 target = posixpath.join(dest_clean, name) if dir_mode else dest_clean
                 _write_heredoc(opts, target, text, invented_ns)
-            elif kind == "url":
-                fetched = (downloads or {}).get(str(item))
-                _stage_url(opts, str(item), dest_clean, dir_mode, checksum, invented_ns, download_dir, fetched)
+            elif entry[0] == "url":
+                url = entry[1]
+                fetched = (downloads or {}).get(url)
+                _stage_url(opts, url, dest_clean, dir_mode, checksum, invented_ns, download_dir, fetched)
             else:
-                _stage_selected(opts, item, dest_clean, dir_mode, parents, is_add)  # type: ignore[arg-type]
+                _stage_selected(opts, entry[1], dest_clean, dir_mode, parents, is_add)
     staging.finish()
     return CopyResult(sorted(staging.written))
 

@@ -115,7 +115,7 @@ def _entrypoint(instruction: ast.Entrypoint, state: ImageState, expand: Expand) 
 
 
 def _expose(instruction: ast.Expose, state: ImageState, expand: Expand) -> Described:
-    added = {port: {} for word in instruction.ports for port in _expose_ports(expand(word), instruction)}
+    added: dict[str, dict[str, Any]] = {port: {} for word in instruction.ports for port in _expose_ports(expand(word), instruction)}
     shown = sorted({**(state.config.get("ExposedPorts") or {}), **added})
     text = "EXPOSE map[" + " ".join(f"{port}:{{}}" for port in shown) + "]"
     return text, ConfigChange(merge={"ExposedPorts": added})

@@ -18,10 +18,14 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from builder.errors import BuildError, ContextError, PlanError, Pos
 from builder.parse import ast
+
+if TYPE_CHECKING:
+    from builder.sandbox.runner import ExtraMount
+    from builder.solve.sources import Source
 
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret")
 # BuildKit's limit on a secret: it is held in memory, never on disk.
@@ -134,7 +138,7 @@ def plan_mounts(
     *,
     expand: Callable[[str], str],
     workdir: str,
-    source_for: Callable[[str | None], Any],
+    source_for: Callable[[str | None, Sequence[str]], Source],
     stat_cache,
     secrets: dict[str, Path],
 ) -> list[PreparedMount]:
@@ -150,10 +154,10 @@ def plan_mounts(
             secret_id = options.get("id") or posixpath.basename(options.get("target", options.get("dst", "")))
             if not secret_id:
                 raise _error(instruction, "a secret mount needs id=", "e.g. --mount=type=secret,id=token")
-            target = options.get("target") or options.get("dst") or options.get("destination") or f"/run/secrets/{secret_id}"
+            secret_target = options.get("target") or options.get("dst") or options.get("destination") or f"/run/secrets/{secret_id}"
             if secret_id not in secrets and options.get("required", "false") in ("true", "1", ""):
                 raise _error(instruction, f"secret {secret_id!r} is required but was not given", f"pass --secret id={secret_id},src=FILE")
-            prepared.append(PreparedMount(kind, _absolute_target(target, workdir), {**options, "id": secret_id}, key=["secret", secret_id, target]))
+            prepared.append(PreparedMount(kind, _absolute_target(secret_target, workdir), {**options, "id": secret_id}, key=["secret", secret_id, secret_target]))
             continue
         target = options.get("target") or options.get("dst") or options.get("destination")
         if not target:
@@ -186,13 +190,13 @@ class MountSetup:
         self.work = Path(os.path.realpath(work))
         self.locks: list[int] = []
 
-    def binds(self, prepared: list[PreparedMount], secrets: dict[str, Path]):
+    def binds(self, prepared: list[PreparedMount], secrets: dict[str, Path]) -> list[ExtraMount]:
         """The sandbox mounts, in the order of the --mount flags: `Bind`s of host dirs for bind
         and cache mounts, `Tmpfs` and `SecretFile` (content in memory only) for the others."""
         from builder.sandbox import Bind, SecretFile, Tmpfs
         from builder.solve.copy import stage_entry
 
-        binds = []
+        binds: list[ExtraMount] = []
         for index, mount in enumerate(prepared):
             if mount.kind == "bind":
                 staging = self.work / f"m{index}"

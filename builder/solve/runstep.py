@@ -7,7 +7,7 @@ from pathlib import Path
 from builder.errors import BuildError, PlanError, RunError
 from builder.parse import ast
 from builder.plan.platforms import PROXY_ARGS
-from builder.progress import Event
+from builder.progress import Event, EventKind
 from builder.solve.executor import RunSpec
 from builder.solve.metadata import command_argv, json_list
 from builder.solve.mounts import MountSetup, plan_mounts
@@ -88,7 +88,7 @@ class RunStep(PreparedStep):
             partial[0] = lines.pop()
             tail.extend(lines)
             if text:
-                session.emit(Event("step-output", step.stage.label, 0, 0, text))
+                session.emit(Event(EventKind.STEP_OUTPUT, step.stage.label, 0, 0, text))
 
         mount_setup = MountSetup(session.store.root, work)
         try:

@@ -23,7 +23,7 @@ from builder.parse.expand import expand_word
 from builder.plan.planner import SCRATCH, Plan, Stage
 from builder.plan.platforms import PROXY_ARGS
 from builder.plan.render import summary
-from builder.progress import Event
+from builder.progress import Event, EventKind
 from builder.solve import cache as cache_keys
 from builder.solve.executor import Executor, SandboxExecutor
 from builder.solve.options import BuildOptions, StepResult
@@ -122,8 +122,8 @@ class Solver:
         state = self._base_state(session, stage)
         number = session.next_step_number()
         from_text = summary(stage.from_instruction)
-        session.emit(Event("step-start", stage.label, number, session.steps_total, from_text))
-        session.emit(Event("step-done", stage.label, number, session.steps_total, from_text, 0.0))
+        session.emit(Event(EventKind.STEP_START, stage.label, number, session.steps_total, from_text))
+        session.emit(Event(EventKind.STEP_DONE, stage.label, number, session.steps_total, from_text, 0.0))
         with session.lock:
             session.results.append(
                 StepResult(stage.label, number, from_text, False, state.chain, 0.0, None, "base image")
@@ -185,7 +185,7 @@ class Solver:
                   instruction: ast.Instruction, step_index: int, writes: _CacheWrites) -> None:
         number = session.next_step_number()
         text = summary(instruction)
-        session.emit(Event("step-start", stage.label, number, session.steps_total, text))
+        session.emit(Event(EventKind.STEP_START, stage.label, number, session.steps_total, text))
         started = time.monotonic()
         step = prepare_step(StepInput(session, stage, state, instruction, self._expander(state, instruction)))
         try:
@@ -218,7 +218,7 @@ class Solver:
         state.chain = cached.chain
         seconds = time.monotonic() - started
         hit = not reason
-        session.emit(Event("step-cached" if hit else "step-done", stage.label, number, session.steps_total, text,
+        session.emit(Event(EventKind.STEP_CACHED if hit else EventKind.STEP_DONE, stage.label, number, session.steps_total, text,
                            seconds, cache_reason=reason))
         result = StepResult(stage.label, number, text, hit, key, seconds,
                             cached.layer.diff_id if cached.layer else None, reason)

@@ -15,3 +15,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_ruff_finds_nothing() -> None:
     completed = _run("ruff", "check", "--no-cache", "builder", "tests", "bench")
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_mypy_finds_nothing(tmp_path: Path) -> None:
+    # Files and settings come from pyproject.toml; the cache goes to a temp dir, not the checkout.
+    completed = _run("mypy", "--cache-dir", str(tmp_path / "mypy-cache"))
+    assert completed.returncode == 0, completed.stdout + completed.stderr
