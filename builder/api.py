@@ -213,6 +213,10 @@ def build(
         target=target,
         target_platform=Platform.parse(platform) if platform else None,
     )
+    if the_plan.unused_build_args and on_event is not None:
+        # BuildKit's warning, in its words: a misspelt --build-arg is otherwise silently ignored.
+        on_event(Event(EventKind.MESSAGE, text="warning: one or more build args were not consumed: "
+                                              + ", ".join(the_plan.unused_build_args)))
     options = BuildOptions(
         context_dir=context_dir.resolve(),
         buildfile_path=_buildfile_by_name(context_dir, path) if path else None,

@@ -7,6 +7,7 @@ key, and then only as far as the step's paths reach.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 import shutil
@@ -151,8 +152,19 @@ class SourceResolver:
                 error.hint = (
                     f"{name!r} {missing}, and pulling it failed; add it with `builder import`, "
                     "`builder load` or `builder pull`, or check the name"
-                )
+                ) + self._stage_like(name, what)
             raise
+
+    def _stage_like(self, name: str, what: str) -> str:
+        """`; did you mean the stage 'builder' (line 1)?` when `name` is a typo of a stage name."""
+        if what == "FROM":
+            return ""
+        stages = {stage.name: stage for stage in self.session.plan.stages if stage.name}
+        close = difflib.get_close_matches(name.lower(), list(stages), n=1, cutoff=0.7)
+        if not close:
+            return ""
+        line = stages[close[0]].from_instruction.pos.line
+        return f"; did you mean the stage {close[0]!r} (line {line})?"
 
     def _warn_on_other_platform(self, record: ImageRecord, name: str, wanted: Platform, what: str) -> None:
         """As buildx warns (InvalidBaseImagePlatform): a local image of another platform is used
