@@ -7,6 +7,12 @@ keeps it on a tmpfs of its own mount namespace: neither is ever written to the s
 What a mount contributes to the step's cache key: a bind mount its source's content digest (or
 the source stage's chain id); a cache or tmpfs mount only its options, as BuildKit does; a
 secret mount only its id, never its content, which also never reaches a layer or the history.
+
+Which directory a cache mount gets is BuildKit's rule: its `id` (default: the target as written,
+cleaned as Go's path.Clean does, so a relative target names the same cache in every WORKDIR),
+plus its `uid`/`gid`/`mode` when any of them is given (BuildKit seeds such a cache from a
+directory it makes with them, and that seed is part of the cache's identity). `sharing`,
+`readonly` and the target itself (once an id is given) do not change which cache is used.
 """
 from __future__ import annotations
 
@@ -133,6 +139,42 @@ def _absolute_target(target: str, workdir: str) -> str:
     return posixpath.normpath(posixpath.join(workdir, target))
 
 
+def go_path_clean(path: str) -> str:
+    """Go's path.Clean: like posixpath.normpath, except that a leading "//" is one slash."""
+    cleaned = posixpath.normpath(path)
+    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
+
+
+@dataclass(frozen=True)
+class CacheIdentity:
+    """Which persistent directory a cache mount uses."""
+
+    cache_id: str
+    # (uid, gid, mode) when any was given, the others at BuildKit's defaults (0, 0, 0755).
+    seed: tuple[int, int, int] | None
+
+    @classmethod
+    def of(cls, options: dict[str, str]) -> CacheIdentity:
+        target = options.get("target") or options.get("dst") or options.get("destination") or ""
+        cache_id = options.get("id") or go_path_clean(target)
+        if not any(key in options for key in ("uid", "gid", "mode")):
+            return cls(cache_id, None)
+        return cls(cache_id, (int(options.get("uid", "0")), int(options.get("gid", "0")),
+                              int(options.get("mode", "0755"), 8)))
+
+    def dir_name(self) -> str:
+        # Without a seed the name is the id's alone, as before seeds counted: caches made by
+        # earlier versions keep being used.
+        text = self.cache_id if self.seed is None else f"{self.cache_id}\0{self.seed[0]}:{self.seed[1]}:{self.seed[2]:o}"
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def owner_and_mode(self) -> tuple[int, int, int]:
+        """What a new cache dir gets: BuildKit's mkdir keeps only the permission bits of `mode`
+        (no setuid, setgid or sticky) and, with buildkitd's umask 0, all of them."""
+        uid, gid, mode = self.seed if self.seed is not None else (0, 0, 0o755)
+        return uid, gid, mode & 0o777
+
+
 def plan_mounts(
     instruction: ast.Run,
     *,
@@ -230,14 +272,15 @@ class MountSetup:
         return binds
 
     def _cache_dir(self, mount: PreparedMount) -> Path:
-        cache_id = mount.options.get("id") or mount.target
-        name = hashlib.sha256(cache_id.encode()).hexdigest()[:20]
-        directory = self.store_root / "cache-mounts" / name
+        identity = CacheIdentity.of(mount.options)
+        directory = self.store_root / "cache-mounts" / identity.dir_name()
         if not directory.exists():
             directory.parent.mkdir(parents=True, exist_ok=True)
             partial = Path(str(directory) + f".{os.getpid()}.tmp")
-            partial.mkdir(mode=int(mount.options.get("mode", "0755"), 8), exist_ok=True)
-            os.chown(partial, int(mount.options.get("uid", "0")), int(mount.options.get("gid", "0")))
+            uid, gid, mode = identity.owner_and_mode()
+            partial.mkdir(mode=0o700, exist_ok=True)
+            os.chown(partial, uid, gid)
+            os.chmod(partial, mode)  # not through mkdir: the builder's umask must not count
             try:
                 partial.rename(directory)
             except OSError:

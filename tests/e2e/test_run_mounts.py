@@ -97,3 +97,55 @@ def test_mount_writability_follows_buildkits_flags(tmp_path: Path, busybox_store
     result = builder.build(context, buildfile_text=text, root=busybox_store.root)
     seen = layer_file_contents(busybox_store, result.manifest["layers"][-1]["digest"])["writable"]
     assert seen == (b"yes\n" if writable else b"no\n")
+
+
+def test_cache_mounts_are_keyed_by_id_and_their_uid_gid_mode(tmp_path: Path, busybox_store) -> None:
+    # What dockerd's BuildKit shows for the same steps: a cache is its id plus, when any is
+    # given, uid/gid/mode (uid=0 alone and mode=0755 alone make the same seed); sharing and
+    # the target do not count once the id is given.
+    context = write_context(tmp_path / "ctx", {})
+    text = (
+        "FROM busybox\n"
+        "RUN --mount=type=cache,target=/c,id=k echo plain > /c/plain\n"
+        "RUN --mount=type=cache,target=/c,id=k,uid=1000 echo u1000 > /c/u1000\n"
+        "RUN --mount=type=cache,target=/c,id=k,uid=0 echo u0 > /c/u0\n"
+        "RUN --mount=type=cache,target=/d,id=k,sharing=locked ls /d > /seen-default\n"
+        "RUN --mount=type=cache,target=/e,id=k,uid=1000,sharing=private ls /e > /seen-uid1000\n"
+        "RUN --mount=type=cache,target=/c,id=k,mode=0755 ls /c > /seen-mode755\n"
+        "RUN --mount=type=cache,target=/c,id=k,gid=50 ls /c > /seen-gid50\n"
+    )
+    result = builder.build(context, buildfile_text=text, root=busybox_store.root)
+    layers = result.manifest["layers"]
+    seen = {name: data for layer in layers[-4:] for name, data in layer_file_contents(busybox_store, layer["digest"]).items()}
+    assert seen == {"seen-default": b"plain\n", "seen-uid1000": b"u1000\n", "seen-mode755": b"u0\n", "seen-gid50": b""}
+
+
+@pytest.mark.parametrize("options, shown", [
+    ("", "755 0:0"),
+    (",uid=1000,gid=50", "755 1000:50"),
+    (",mode=0777", "777 0:0"),  # the builder's umask does not apply, as under buildkitd
+    (",mode=1777", "777 0:0"),  # BuildKit's mkdir keeps the permission bits only
+    (",mode=4750,uid=1000", "750 1000:0"),
+])
+def test_a_new_cache_dir_gets_the_mounts_owner_and_mode(tmp_path: Path, busybox_store, options: str, shown: str) -> None:
+    text = f"FROM busybox\nRUN --mount=type=cache,target=/c{options} stat -c '%a %u:%g' /c > /stat\n"
+    result = builder.build(write_context(tmp_path / "ctx", {}), buildfile_text=text, root=busybox_store.root)
+    assert layer_file_contents(busybox_store, result.manifest["layers"][-1]["digest"])["stat"] == f"{shown}\n".encode()
+
+
+def test_a_cache_without_id_is_named_by_its_target_as_written(tmp_path: Path, busybox_store) -> None:
+    # BuildKit's default id is path.Clean(target): a relative target is the same cache in every
+    # WORKDIR, and not the cache of the absolute path it lands on.
+    text = (
+        "FROM busybox\n"
+        "WORKDIR /w1\n"
+        "RUN --mount=type=cache,target=rel echo w1 > rel/w1\n"
+        "WORKDIR /w2\n"
+        "RUN --mount=type=cache,target=./rel/ ls rel > /seen-relative\n"
+        "RUN --mount=type=cache,target=/w2/rel ls /w2/rel > /seen-absolute\n"
+        "RUN --mount=type=cache,target=/x,id=rel ls /x > /seen-id\n"
+    )
+    result = builder.build(write_context(tmp_path / "ctx", {}), buildfile_text=text, root=busybox_store.root)
+    seen = {name: data for layer in result.manifest["layers"][-3:]
+            for name, data in layer_file_contents(busybox_store, layer["digest"]).items()}
+    assert seen == {"seen-relative": b"w1\n", "seen-absolute": b"", "seen-id": b"w1\n"}
