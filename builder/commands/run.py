@@ -14,7 +14,6 @@ from typing import IO, Callable, Sequence
 from builder.errors import BuildError, SandboxError
 from builder.image.store import Store
 from builder.sandbox import run as sandbox_run
-from builder.sandbox.users import user_home
 from builder.snapshot import prepare
 
 
@@ -67,9 +66,6 @@ def run_image(
     with store.tempdir(prefix="run-") as scratch:
         snapshot = prepare(layer_dirs, scratch / "w", kind=snapshotter)
         try:
-            if "HOME" not in full_env:
-                # As docker run does: HOME from the image's passwd entry of the user.
-                full_env["HOME"] = user_home(chosen_user, snapshot.view)
             full_env.setdefault("HOSTNAME", hostname or record.short_id)
             return sandbox_run(
                 snapshot,

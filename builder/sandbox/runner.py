@@ -35,7 +35,7 @@ from typing import IO, Callable, Sequence
 
 from builder.errors import SandboxError
 from builder.sandbox import network as user_network
-from builder.sandbox.users import resolve_user
+from builder.sandbox.users import home_of_uid, resolve_user
 from builder.snapshot.base import ActiveSnapshot
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -180,6 +180,11 @@ def run(
                                          gid=mount.gid, readonly=True))
         full_env = dict(env)
         full_env.setdefault("PATH", DEFAULT_PATH)
+        if not full_env.get("HOME"):
+            # runc's rule, so RUN steps and `builder run` both have it: an empty HOME counts as
+            # none, and the one from the user's passwd entry comes last.
+            full_env.pop("HOME", None)
+            full_env["HOME"] = home_of_uid(ids.uid, snapshot.view)
         overlay = snapshot.overlay
         spec = {
             "rootfs": str(snapshot.rootfs),

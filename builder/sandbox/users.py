@@ -161,10 +161,10 @@ def resolve_user(spec: str, view: LayeredView | Path | str, *, pos: Pos | None =
     return ResolvedUser(uid, gid, tuple(additional))
 
 
-def user_home(spec: str | None, view: LayeredView | Path | str) -> str:
-    """The home directory of the user `spec` names ("/" if the image does not say)."""
-    user_part = (spec or "0").partition(":")[0] or "0"
+def home_of_uid(uid: int, view: LayeredView | Path | str) -> str:
+    """HOME as runc gives it to a process whose environment has none: the home field of the
+    first /etc/passwd entry with that uid (even an empty one), "/" when no entry has it."""
     for entry in read_passwd(view):
-        if entry.name == user_part or entry.uid == _decimal(user_part):
-            return entry.home or "/"
+        if entry.uid == uid:
+            return entry.home
     return "/"

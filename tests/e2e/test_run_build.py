@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import layer_members, write_context
+from helpers import layer_file_contents, layer_members, write_context
 
 import builder
 from builder.cli import main as cli_main
@@ -231,3 +231,27 @@ def test_flatten_only_reaches_what_is_asked(tmp_path: Path) -> None:
     assert (dest / "linkdir").is_symlink()
     assert (dest / "usr/lib/real/tool").read_text() == "t"
     assert not (dest / "unrelated").exists()
+
+
+def test_run_gets_home_from_the_users_passwd_entry_when_env_has_none(tmp_path: Path, busybox_store) -> None:
+    # runc's rule, as dockerd's BuildKit shows it: looked up by uid, "/" for a uid /etc/passwd
+    # does not know, an empty HOME replaced, a set one kept; the image config never gets it.
+    text = (
+        "FROM busybox\n"
+        "RUN echo \"$HOME\" > /tmp/h-root\n"
+        "USER app\n"
+        "RUN echo \"$HOME\" > /tmp/h-app\n"
+        "USER 4242:4242\n"
+        "RUN echo \"$HOME\" > /tmp/h-4242\n"
+        "USER root\n"
+        "ENV HOME=\"\"\n"
+        "RUN echo \"$HOME\" > /tmp/h-empty\n"
+        "ENV HOME=/custom\n"
+        "RUN echo \"$HOME\" > /tmp/h-set\n"
+    )
+    result = builder.build(write_context(tmp_path / "ctx", {}), buildfile_text=text, root=busybox_store.root)
+    seen = {name: data for layer in result.manifest["layers"][-5:]
+            for name, data in layer_file_contents(busybox_store, layer["digest"]).items()}
+    assert seen == {"tmp/h-root": b"/root\n", "tmp/h-app": b"/home/app\n", "tmp/h-4242": b"/\n",
+                    "tmp/h-empty": b"/root\n", "tmp/h-set": b"/custom\n"}
+    assert [item for item in result.config["config"]["Env"] if item.startswith("HOME=")] == ["HOME=/custom"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BuildError, Pos
-from builder.sandbox.users import resolve_user, user_home
+from builder.sandbox.users import home_of_uid, resolve_user
 from builder.snapshot.view import LayeredView
 from sandbox.helpers import make_layer
 
@@ -60,7 +60,17 @@ def test_malformed(view, spec):
         resolve_user(spec, view)
 
 
-def test_home(view):
-    assert user_home("app", view) == "/home/app"
-    assert user_home(None, view) == "/root"
-    assert user_home("4242", view) == "/"
+def test_home_is_the_first_passwd_entry_of_the_uid(tmp_path: Path):
+    # runc looks the uid up, never the name: with two users on uid 1000, both get the first's home.
+    layer = make_layer(tmp_path / "l", {"etc": None, "etc/passwd": (
+        "root:x:0:0:root:/root:/bin/sh\n"
+        "dup:x:1000:1000::/home/dup:/bin/sh\n"
+        "app:x:1000:1000::/home/app:/bin/sh\n"
+        "nohome:x:1200:1200:::/bin/sh\n"
+    )})
+    view = LayeredView([layer])
+    assert home_of_uid(0, view) == "/root"
+    assert home_of_uid(1000, view) == "/home/dup"
+    assert home_of_uid(1200, view) == ""  # an empty home field is given as it is
+    assert home_of_uid(4242, view) == "/"
+    assert home_of_uid(0, LayeredView([make_layer(tmp_path / "empty", {"bin": None})])) == "/"
