@@ -55,11 +55,11 @@ def test_output_streams_as_it_comes(busybox_layer, tmp_path):
     assert b"".join(chunks) == b"one\ntwo\n"
 
 
-def test_env_is_exactly_the_given_env_plus_default_path(busybox_layer, tmp_path, kind):
+def test_env_is_exactly_the_given_env_plus_default_path_and_home(busybox_layer, tmp_path, kind):
     status, out = run_in([busybox_layer], tmp_path / "w", ["/bin/cat", "/proc/self/environ"], kind,
                          env={"A": "1", "B": "two words"})
     assert status == 0
-    assert sorted(out.split("\0")[:-1]) == ["A=1", "B=two words", f"PATH={DEFAULT_PATH}"]
+    assert out.split("\0")[:-1] == ["A=1", "B=two words", f"PATH={DEFAULT_PATH}", "HOME=/root"]
 
 
 def test_image_path_is_kept(busybox_layer, tmp_path):
