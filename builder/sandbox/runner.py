@@ -43,8 +43,11 @@ NETWORK_MODES = ("default", "host", "none")
 # The library init loads to filter syscalls (a test points it elsewhere to see the error).
 SECCOMP_LIBRARY = "libseccomp.so.2"
 INIT_SCRIPT = Path(__file__).with_name("init.py")
-# Paths the sandbox mounts things on; they never show up in a diff unless the command made them.
+# Files the sandbox mounts; made for the mount if missing and then never in a diff unless the
+# command changed them (BuildKit's mount stub cleaner does the same).
 INJECTED_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
+# The runtime's own mount points: made if missing and left in the layer as empty dirs, as runc
+# makes them and BuildKit keeps them.
 INJECTED_DIRS = ("/proc", "/dev", "/sys")
 
 
@@ -151,8 +154,8 @@ def run(
                     if isinstance(m, SecretFile) or (isinstance(m, Bind) and not checked[id(m)]["is_dir"])]
     dir_targets = [m.target for m in extra_binds
                    if isinstance(m, Tmpfs) or (isinstance(m, Bind) and checked[id(m)]["is_dir"])]
-    targets = snapshot.ensure_mount_points(files=list(INJECTED_FILES) + file_targets,
-                                           dirs=list(INJECTED_DIRS) + dir_targets)
+    targets = snapshot.ensure_mount_points(files=list(INJECTED_FILES) + file_targets, dirs=dir_targets,
+                                           kept_dirs=INJECTED_DIRS)
 
     # An empty mount point for the tmpfs that holds secrets and injected files inside the sandbox.
     files_dir = Path(tempfile.mkdtemp(prefix="i", dir=snapshot.work_dir))

@@ -1,8 +1,11 @@
 """What every snapshotter gives the sandbox: a rootfs to present, mount points, and a diff.
 
-Mount points the sandbox needs (/proc, /dev, /sys, /etc/hosts, ...) may be missing from an
-image. They are created before the command runs and remembered, so that the diff can leave
-them out when the command did not touch them: an injected file never shows up in a layer.
+Mount points the sandbox needs (/proc, /dev, /sys, /etc/hosts, RUN --mount targets, ...) may be
+missing from an image. They are created before the command runs. Most are remembered, so that
+the diff leaves them (and the parent dirs made for them) out when the command did not touch
+them, as BuildKit's mount stub cleaner does: an injected file never shows up in a layer. The
+"kept" ones are the runtime's own mount points (/proc, /dev, /sys), which runc creates and
+BuildKit leaves in the layer as empty directories; they stay too.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ class ActiveSnapshot:
         self.work_dir = Path(work_dir)
         self.view = LayeredView(self.lower_dirs)
         self.placeholders: list[Placeholder] = []
+        self.kept: set[tuple[str, ...]] = set()  # mount points made to stay in the layer
         self.started_ns = time.time_ns()
 
     # -- what the sandbox uses ---------------------------------------------------------------
@@ -76,12 +80,18 @@ class ActiveSnapshot:
         """The host directory where new entries of the rootfs land (upper dir or the copy)."""
         raise NotImplementedError
 
-    def ensure_mount_points(self, files: Sequence[str] = (), dirs: Sequence[str] = ()) -> dict[str, str]:
+    def ensure_mount_points(self, files: Sequence[str] = (), dirs: Sequence[str] = (),
+                            kept_dirs: Sequence[str] = ()) -> dict[str, str]:
         """Make sure each in-image path exists with the right type; returns path -> canonical
         in-image path to mount on. A path whose image entry has the wrong type (e.g. a dir where
-        a file is wanted) or lies under a non-directory is left out."""
+        a file is wanted) or lies under a non-directory is left out. `kept_dirs` are made like
+        `dirs` but stay in the diff even if the command leaves them empty."""
         result: dict[str, str] = {}
-        for path, want_dir in [(f, False) for f in files] + [(d, True) for d in dirs]:
+        # Kept dirs first: a mount point made under one (a --mount target in /sys) must find
+        # it there already, or the dir would count as made for that mount point only.
+        wanted = [(d, True, True) for d in kept_dirs]
+        wanted += [(f, False, False) for f in files] + [(d, True, False) for d in dirs]
+        for path, want_dir, keep in wanted:
             canonical = self.view.resolve(path, follow=True)
             if canonical is None:
                 canonical = self._resolve_missing(path)
@@ -95,12 +105,15 @@ class ActiveSnapshot:
                 if stat.S_ISDIR(st.st_mode) == want_dir:
                     result[path] = canonical
                 continue
-            if any(p.parts == parts for p in self.placeholders):
+            if parts in self.kept or any(p.parts == parts for p in self.placeholders):
                 result[path] = canonical
                 continue
             placeholder = self._create_placeholder(parts, want_dir)
             if placeholder is not None:
-                self.placeholders.append(placeholder)
+                if keep:
+                    self.kept.add(parts)
+                else:
+                    self.placeholders.append(placeholder)
                 result[path] = canonical
         # Everything the command does from here on has a ctime after this instant.
         self.started_ns = time.time_ns()

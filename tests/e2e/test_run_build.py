@@ -15,6 +15,7 @@ from helpers import layer_file_contents, layer_members, write_context
 import builder
 from builder.cli import main as cli_main
 from builder.errors import RunError
+from builder.image.store import Store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="RUN needs root for namespaces and overlayfs")
 
@@ -255,3 +256,25 @@ def test_run_gets_home_from_the_users_passwd_entry_when_env_has_none(tmp_path: P
     assert seen == {"tmp/h-root": b"/root\n", "tmp/h-app": b"/home/app\n", "tmp/h-4242": b"/\n",
                     "tmp/h-empty": b"/root\n", "tmp/h-set": b"/custom\n"}
     assert [item for item in result.config["config"]["Env"] if item.startswith("HOME=")] == ["HOME=/custom"]
+
+
+def test_run_on_scratch_leaves_the_runtime_mount_points_and_no_other_stub(tmp_path: Path, store_root: Path) -> None:
+    # BuildKit's layers: runc makes /proc, /dev and /sys (kept as empty 0755 dirs); the stubs for
+    # /etc/hosts, /etc/resolv.conf and the --mount targets go, with the parents made for them.
+    context = write_context(tmp_path / "ctx", {})
+    (context / "busybox").write_bytes(Path("/bin/busybox").read_bytes())
+    os.chmod(context / "busybox", 0o755)
+    text = (
+        "FROM scratch\n"
+        "COPY busybox /bin/busybox\n"
+        'RUN ["/bin/busybox", "sh", "-c", "/bin/busybox echo hi > /out"]\n'
+        'RUN --mount=type=tmpfs,target=/a/b --mount=type=cache,target=/bin/c/d ["/bin/busybox", "true"]\n'
+    )
+    result = builder.build(context, buildfile_text=text, root=store_root)
+    store = Store.open(store_root)
+    assert len(result.manifest["layers"]) == 2
+    first = layer_members(store, result.manifest["layers"][-1]["digest"])
+    assert sorted(first) == ["dev", "out", "proc", "sys"]
+    for name in ("dev", "proc", "sys"):
+        assert first[name].isdir() and first[name].mode == 0o755 and (first[name].uid, first[name].gid) == (0, 0)
+    assert result.config["history"][-1].get("empty_layer") is True  # the second RUN left nothing

@@ -153,13 +153,21 @@ def test_injected_files_never_in_the_diff(runner, busybox_layer, data_layer):
         assert names(diff) == set()
 
 
-def test_injected_files_missing_dirs_not_in_the_diff(runner, tmp_path, busybox_layer):
-    # An image without /etc, /proc, /dev, /sys: the sandbox makes them and takes them away again.
+def test_missing_runtime_mount_points_stay_and_injected_files_go(runner, tmp_path, busybox_layer):
+    # An image without /etc, /proc, /dev, /sys: as under BuildKit (runc makes the mount points,
+    # its stub cleaner takes only /etc/hosts and /etc/resolv.conf away, with the /etc made for
+    # them), the layer keeps /proc, /dev and /sys as empty root-owned 0755 dirs, and no /etc.
     bare = make_layer(tmp_path / "bare", {"bin": None})
     os.link(busybox_layer / "bin/busybox", bare / "bin/busybox")
     os.symlink("busybox", bare / "bin/sh")
-    for diff in run_both(runner, [bare], "/bin/busybox echo hi > /out"):
-        assert names(diff) == {"out"}
+    for kind in ("overlay", "copy"):
+        result = runner([bare], "/bin/busybox echo hi > /out", kind)
+        assert result.status == 0, result.output
+        assert names(result.diff) == {"out", "dev", "proc", "sys"}, kind
+        for name in ("dev", "proc", "sys"):
+            st = entry(result.diff, name)
+            assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755, (kind, name)
+            assert (st.st_uid, st.st_gid) == (0, 0)
 
 
 def test_command_writing_next_to_injected_files_keeps_its_change(runner, busybox_layer, data_layer):
