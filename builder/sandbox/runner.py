@@ -2,8 +2,9 @@
 
 `unshare` (util-linux) makes the namespaces and runs init.py, which forks pid 1 of the new PID
 namespace; that builds the mounts (overlay or bind of the copy, /proc, a minimal /dev, read-only /sys, /etc/hosts,
-/etc/resolv.conf, /etc/hostname), pivots into the rootfs, creates WORKDIR, installs the seccomp
-filter, drops to the user and execs the command, which thereby is pid 1.
+/etc/resolv.conf and, like docker run, /etc/hostname), pivots into the rootfs, creates WORKDIR, installs the seccomp
+filter, drops to the user and execs the command, which thereby is pid 1. A RUN step gets
+BuildKit's /etc instead (`BUILDKIT_RUN_ETC`): hosts and resolv.conf read-only, no hostname file.
 
 Network modes: "default" is a private network namespace with outbound access through
 slirp4netns (network.py), "none" a private namespace with only `lo`, "host" the host's own.
@@ -43,8 +44,8 @@ NETWORK_MODES = ("default", "host", "none")
 # The library init loads to filter syscalls (a test points it elsewhere to see the error).
 SECCOMP_LIBRARY = "libseccomp.so.2"
 INIT_SCRIPT = Path(__file__).with_name("init.py")
-# Files the sandbox mounts; made for the mount if missing and then never in a diff unless the
-# command changed them (BuildKit's mount stub cleaner does the same).
+# Files the sandbox mounts (see EtcFiles); made for the mount if missing and then never in a diff
+# unless the command changed them (BuildKit's mount stub cleaner does the same).
 INJECTED_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
 # The runtime's own mount points: made if missing and left in the layer as empty dirs, as runc
 # makes them and BuildKit keeps them.
@@ -82,12 +83,32 @@ class SecretFile:
 ExtraMount = Bind | Tmpfs | SecretFile
 
 
-def _hosts_content(hostname: str) -> str:
-    return (
-        "127.0.0.1\tlocalhost\n"
-        "::1\tlocalhost ip6-localhost ip6-loopback\n"
-        f"127.0.1.1\t{hostname}\n"
-    )
+@dataclass(frozen=True)
+class EtcFiles:
+    """Which files the sandbox binds into /etc, and how."""
+
+    hostname_file: bool  # bind an /etc/hostname too
+    readonly: bool  # hosts and resolv.conf cannot be written through
+    buildkit_hosts: bool  # /etc/hosts as BuildKit writes it (the hostname on the localhost line)
+
+    def files(self) -> tuple[str, ...]:
+        return INJECTED_FILES if self.hostname_file else INJECTED_FILES[:2]
+
+    def hosts(self, hostname: str) -> str:
+        if self.buildkit_hosts:
+            return f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        return (
+            "127.0.0.1\tlocalhost\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n"
+        )
+
+
+# A container's own files, as docker run gives them.
+CONTAINER_ETC = EtcFiles(hostname_file=True, readonly=False, buildkit_hosts=False)
+# What a RUN step gets under BuildKit: hosts and resolv.conf bound read-only, and no
+# /etc/hostname, so one the command writes lands in the layer.
+BUILDKIT_RUN_ETC = EtcFiles(hostname_file=False, readonly=True, buildkit_hosts=True)
 
 
 def _resolv_content(network: str) -> str:
@@ -130,13 +151,15 @@ def run(
     stdin: int | IO[bytes] | None = None,
     extra_binds: Sequence[ExtraMount] = (),
     group: "SandboxGroup | None" = None,
+    etc: EtcFiles = CONTAINER_ETC,
 ) -> int:
     """Run `argv` in the snapshot's rootfs; returns its exit status (128+N if killed by signal N).
 
     Output (stdout and stderr merged) goes to `on_output` chunk by chunk as it comes, or to the
     builder's own stdout/stderr if None. `stdin` defaults to /dev/null. `extra_binds` are the
     step's own mounts, in order: host paths (`Bind`), `Tmpfs` and `SecretFile`. The sandbox
-    joins `group` while it runs, so its owner can kill it (and only its own) early.
+    joins `group` while it runs, so its owner can kill it (and only its own) early. `etc` says
+    which /etc files are bound (a container's, or a BuildKit RUN step's).
     """
     if network not in NETWORK_MODES:
         raise SandboxError(f"unknown network mode {network!r}",
@@ -154,21 +177,21 @@ def run(
                     if isinstance(m, SecretFile) or (isinstance(m, Bind) and not checked[id(m)]["is_dir"])]
     dir_targets = [m.target for m in extra_binds
                    if isinstance(m, Tmpfs) or (isinstance(m, Bind) and checked[id(m)]["is_dir"])]
-    targets = snapshot.ensure_mount_points(files=list(INJECTED_FILES) + file_targets, dirs=dir_targets,
+    targets = snapshot.ensure_mount_points(files=list(etc.files()) + file_targets, dirs=dir_targets,
                                            kept_dirs=INJECTED_DIRS)
 
     # An empty mount point for the tmpfs that holds secrets and injected files inside the sandbox.
     files_dir = Path(tempfile.mkdtemp(prefix="i", dir=snapshot.work_dir))
     try:
         injected = {
-            "/etc/hosts": _hosts_content(hostname),
+            "/etc/hosts": etc.hosts(hostname),
             "/etc/resolv.conf": _resolv_content(network),
             "/etc/hostname": hostname + "\n",
         }
         extra: list[dict] = []
-        for path, content in injected.items():
+        for path in etc.files():
             if path in targets:
-                extra.append(_file_entry(targets[path], content.encode(), mode=0o644, readonly=False))
+                extra.append(_file_entry(targets[path], injected[path].encode(), mode=0o644, readonly=etc.readonly))
         for mount in extra_binds:
             if mount.target not in targets:
                 continue  # the image has something of another type there

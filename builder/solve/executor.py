@@ -42,8 +42,13 @@ class Executor(Protocol):
         ...
 
 
+# BuildKit's sandbox hostname: a RUN that records `hostname` gets what it would under BuildKit.
+BUILD_HOSTNAME = "buildkitsandbox"
+
+
 class SandboxExecutor:
-    """The real thing: an overlay (or copy) snapshot and the namespaced sandbox."""
+    """The real thing: an overlay (or copy) snapshot and the namespaced sandbox, with the /etc
+    files and hostname a RUN step gets under BuildKit."""
 
     def __init__(self, snapshotter: str = "auto") -> None:
         from builder.sandbox.runner import SandboxGroup
@@ -56,6 +61,7 @@ class SandboxExecutor:
         self.sandboxes.kill()
 
     def run(self, spec: RunSpec, work: Path, on_output: Callable[[bytes], None]) -> RunOutcome:
+        from builder.sandbox import BUILDKIT_RUN_ETC
         from builder.sandbox import run as sandbox_run
         from builder.snapshot import prepare
 
@@ -68,9 +74,11 @@ class SandboxExecutor:
                 workdir=spec.workdir,
                 user=spec.user,
                 network=spec.network,
+                hostname=BUILD_HOSTNAME,
                 on_output=on_output,
                 extra_binds=spec.binds,
                 group=self.sandboxes,
+                etc=BUILDKIT_RUN_ETC,
             )
             if status != 0:
                 return RunOutcome(status, None)

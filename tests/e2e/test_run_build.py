@@ -278,3 +278,26 @@ def test_run_on_scratch_leaves_the_runtime_mount_points_and_no_other_stub(tmp_pa
     for name in ("dev", "proc", "sys"):
         assert first[name].isdir() and first[name].mode == 0o755 and (first[name].uid, first[name].gid) == (0, 0)
     assert result.config["history"][-1].get("empty_layer") is True  # the second RUN left nothing
+
+
+def test_run_sees_buildkits_etc_and_hostname(tmp_path: Path, busybox_store) -> None:
+    # As dockerd's BuildKit shows it: hostname buildkitsandbox, /etc/hosts and /etc/resolv.conf
+    # read-only, no /etc/hostname, and one the command writes is part of the layer.
+    text = (
+        "FROM busybox\n"
+        "RUN hostname > /hn && cat /etc/hosts > /hosts-seen"
+        " && (echo x >> /etc/hosts && echo writable || echo read-only) > /hosts-writable"
+        " && (echo x >> /etc/resolv.conf && echo writable || echo read-only) > /resolv-writable"
+        " && (test -e /etc/hostname && echo present || echo absent) > /hostname-file"
+        " && echo myhost > /etc/hostname\n"
+    )
+    result = builder.build(write_context(tmp_path / "ctx", {}), buildfile_text=text, root=busybox_store.root)
+    digest = result.manifest["layers"][-1]["digest"]
+    assert layer_file_contents(busybox_store, digest) == {
+        "hn": b"buildkitsandbox\n",
+        "hosts-seen": b"127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        "hosts-writable": b"read-only\n",
+        "resolv-writable": b"read-only\n",
+        "hostname-file": b"absent\n",
+        "etc/hostname": b"myhost\n",
+    }
