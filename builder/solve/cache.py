@@ -38,6 +38,7 @@ _COMPONENT_WORDS = {
     "from": "the --from source changed",
     "options": "build options changed",
     "change": "the config change differs",
+    "runtime": "this builder runs RUN steps differently from the one that cached it",
 }
 
 

@@ -16,6 +16,10 @@ from builder.solve.step import PreparedStep, StepInput
 
 OUTPUT_TAIL_LINES = 15
 NETWORK_MODES = ("default", "host", "none")
+# Part of every RUN key: bumped when the same RUN would give another layer because the builder
+# runs it differently (2: HOME, /proc /dev /sys kept, BuildKit's /etc and hostname), so layers
+# cached by an earlier builder are not reused as if this one had made them.
+RUNTIME_VERSION = 2
 
 
 class RunStep(PreparedStep):
@@ -74,6 +78,7 @@ class RunStep(PreparedStep):
             "workdir": self.workdir,
             "network": network,
             "mounts": [mount.key for mount in self.mounts],
+            "runtime": RUNTIME_VERSION,
         }
 
     def execute(self, work: Path) -> LayerRef | None:

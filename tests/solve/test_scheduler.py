@@ -57,6 +57,18 @@ def test_an_arg_counts_where_it_is_used_not_where_it_is_declared(store, tmp_path
     assert again.steps[3].cache_reason == "variables changed: V"
 
 
+def test_a_run_cached_by_a_builder_that_ran_it_differently_reruns(store, tmp_path, monkeypatch) -> None:
+    from builder.solve import runstep
+
+    text = BASE + "RUN write /a one\nLABEL l=x\n"
+    executor = FakeExecutor()
+    build(store, text, executor, tmp_path)
+    monkeypatch.setattr(runstep, "RUNTIME_VERSION", runstep.RUNTIME_VERSION + 1)
+    again = build(store, text, executor, tmp_path)
+    assert again.cached() == [False, False]
+    assert again.steps[1].cache_reason == "this builder runs RUN steps differently from the one that cached it"
+
+
 def test_a_rerun_step_with_the_same_layer_keeps_later_steps_cached(store, tmp_path) -> None:
     text = BASE + "RUN write /a same\nRUN write /b later\n"
     executor = FakeExecutor()
