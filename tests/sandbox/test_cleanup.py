@@ -75,7 +75,6 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
 def test_killed_builder_leaves_no_process_and_no_mount(busybox_layer, tmp_path, kind, sig):
     marker = f"{1000 + os.getpid() % 1000}.{sig.value}{len(kind)}7"
     work = tmp_path / "work"
-    before = mountinfo()
     builder = subprocess.Popen(
         [sys.executable, "-c", BUILDER_SCRIPT, str(REPO), str(busybox_layer), str(work), kind, marker],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -93,16 +92,14 @@ def test_killed_builder_leaves_no_process_and_no_mount(busybox_layer, tmp_path, 
             builder.kill()
             builder.wait()
     assert wait_until(lambda: not processes_with(marker)), processes_with(marker)
-    # (Other test areas may mount things meanwhile: only mounts under our tmp_path count.)
+    # Other tests and the docker daemon mount overlays meanwhile, so only ours count: a leaked
+    # overlay of this builder names tmp_path in its mount point or in its upperdir/workdir option.
     assert str(tmp_path) not in mountinfo()
-    assert "overlay" not in [line.split(" - ")[1].split()[0] for line in mountinfo().splitlines()
-                             if line not in before.splitlines()]
     if sig != signal.SIGKILL:
         assert not work.exists()  # the builder had the chance to clean up, and did
 
 
 def test_failures_leave_no_mount(busybox_layer, tmp_path):
-    before = mountinfo()
     for index, argv in enumerate([["/bin/sh", "-c", "exit 3"], ["no-such-program"]]):
         snap = prepare([busybox_layer], tmp_path / f"w{index}", "overlay")
         try:
@@ -112,9 +109,8 @@ def test_failures_leave_no_mount(busybox_layer, tmp_path):
                 pass
         finally:
             snap.cleanup()
+    # Only mounts naming tmp_path are ours (see above): the snapshot's upper and work dirs live there.
     assert str(tmp_path) not in mountinfo()
-    assert [line for line in mountinfo().splitlines() if " overlay " in line] == \
-        [line for line in before.splitlines() if " overlay " in line]
 
 
 def test_on_output_raising_kills_the_sandbox(busybox_layer, tmp_path):
