@@ -11,7 +11,7 @@ from builder.cancel import Cancellation
 from builder.context.inroot import read_limited, relative_to_context, resolve_in_context
 from builder.errors import BuildError, ContextError, ParseError, Pos, StoreError
 from builder.image.inuse import hold_store_for_build
-from builder.image.oci import check_source_date_epoch, format_time, source_date_epoch_from_env
+from builder.image.oci import check_source_date_epoch, format_time, parse_source_date_epoch, source_date_epoch_from_env
 from builder.image.store import Store
 from builder.image.variants import effective_level
 from builder.parse import parse_buildfile
@@ -191,7 +191,10 @@ def build(
     effective_level(compression, compression_level)  # an unknown compression or level fails before any work
     if snapshotter not in ("auto", "overlay", "copy"):
         raise BuildError(f"unknown snapshotter {snapshotter!r}", hint="use auto, overlay or copy")
-    if source_date_epoch is None:
+    if source_date_epoch is None and build_args and "SOURCE_DATE_EPOCH" in build_args:
+        # As BuildKit (0.11+) takes it: the build arg sets the build's epoch, ahead of the environment.
+        source_date_epoch = parse_source_date_epoch(build_args["SOURCE_DATE_EPOCH"], "--build-arg SOURCE_DATE_EPOCH")
+    elif source_date_epoch is None:
         source_date_epoch = source_date_epoch_from_env()
     else:
         check_source_date_epoch(source_date_epoch, "source_date_epoch")
@@ -258,6 +261,8 @@ def build(
                                        compression_level=compression_level)
                 if shipped is not None:
                     exported.append((text, shipped))
+    except BrokenPipeError:
+        raise  # `-o dest=- | head`: the reader left; the CLI ends quietly, as cat does
     except OSError as error:
         raise _os_error_as_build_error(error, store.root) from None
     if on_event is not None:

@@ -88,6 +88,8 @@ class RunError(BuildError):
 class SandboxError(BuildError):
     """The sandbox could not be set up (namespaces, mounts, missing shell in the image)."""
 
+    command_status: int | None = None  # 126/127 when the command itself could not be started
+
 
 class StoreError(BuildError):
     """The local store is unusable or an entry in it is corrupt."""

@@ -114,6 +114,10 @@ def handler(args: argparse.Namespace) -> int:
             snapshotter=args.snapshotter,
             stdin=sys.stdin.buffer if args.interactive else None,
         )
+    except SandboxError as error:
+        # docker run's codes: the command's 126/127 when it cannot start, 125 for the rest.
+        error.exit_code = error.command_status or 125
+        raise
     except BuildError:
         raise
     except OSError as exc:

@@ -157,13 +157,18 @@ def check_source_date_epoch(epoch: int, what: str) -> int:
 def source_date_epoch_from_env() -> int | None:
     """$SOURCE_DATE_EPOCH as seconds; None when unset or empty; a BuildError when malformed
     (ignoring it would silently give a build that is not reproducible)."""
-    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    return parse_source_date_epoch(os.environ.get("SOURCE_DATE_EPOCH", ""), "SOURCE_DATE_EPOCH")
+
+
+def parse_source_date_epoch(text: str, what: str) -> int | None:
+    """A SOURCE_DATE_EPOCH given as text (the environment, a build arg); None when empty."""
+    value = text.strip()
     if not value:
         return None
     if not (value.isascii() and value.isdigit()) or len(value) > 12:  # int() refuses "²" and 5000 digits
-        raise BuildError(f"SOURCE_DATE_EPOCH={value[:40]!r} is not a valid number of seconds",
+        raise BuildError(f"{what}={value[:40]!r} is not a valid number of seconds",
                          hint="unset it or give an integer")
-    return check_source_date_epoch(int(value), "SOURCE_DATE_EPOCH")
+    return check_source_date_epoch(int(value), what)
 
 
 # The keys of the OCI config's "config" object, in the spelling the spec uses.

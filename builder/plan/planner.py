@@ -208,7 +208,8 @@ def make_plan(
 def _is_predefined(name: str) -> bool:
     from builder.plan.platforms import PROXY_ARGS
 
-    return name in PROXY_ARGS
+    # SOURCE_DATE_EPOCH as a build arg sets the build's epoch (BuildKit 0.11+): consumed by the build.
+    return name in PROXY_ARGS or name == "SOURCE_DATE_EPOCH"
 
 
 def _resolve_copy_sources(stage: Stage, stages: list[Stage], env: Mapping[str, str], escape: str) -> Stage:

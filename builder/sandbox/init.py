@@ -420,7 +420,7 @@ def child(spec: dict, status_fd: int, alive_fd: int) -> int:
         enter(spec, syscall_filter)
         exec_command(spec, status_fd)
     except SetupError as exc:
-        _report(status_fd, {"kind": exc.kind, "error": str(exc)})
+        _report(status_fd, {"kind": exc.kind, "error": str(exc), "code": exc.code})
         return exc.code
     except OSError as exc:
         _report(status_fd, {"kind": "setup", "error": str(exc)})

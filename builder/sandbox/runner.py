@@ -336,7 +336,10 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
                         " emulation on the host (e.g. Debian's qemu-user-static)")
             elif message.get("kind") == "seccomp":
                 hint = "apt-get install libseccomp2: RUN steps never run without their syscall filter"
-            raise SandboxError(message["error"], hint=hint)
+            error = SandboxError(message["error"], hint=hint)
+            # What docker run exits with when the command cannot start (127 not found, 126 not runnable).
+            error.command_status = int(message.get("code") or 0) or None
+            raise error
     for message in messages:
         if "exit" in message:
             return int(message["exit"])

@@ -107,3 +107,27 @@ def test_compression_choices_keep_the_diff_id(tmp_path: Path, compression: str, 
     if compression != "uncompressed":
         assert layers[0]["digest"] != layers[1]["digest"], "the level must reach the compressor"
         assert layers[0]["size"] < 60000 and layers[1]["size"] < 60000
+
+
+def test_source_date_epoch_as_a_build_arg_sets_the_epoch(tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", {"a.txt": "a\n"})
+    (context / "Buildfile").write_text("FROM scratch\nCOPY a.txt /\n")
+    code = cli_main(["--root", str(tmp_path / "s"), "build", "--progress", "plain", "--build-arg",
+                     "SOURCE_DATE_EPOCH=1234", "-t", "epoch:1", str(context)])
+    assert code == 0
+    assert "not consumed" not in capsys.readouterr().err
+    from builder.image.store import Store
+
+    config = Store.open(tmp_path / "s").load_image("epoch:1").config
+    assert config["created"] == "1970-01-01T00:20:34Z"
+    assert cli_main(["--root", str(tmp_path / "s"), "build", "--build-arg", "SOURCE_DATE_EPOCH=soon", str(context)]) == 1
+    assert "--build-arg SOURCE_DATE_EPOCH='soon' is not a valid number" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_ends_the_export_quietly(tmp_path: Path) -> None:
+    context = write_context(tmp_path / "ctx", {"Buildfile": "FROM scratch\nCOPY big /\n", "big": "x" * (4 << 20)})
+    completed = subprocess.run(
+        f"{sys.executable} -m builder.cli --root {tmp_path / 's'} build -q -o type=docker,dest=- {context} | head -c 100 >/dev/null",
+        shell=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert "Broken pipe" not in completed.stderr and "Traceback" not in completed.stderr, completed.stderr

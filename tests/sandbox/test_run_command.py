@@ -106,5 +106,13 @@ def test_cli_missing_program_is_a_clear_error(image_store):
         [sys.executable, "-m", "builder.cli", "--root", str(image_store.root), "run", "bb", "nosuchprog"],
         cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert result.returncode != 0
+    assert result.returncode == 127  # docker run's code for a command that is not found
     assert "nosuchprog" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_command_that_cannot_run_exits_126(image_store):
+    result = subprocess.run(
+        [sys.executable, "-m", "builder.cli", "--root", str(image_store.root), "run", "bb", "/etc/passwd"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 126, result.stderr
