@@ -6,11 +6,13 @@ requests a pull or push makes this costs little.
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import socket
 import ssl
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
 
@@ -74,6 +76,33 @@ def is_listed_insecure(host: str, insecure: Iterable[str]) -> bool:
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class Proxy:
+    netloc: str  # host:port of the proxy
+    headers: dict[str, str]  # Proxy-Authorization, when the proxy URL carries credentials
+
+
+def proxy_for(scheme: str, netloc: str) -> Proxy | None:
+    """The HTTP proxy for a registry URL, from HTTP_PROXY/HTTPS_PROXY/NO_PROXY as Docker reads
+    them; none for loopback registries (Go's rule, which Docker follows)."""
+    if is_loopback(netloc):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(scheme)
+    if not url or urllib.request.proxy_bypass(split_host_port(netloc)[0]):
+        return None
+    parsed = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise RegistryError(f"unsupported proxy {url!r} for {scheme} registries",
+                            hint="give an http:// proxy in HTTP_PROXY/HTTPS_PROXY")
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    headers = {}
+    if parsed.username is not None:
+        user_pass = f"{urllib.parse.unquote(parsed.username)}:{urllib.parse.unquote(parsed.password or '')}"
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(user_pass.encode()).decode()
+    return Proxy(f"{host}:{parsed.port or 80}", headers)
 
 
 def same_origin(url: str, other: str) -> bool:
@@ -263,22 +292,33 @@ class Transport:
         self, method: str, url: str, headers: dict[str, str], body: Body, content_length: int | None
     ) -> Response:
         parts = urllib.parse.urlsplit(url)
+        proxy = proxy_for(parts.scheme, parts.netloc)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        send_headers = {"User-Agent": self.user_agent, **headers}
         if parts.scheme == "https":
             context = ssl.create_default_context()
             if self.insecure_tls:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                parts.netloc, timeout=self.timeout, context=context
-            )
+            if proxy is None:
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                    parts.netloc, timeout=self.timeout, context=context
+                )
+            else:
+                # TLS to the registry through the proxy's CONNECT tunnel, as Docker does.
+                conn = http.client.HTTPSConnection(proxy.netloc, timeout=self.timeout, context=context)
+                conn.set_tunnel(parts.netloc, headers=proxy.headers)
         elif parts.scheme == "http":
-            conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+            if proxy is None:
+                conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+            else:
+                conn = http.client.HTTPConnection(proxy.netloc, timeout=self.timeout)
+                target = urllib.parse.urlunsplit(parts._replace(fragment=""))  # absolute-form, for the proxy
+                send_headers.update(proxy.headers)
         else:
             raise RegistryError(f"unsupported URL scheme in {url}")
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        send_headers = {"User-Agent": self.user_agent, **headers}
         try:
             if body is None:
                 if method in ("PUT", "POST", "PATCH"):
