@@ -76,7 +76,7 @@ def test_unknown_target_and_bad_stage_names() -> None:
         _plan("FROM scratch AS x\nFROM scratch AS x\n")
     assert caught.value.pos.line == 2
     with pytest.raises(PlanError, match="no FROM"):
-        _plan("# nothing here\n")
+        _plan("ARG ONLY=1\n")
     with pytest.raises(PlanError, match="ENV before the first FROM") as caught:
         _plan("ENV A=1\nFROM scratch\n")
     assert caught.value.pos.line == 1
