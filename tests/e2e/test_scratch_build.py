@@ -20,6 +20,8 @@ from builder.image.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello"
+# BuildKit gives a FROM scratch image (any image without one) this PATH.
+SCRATCH_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def test_hello_example_builds_and_exports_everywhere(tmp_path: Path, store_root: Path) -> None:
@@ -56,7 +58,7 @@ def test_hello_example_builds_and_exports_everywhere(tmp_path: Path, store_root:
     assert stat.S_IMODE((local_dir / "app/data/answer.json").stat().st_mode) == 0o755
 
     config = result.config
-    assert config["config"]["Env"] == ["GREETING=hello"]
+    assert config["config"]["Env"] == [SCRATCH_PATH, "GREETING=hello"]
     assert config["config"]["WorkingDir"] == "/app"
     assert config["config"]["User"] == "1000:1000"
     assert config["config"]["ExposedPorts"] == {"8080/tcp": {}}
@@ -85,7 +87,7 @@ def test_hello_example_builds_and_exports_everywhere(tmp_path: Path, store_root:
     assert inspected["Digest"] == dict(result.exported)[f"type=oci,dest={oci_tar}"]
     assert dict(result.exported)[f"type=oci,dest={oci_dir},tar=false"] == inspected["Digest"]
     inspected = json.loads(subprocess.run([skopeo, "inspect", f"docker-archive:{docker_tar}"], check=True, capture_output=True, text=True).stdout)
-    assert inspected["Env"] == ["GREETING=hello"]
+    assert inspected["Env"] == [SCRATCH_PATH, "GREETING=hello"]
     unpacked = tmp_path / "umoci-bundle"
     index = json.loads((oci_dir / "index.json").read_text())
     ref_name = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]

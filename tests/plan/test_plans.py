@@ -90,6 +90,12 @@ def test_global_args_expand_in_from_and_build_args_override() -> None:
     assert plan.unused_build_args == ("UNUSED",)
 
 
+def test_build_args_are_not_called_unused_when_a_stage_arg_name_is_expanded() -> None:
+    # `ARG ${NAME}` declares whatever NAME holds when the stage is built.
+    assert _plan("FROM scratch\nARG NAME=x\nARG ${NAME}\n", build_args={"x": "1"}).unused_build_args == ()
+    assert _plan("ARG ${G}\nFROM scratch\nARG a\n", build_args={"x": "1"}).unused_build_args == ("x",)
+
+
 def test_dot_output_draws_every_edge() -> None:
     plan = _plan("FROM busybox AS a\nFROM a AS b\nCOPY --from=a /x /x\nFROM scratch AS c\nCOPY --from=b /y /y\n")
     dot = render_dot(plan)
