@@ -1,6 +1,7 @@
 """Turn each instruction into its prepared step: the one place that knows instruction types.
 
-Metadata instructions and ARG are prepared here; RUN in runstep.py, COPY and ADD in copystep.py.
+Metadata instructions and ARG are prepared here; RUN in runstep.py, COPY and ADD in copystep.py,
+WORKDIR (a config change that also makes its directory) in workdirstep.py.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from builder.solve.copystep import CopyStep
 from builder.solve.runstep import RunStep
 from builder.solve.state import ImageState
 from builder.solve.step import PreparedStep, StepInput
+from builder.solve.workdirstep import WorkdirStep
 
 
 class MetadataStep(PreparedStep):
@@ -81,6 +83,7 @@ _PREPARERS: dict[type, Callable[[StepInput], PreparedStep]] = {
     ast.Add: CopyStep,
     ast.Arg: ArgStep,
     **{kind: MetadataStep for kind in metadata.DESCRIBERS},
+    ast.Workdir: WorkdirStep,  # a config change and a directory
 }
 
 

@@ -68,13 +68,16 @@ def test_hello_example_builds_and_exports_everywhere(tmp_path: Path, store_root:
     assert config["created"] == "2023-11-14T22:13:20Z"
     history = config["history"]
     assert [entry.get("empty_layer", False) for entry in history] == [
-        True, True, True, True, False, False, False, True, True, True, True
+        True, True, True, False, False, False, False, True, True, True, True
     ]
-    assert len(config["rootfs"]["diff_ids"]) == 3
+    assert len(config["rootfs"]["diff_ids"]) == 4
 
-    # Each COPY layer holds the files it copied, owned by root, with the epoch as mtime cap.
+    # WORKDIR made /app in a layer of its own, as BuildKit does.
     layers = result.manifest["layers"]
-    first = layer_members(store, layers[0]["digest"])
+    workdir = layer_members(store, layers[0]["digest"])
+    assert sorted(workdir) == ["app"] and workdir["app"].isdir() and workdir["app"].mode == 0o755
+    # Each COPY layer holds the files it copied, owned by root, with the epoch as mtime cap.
+    first = layer_members(store, layers[1]["digest"])
     assert sorted(first) == ["app", "app/hello.txt"]
     assert first["app/hello.txt"].uid == 0 and first["app/hello.txt"].gid == 0
     assert all(member.mtime <= 1700000000 for member in first.values())

@@ -1,5 +1,7 @@
-"""Config and history as BuildKit makes them (issue 13, items 1 and 7), checked against what
-dockerd 20.10's BuildKit wrote for the same Buildfiles and the dockerfile2llb source."""
+"""Config, history and layers as BuildKit makes them (issue 13, items 1, 5 and 7), checked
+against what dockerd 20.10's BuildKit wrote for the same Buildfiles and the dockerfile2llb source.
+
+Ownership of what WORKDIR makes needs root, so it is checked in tests/e2e/test_workdir.py."""
 from __future__ import annotations
 
 import io
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import PlanError
+from builder.errors import BuildError, PlanError
 from builder.image.importer import import_rootfs
 from builder.image.store import Store
 from builder.solve.state import DEFAULT_PATH
@@ -115,3 +117,52 @@ def test_arg_history_follows_the_values_even_when_the_steps_are_cached(store, tm
     second = build(store, text, executor, tmp_path, build_args={"A": "2"})
     assert second.cached() == [True, True, True], "the value counts where it is used, not at the ARG"
     assert _history(first)[1][0] == "ARG B=x1" and _history(second)[1][0] == "ARG B=x2"
+
+
+# --- item 5: WORKDIR makes its directory ---------------------------------------------------------
+
+
+def test_workdir_makes_its_directory_in_a_layer_of_its_own(store, tmp_path) -> None:
+    text = "FROM scratch\nWORKDIR /a/b/\nWORKDIR c/../d\nWORKDIR /\nWORKDIR /a/b\nWORKDIR //z//\n"
+    built = build(store, text, FakeExecutor(), tmp_path)
+    # The path is kept as written when absolute; a relative one is joined and cleaned.
+    assert built.config["config"]["WorkingDir"] == "//z//"
+    assert _history(built) == [
+        ("WORKDIR /a/b/", False), ("WORKDIR /a/b/d", False), ("WORKDIR /", True),
+        ("WORKDIR /a/b", False), ("WORKDIR //z//", False),
+    ]
+    first, second, existing, last = (_members(store, built, index) for index in range(4))
+    assert sorted(first) == ["a", "a/b"] and all(m.isdir() and m.mode == 0o755 for m in first.values())
+    assert sorted(second) == ["a", "a/b", "a/b/d"]
+    assert existing == {}, "an existing directory gives an empty layer, still a layer"
+    assert sorted(last) == ["z"]
+
+
+def test_workdir_expands_variables_and_an_empty_value_keeps_the_current_one(store, tmp_path) -> None:
+    text = 'FROM scratch\nENV D=/env/dir\nARG A=sub\nWORKDIR $D/${A}\nWORKDIR ${NOPE}\nWORKDIR "/quoted dir"\n'
+    built = build(store, text, FakeExecutor(), tmp_path)
+    assert [entry for entry, _ in _history(built)][2:] == [
+        "WORKDIR /env/dir/sub", "WORKDIR /env/dir/sub", "WORKDIR /quoted dir"]
+    assert sorted(_members(store, built, 0)) == ["env", "env/dir", "env/dir/sub"]
+    assert _members(store, built, 1) == {}
+    assert sorted(_members(store, built, 2)) == ["quoted dir"]
+
+
+def test_workdir_follows_symlinks_inside_the_image(store, tmp_path) -> None:
+    _import(store, tmp_path, "links:1", links={"abs": "/tmp", "rel": "tmp", "out": "../../tmp/deeper"})
+    text = "FROM links:1\nWORKDIR /abs/one\nWORKDIR /rel/two\nWORKDIR /out\nWORKDIR /abs\n"
+    built = build(store, text, FakeExecutor(), tmp_path)
+    assert sorted(_members(store, built, 1)) == ["tmp", "tmp/one"]
+    assert sorted(_members(store, built, 2)) == ["tmp", "tmp/two"]
+    # `..` never climbs above the image's root: /out leads to /tmp/deeper.
+    assert sorted(_members(store, built, 3)) == ["tmp", "tmp/deeper"]
+    assert _members(store, built, 4) == {}
+    assert built.config["config"]["WorkingDir"] == "/abs", "the config keeps the path as written"
+
+
+@pytest.mark.parametrize("workdir", ["/file", "/file/sub", "/loop/sub"])
+def test_a_file_or_a_link_loop_in_the_way_is_an_error(store, tmp_path, workdir) -> None:
+    _import(store, tmp_path, "blocked:1", files=("file",), links={"loop": "/loop"})
+    with pytest.raises(BuildError, match="is not a directory") as caught:
+        build(store, f"FROM blocked:1\nWORKDIR {workdir}\n", FakeExecutor(), tmp_path)
+    assert caught.value.pos is not None and caught.value.pos.line == 2
