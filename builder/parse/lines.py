@@ -2,7 +2,8 @@
 
 - parser directives (`# syntax=`, `# escape=`, `# check=`), only at the very top;
 - the escape character and line continuations (comment and blank lines inside a continuation
-  are skipped; whitespace after the escape character at the end of a line still continues);
+  are skipped; whitespace after the escape character at the end of a line still continues; two
+  escape characters at the end of a line are an escaped escape, not a continuation);
 - heredoc bodies for RUN, COPY and ADD.
 
 The result is one `LogicalLine` per instruction: its joined text (what the grammar parses),
@@ -152,7 +153,12 @@ def _is_comment(line: str) -> bool:
 
 
 def _continuation(escape: str) -> re.Pattern[str]:
-    return re.compile(re.escape(escape) + r"[ \t]*$")
+    """BuildKit's continuation rule: the escape character ends the line (spaces and tabs may
+    follow) and is not itself escaped, i.e. not preceded by another escape character, so
+    `ENV A x\\\\` ends its instruction. Like BuildKit, an escape after an escaped escape
+    (`x\\\\\\`) does not continue either."""
+    escaped = re.escape(escape)
+    return re.compile(rf"(?:(?<=[^{escaped}])|^){escaped}[ \t]*$")
 
 
 def heredoc_markers(text: str) -> list[tuple[int, str, bool, bool]]:

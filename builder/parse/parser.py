@@ -96,6 +96,8 @@ def _start(token: Token) -> int:
 def parse_buildfile(text: str, path: str = "Buildfile") -> ast.Buildfile:
     """Parse a whole Buildfile; raise ParseError with the position of the first mistake."""
     prepared = prepare(text, path)
+    if not prepared.lines:
+        raise _nothing_to_parse(text, prepared, path)
     builder = _AstBuilder(prepared, path)
     return ast.Buildfile(
         path=path,
@@ -103,6 +105,16 @@ def parse_buildfile(text: str, path: str = "Buildfile") -> ast.Buildfile:
         directives=tuple(prepared.directives),
         instructions=builder.build(),
     )
+
+
+def _nothing_to_parse(text: str, prepared: Prepared, path: str) -> ParseError:
+    """BuildKit refuses an empty Dockerfile, and one of only comments and blank lines."""
+    first_line = prepared.physical[0] if prepared.physical else ""
+    if not text:
+        return ParseError("the Buildfile is empty", pos=Pos(path, 1, 1), source_line=first_line,
+                          hint="a Buildfile needs at least a FROM instruction")
+    return ParseError("file with no instructions", pos=Pos(path, 1, 1), source_line=first_line,
+                      hint="the file holds only comments and blank lines; add a FROM instruction")
 
 
 def _flag_tokens(flag_tree: Tree) -> list[Token]:
@@ -141,6 +153,26 @@ def _unquote_flag(word: str) -> str:
             out.append(char)
         index += 1
     return "".join(out)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _go_json(text: str) -> Any:
+    """`text` decoded as Go's json.Unmarshal would: Python's json also takes NaN and Infinity,
+    which Go refuses (and a refused line is shell form, not a non-string array)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_strings(text: str) -> list[str]:
+    """A JSON list of strings (the grammar's JSON_ARRAY) as Go decodes it: a `\\uD800` escape
+    that is not half of a pair becomes U+FFFD, as Go's decoder makes it (Python would keep a
+    lone surrogate, which no UTF-8 config or cache key can hold)."""
+    return [_LONE_SURROGATE.sub("\ufffd", item) for item in json.loads(text)]
 
 
 def _split_key_value(word: str, escape: str) -> tuple[str, str]:
@@ -329,7 +361,13 @@ class _AstBuilder:
     def instruction(self, tree: Tree) -> ast.Instruction:
         keyword_token = cast(Token, tree.children[0])
         keyword = keyword_token.type
-        flags = self.flags(tree, keyword)
+        last = tree.children[-1]
+        if keyword == "HEALTHCHECK" and isinstance(last, Token) and last.type == "NONE":
+            # BuildKit reads HEALTHCHECK's flags only for CMD: `HEALTHCHECK --interval=5s NONE`
+            # (or any other flag before NONE) is accepted and the flags are dropped.
+            flags = _Flags(())
+        else:
+            flags = self.flags(tree, keyword)
         common = {
             "pos": self.pos(_start(keyword_token)),
             "source": self.line.source if self.line else "",
@@ -347,8 +385,9 @@ class _AstBuilder:
             return _Flags(())
         for token in _flag_tokens(flag_tree):
             start = _start(token)
-            name, eq, raw_value = str(token)[2:].partition("=")
-            value = _unquote_flag(raw_value) if eq else None
+            # As BuildKit: quotes and escapes come off the whole word, then the name ends at "=".
+            name, eq, value_text = _unquote_flag(str(token))[2:].partition("=")
+            value = value_text if eq else None
             if name not in allowed:
                 accepted = ", ".join(f"--{a}" for a in allowed) if allowed else "no flags"
                 raise self.error(
@@ -372,13 +411,13 @@ class _AstBuilder:
         token = cast(Token, tree.children[0])
         if tree.data == "exec_form":
             try:
-                return ast.ExecCommand(tuple(json.loads(str(token))))
+                return ast.ExecCommand(tuple(_json_strings(str(token))))
             except ValueError:
                 return ast.ShellCommand(str(token))
         text = str(token)
         if text.startswith("["):
             try:
-                decoded = json.loads(text)
+                decoded = _go_json(text)
             except (ValueError, RecursionError):  # not JSON (or absurdly nested): shell form
                 decoded = None
             if isinstance(decoded, list):  # a JSON array, but not of strings only
@@ -395,7 +434,7 @@ class _AstBuilder:
             return
         text = self.joined[first.start_pos : last.end_pos]
         try:
-            decoded = json.loads(text)
+            decoded = _go_json(text)
         except (ValueError, RecursionError):
             return  # not JSON at all: plain words, as Docker reads them
         if isinstance(decoded, list):
@@ -407,7 +446,7 @@ class _AstBuilder:
     def json_list(self, token: Token) -> list[str]:
         """A JSON_ARRAY token's strings (the grammar only lets a flat list of JSON strings through)."""
         try:
-            return json.loads(str(token))
+            return _json_strings(str(token))
         except ValueError as failure:
             raise self.error(f"invalid JSON: {failure}", _start(token), 'write a JSON list of strings: ["a", "b"]') from None
 
@@ -557,7 +596,7 @@ class _AstBuilder:
         return ast.Arg(**common, args=tuple(args))
 
     def _onbuild(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
-        trigger_tree: Tree = tree.children[1]
+        trigger_tree = cast(Tree, tree.children[2])
         trigger_keyword = cast(Token, trigger_tree.children[0])
         refused = _TRIGGER_REFUSED.get(trigger_keyword.type)
         if refused:
@@ -575,8 +614,6 @@ class _AstBuilder:
     def _healthcheck(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
         kind = cast(Token, tree.children[2])
         if kind.type == "NONE":
-            if flags.items:
-                raise self.error("HEALTHCHECK NONE takes no flags", _start(kind), f"usage: {USAGE['HEALTHCHECK']}")
             return ast.Healthcheck(**common, command=None)
         durations: dict[str, int | None] = {}
         for name in ("interval", "timeout", "start-period", "start-interval"):

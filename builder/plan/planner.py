@@ -15,6 +15,7 @@ from builder.parse.expand import expand_word
 from builder.plan.platforms import Platform, platform_args
 
 SCRATCH = "scratch"
+_EXPANDED_NAME_CHARS = frozenset("$\"'\\`")  # what expansion can change in an ARG name
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,15 @@ def make_plan(
         for instruction in stage.instructions:
             if isinstance(instruction, ast.Arg):
                 declared.update(name for name, _ in instruction.args)
-    unused = tuple(sorted(name for name in build_args if name not in declared and not _is_predefined(name)))
+    # A stage ARG's name is expanded when the stage is built (`ARG ${NAME}`, `ARG "a"`): with
+    # such a name the names are not known here, so no --build-arg is reported unused.
+    dynamic = any(
+        set(name) & _EXPANDED_NAME_CHARS
+        for stage in stages for instruction in stage.instructions if isinstance(instruction, ast.Arg)
+        for name, _ in instruction.args
+    )
+    unused = () if dynamic else tuple(
+        sorted(name for name in build_args if name not in declared and not _is_predefined(name)))
     return Plan(
         path=buildfile.path,
         stages=tuple(stages),

@@ -12,11 +12,14 @@ def summary(instruction: ast.Instruction) -> str:
     if getattr(instruction, "heredocs", ()):
         return lines[0].strip()
     parts: list[str] = []
-    for line in lines:
+    last = len(lines) - 1
+    for index, line in enumerate(lines):
         text = line.strip()
         if not text or (parts and text.startswith("#")):
             continue
-        if text.endswith(("\\", "`")):
+        # Every line but the last ends in a continuation; the last line's final escape
+        # character is text (`RUN echo \\\\` ends its instruction).
+        if index < last and text.endswith(("\\", "`")):
             text = text[:-1].rstrip()
         parts.append(text)
     return " ".join(part for part in parts if part)

@@ -1,4 +1,5 @@
-"""Metadata instructions: they change the image config and history, never the file system.
+"""Metadata instructions: they change the image config and history, never the file system
+(WORKDIR's directory is made by workdirstep.py, on top of the change described here).
 
 Each instruction becomes a `ConfigChange` when it is prepared (after expansion, against the state
 before it). The change is part of the step's cache key and is applied the same way whether the
@@ -8,10 +9,10 @@ so applying it costs the same however large the image's config already is.
 from __future__ import annotations
 
 import json
-import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from builder.context.dockerignore import go_clean
 from builder.errors import BuildError, PlanError
 from builder.parse import ast
 from builder.solve.state import ImageState
@@ -126,12 +127,22 @@ def _user(instruction: ast.User, state: ImageState, expand: Expand) -> Described
     return f"USER {user}", ConfigChange(set={"User": user})
 
 
+def workdir_path(current: str, requested: str) -> str:
+    """BuildKit's working directory rule (NormalizeWorkdir, Linux): an absolute path is kept as
+    written (`/tmp/` stays `/tmp/`), a relative one is joined to the current one and cleaned, an
+    empty one (a variable that expanded to nothing) keeps the current one."""
+    parent = current or "/"
+    if not parent.startswith("/"):
+        parent = go_clean("/" + parent)
+    if not requested:
+        requested = parent
+    if requested.startswith("/"):
+        return requested
+    return go_clean(parent + "/" + requested)
+
+
 def _workdir(instruction: ast.Workdir, state: ImageState, expand: Expand) -> Described:
-    path = expand(instruction.path)
-    if not path:
-        raise PlanError("WORKDIR needs a path", pos=instruction.pos, hint="e.g. WORKDIR /app")
-    joined = posixpath.normpath(posixpath.join(state.workdir(), path))
-    workdir = "/" + joined.lstrip("/") if joined != "/" else "/"
+    workdir = workdir_path(state.workdir(), expand(instruction.path))
     return f"WORKDIR {workdir}", ConfigChange(set={"WorkingDir": workdir})
 
 

@@ -83,9 +83,10 @@ class BuildSession:
         with self.lock:
             return self._stat_cache
 
-    def commit_layer(self, layer_dir: Path | None) -> LayerRef | None:
-        """Store a step's layer dir (taken over by the store, never compressed); None when it holds nothing."""
-        if layer_dir is None or not any(layer_dir.iterdir()):
+    def commit_layer(self, layer_dir: Path | None, *, keep_empty: bool = False) -> LayerRef | None:
+        """Store a step's layer dir (taken over by the store, never compressed); None when it
+        holds nothing, unless `keep_empty` (BuildKit keeps WORKDIR's layer even when empty)."""
+        if layer_dir is None or (not keep_empty and not any(layer_dir.iterdir())):
             return None
         digests = self.store.put_layer_from_dir(layer_dir, source_date_epoch=self.options.source_date_epoch)
         return LayerRef(digests.diff_id, digests.digest, digests.size, digests.media_type)

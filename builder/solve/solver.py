@@ -162,6 +162,8 @@ class Solver:
             return state
         state = ImageState(os=target.os, architecture=target.architecture, variant=target.variant)
         if stage.base.lower() == SCRATCH:
+            # BuildKit's empty image has WorkingDir "/" (and, below, the default PATH).
+            state.config = {"WorkingDir": "/"}
             state.chain = cache_keys.step_key("scratch", {"platform": str(target)})
         else:
             record = session.sources.load_or_pull(
@@ -176,6 +178,7 @@ class Solver:
             state.variant = config.get("variant", "")
             state.layers = image_layers(record)
             state.chain = cache_keys.step_key("image", {"manifest": record.manifest_digest})
+        state.ensure_path()
         # Proxy settings passed with --build-arg reach RUN without an ARG line, as in Docker.
         state.args = {name: value for name, value in self.options.build_args.items() if name in PROXY_ARGS}
         return state
@@ -214,7 +217,9 @@ class Solver:
         step.apply(state)
         if cached.layer is not None:
             state.layers.append(cached.layer)
-        state.history.append(cached.history)
+        # The history text comes from this build's step: an ARG's shows values that are, on
+        # purpose, not in its key (Docker invalidates at an ARG's first use, not at the ARG).
+        state.history.append({**cached.history, "created_by": step.created_by})
         state.chain = cached.chain
         seconds = time.monotonic() - started
         hit = not reason

@@ -89,6 +89,18 @@ class ImageState:
         env.setdefault("PATH", DEFAULT_PATH)
         return env
 
+    def ensure_path(self) -> None:
+        """BuildKit gives every stage's image a PATH: an image (or scratch) whose Env has none
+        gets the default appended, except on Windows, where the OS sets it."""
+        if self.os == "windows" or "PATH" in self._env_map():
+            return
+        if self._env_changed:
+            self.set_env("PATH", DEFAULT_PATH)
+            return
+        # Appended to the image's own list, which stays as it is otherwise (as in BuildKit).
+        self.config["Env"] = [*(self.config.get("Env") or []), f"PATH={DEFAULT_PATH}"]
+        self._env_map()["PATH"] = DEFAULT_PATH
+
     def shell(self) -> list[str]:
         return list(self.config.get("Shell") or DEFAULT_SHELL)
 

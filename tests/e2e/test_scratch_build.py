@@ -20,6 +20,8 @@ from builder.image.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello"
+# BuildKit gives a FROM scratch image (any image without one) this PATH.
+SCRATCH_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def test_hello_example_builds_and_exports_everywhere(tmp_path: Path, store_root: Path) -> None:
@@ -56,7 +58,7 @@ def test_hello_example_builds_and_exports_everywhere(tmp_path: Path, store_root:
     assert stat.S_IMODE((local_dir / "app/data/answer.json").stat().st_mode) == 0o755
 
     config = result.config
-    assert config["config"]["Env"] == ["GREETING=hello"]
+    assert config["config"]["Env"] == [SCRATCH_PATH, "GREETING=hello"]
     assert config["config"]["WorkingDir"] == "/app"
     assert config["config"]["User"] == "1000:1000"
     assert config["config"]["ExposedPorts"] == {"8080/tcp": {}}
@@ -66,13 +68,16 @@ def test_hello_example_builds_and_exports_everywhere(tmp_path: Path, store_root:
     assert config["created"] == "2023-11-14T22:13:20Z"
     history = config["history"]
     assert [entry.get("empty_layer", False) for entry in history] == [
-        True, True, True, True, False, False, False, True, True, True, True
+        True, True, True, False, False, False, False, True, True, True, True
     ]
-    assert len(config["rootfs"]["diff_ids"]) == 3
+    assert len(config["rootfs"]["diff_ids"]) == 4
 
-    # Each COPY layer holds the files it copied, owned by root, with the epoch as mtime cap.
+    # WORKDIR made /app in a layer of its own, as BuildKit does.
     layers = result.manifest["layers"]
-    first = layer_members(store, layers[0]["digest"])
+    workdir = layer_members(store, layers[0]["digest"])
+    assert sorted(workdir) == ["app"] and workdir["app"].isdir() and workdir["app"].mode == 0o755
+    # Each COPY layer holds the files it copied, owned by root, with the epoch as mtime cap.
+    first = layer_members(store, layers[1]["digest"])
     assert sorted(first) == ["app", "app/hello.txt"]
     assert first["app/hello.txt"].uid == 0 and first["app/hello.txt"].gid == 0
     assert all(member.mtime <= 1700000000 for member in first.values())
@@ -85,7 +90,7 @@ def test_hello_example_builds_and_exports_everywhere(tmp_path: Path, store_root:
     assert inspected["Digest"] == dict(result.exported)[f"type=oci,dest={oci_tar}"]
     assert dict(result.exported)[f"type=oci,dest={oci_dir},tar=false"] == inspected["Digest"]
     inspected = json.loads(subprocess.run([skopeo, "inspect", f"docker-archive:{docker_tar}"], check=True, capture_output=True, text=True).stdout)
-    assert inspected["Env"] == ["GREETING=hello"]
+    assert inspected["Env"] == [SCRATCH_PATH, "GREETING=hello"]
     unpacked = tmp_path / "umoci-bundle"
     index = json.loads((oci_dir / "index.json").read_text())
     ref_name = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]

@@ -25,6 +25,8 @@ KNOWN_DIFFERENCES = {
     "continuation at end of file; Docker (and we) keep it",
     "continuation_comments": "dockerfile-parse ends a continuation at an empty line (the old "
     "Docker behaviour); BuildKit skips empty lines inside a continuation, with a warning",
+    "continuation_double_backslash": "dockerfile-parse continues a line that ends in two escape "
+    "characters; BuildKit (and we) read them as an escaped escape that ends the instruction",
     "heredoc_*": "dockerfile-parse does not know heredocs and reads their bodies as instructions",
 }
 

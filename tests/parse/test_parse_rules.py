@@ -137,3 +137,71 @@ def test_pathological_input_is_fast_and_clean(text):
     except BuildError:
         pass
     assert time.perf_counter() - start < 5  # exponential regex backtracking would take ages
+
+
+def test_two_escape_characters_at_the_end_of_a_line_end_the_instruction():
+    # BuildKit continues a line only when its last escape character is not itself escaped.
+    first, second = parse_buildfile("ENV C x\\\\\nENV D y\n").instructions
+    assert first.pairs == (("C", "x\\\\"),) and second.pairs == (("D", "y"),)
+    three = parse_buildfile("RUN a \\\\\\\nRUN b\n").instructions
+    assert [run.command for run in three] == [ast.ShellCommand("a \\\\\\"), ast.ShellCommand("b")]
+    backtick = parse_buildfile("# escape=`\nRUN a ``\nRUN b `\n  c\n").instructions
+    assert [run.command for run in backtick] == [ast.ShellCommand("a ``"), ast.ShellCommand("b   c")]
+    # A lone escape on a line still continues (BuildKit's second branch).
+    assert only("RUN a \\\n\\\nb\n").command == ast.ShellCommand("a b")
+
+
+def test_a_bare_double_dash_ends_the_flags():
+    copy = only("COPY --chown=1:2 -- --not-a-flag dest/")
+    assert copy.chown == "1:2" and copy.sources == ("--not-a-flag",) and copy.dest == "dest/"
+    assert only("RUN -- echo hi").command == ast.ShellCommand("echo hi")
+    assert only('CMD -- ["a"]').command == ast.ExecCommand(("a",))
+    # `--""` is `--` once its quotes are gone, as in BuildKit's flag splitter.
+    assert only('ENTRYPOINT --"" --x').command == ast.ShellCommand("--x")
+    from_ = only("FROM -- img AS x")
+    assert (from_.image, from_.alias) == ("img", "x")
+    onbuild = only("ONBUILD -- RUN echo t")
+    assert onbuild.trigger.command == ast.ShellCommand("echo t") and onbuild.trigger.pos == Pos("Buildfile", 1, 12)
+
+
+def test_any_word_starting_with_two_dashes_is_a_flag():
+    with pytest.raises(ParseError, match="unknown flag --1 for CMD") as caught:
+        parse_buildfile("CMD --1 x\n")
+    assert caught.value.pos == Pos("Buildfile", 1, 5)
+    with pytest.raises(ParseError, match="unknown flag --x for ONBUILD"):
+        parse_buildfile("ONBUILD --x RUN y\n")
+    # The name is read after quote removal, as BuildKit does.
+    assert only('COPY --"from"=stage a b').from_ == "stage"
+
+
+def test_healthcheck_none_ignores_its_flags():
+    for text in ("HEALTHCHECK --interval=5s NONE", "HEALTHCHECK --bogus --retries=x none"):
+        healthcheck = only(text)
+        assert healthcheck.command is None and healthcheck.flags == () and healthcheck.interval is None
+
+
+def test_a_file_without_instructions_is_an_error():
+    with pytest.raises(ParseError, match="the Buildfile is empty"):
+        parse_buildfile("")
+    with pytest.raises(ParseError, match="file with no instructions") as caught:
+        parse_buildfile("# syntax=x\n\n  # only comments\n", "B")
+    assert caught.value.pos == Pos("B", 1, 1) and caught.value.source_line == "# syntax=x"
+
+
+def test_json_with_trailing_text_is_shell_form():
+    # Current BuildKit (json.Unmarshal) reads the whole rest of the line; 20.10's decoder took the
+    # first JSON value and dropped the rest, a bug BuildKit fixed in 2024 (moby/buildkit#5107).
+    assert only('ENTRYPOINT ["x"] # comment').command == ast.ShellCommand('["x"] # comment')
+    assert only('VOLUME ["/v"] # c').paths == ('["/v"]', "#", "c")
+    assert only('COPY ["a", "b"] c').sources == ('["a",', '"b"]')
+    with pytest.raises(ParseError, match="SHELL requires the arguments to be in JSON form"):
+        parse_buildfile('SHELL ["/bin/sh", "-c"] ]\n')
+    # NaN and Infinity are not JSON to Go: shell form, not "arrays must be comprised of strings".
+    assert only('CMD ["a", NaN]').command == ast.ShellCommand('["a", NaN]')
+
+
+def test_json_lone_surrogates_become_replacement_characters():
+    # Go's decoder turns a `\ud800` that is not half of a pair into U+FFFD; a lone surrogate
+    # could not be written into a UTF-8 config.
+    assert only('CMD ["\\ud800x", "\\ud83d\\ude00"]').command == ast.ExecCommand(("\ufffdx", "\U0001f600"))
+    assert only('SHELL ["\\udc00"]').argv == ("\ufffd",)

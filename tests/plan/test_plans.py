@@ -76,7 +76,7 @@ def test_unknown_target_and_bad_stage_names() -> None:
         _plan("FROM scratch AS x\nFROM scratch AS x\n")
     assert caught.value.pos.line == 2
     with pytest.raises(PlanError, match="no FROM"):
-        _plan("# nothing here\n")
+        _plan("ARG ONLY=1\n")
     with pytest.raises(PlanError, match="ENV before the first FROM") as caught:
         _plan("ENV A=1\nFROM scratch\n")
     assert caught.value.pos.line == 1
@@ -88,6 +88,12 @@ def test_global_args_expand_in_from_and_build_args_override() -> None:
     assert plan.stages[0].base == "alpine:alpine-1"
     assert plan.stages[1].base == "amd64-image"
     assert plan.unused_build_args == ("UNUSED",)
+
+
+def test_build_args_are_not_called_unused_when_a_stage_arg_name_is_expanded() -> None:
+    # `ARG ${NAME}` declares whatever NAME holds when the stage is built.
+    assert _plan("FROM scratch\nARG NAME=x\nARG ${NAME}\n", build_args={"x": "1"}).unused_build_args == ()
+    assert _plan("ARG ${G}\nFROM scratch\nARG a\n", build_args={"x": "1"}).unused_build_args == ("x",)
 
 
 def test_dot_output_draws_every_edge() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from builder.errors import BuildError, RunError
 from builder.image.store import Store
+from builder.solve.state import DEFAULT_PATH
 
 from .fake import FakeExecutor, build
 
@@ -35,7 +36,7 @@ def test_a_second_build_takes_every_step_from_the_cache(store, tmp_path) -> None
     assert len(executor.runs) == 2, "cached RUN steps must not run again"
     assert second.manifest_digest == first.manifest_digest
     assert second.config["config"] == first.config["config"] == {
-        "Env": ["A=1"], "Labels": {"l": "x"}, "Cmd": ["run"]}
+        "Env": [f"PATH={DEFAULT_PATH}", "A=1"], "WorkingDir": "/", "Labels": {"l": "x"}, "Cmd": ["run"]}
 
 
 def test_a_changed_step_reruns_with_everything_after_it(store, tmp_path) -> None:
@@ -125,7 +126,7 @@ def test_the_index_grows_linearly_with_config_steps(store, tmp_path) -> None:
     """A cache entry holds one step's delta, never the whole state (issue 10, item 10)."""
     lines = [f"ENV V{i}=value-{i}" for i in range(1500)]
     built = build(store, BASE + "\n".join(lines) + "\nRUN env V1499 /last\n", FakeExecutor(), tmp_path)
-    assert len(built.config["config"]["Env"]) == 1500
+    assert len(built.config["config"]["Env"]) == 1 + 1500  # scratch's PATH, then the ENVs
     with sqlite3.connect(store.root / "index.db") as db:
         sizes = [len(value) for key, value in db.execute("SELECT key, value FROM cache") if not key.startswith("lineage:")]
         lineage = [len(value) for key, value in db.execute("SELECT key, value FROM cache") if key.startswith("lineage:")]
@@ -143,4 +144,6 @@ def test_a_warm_build_restores_config_history_and_layers_exactly(store, tmp_path
     assert json.dumps(warm.config, sort_keys=True) == json.dumps(cold.config, sort_keys=True)
     assert warm.config["author"] == "me"
     assert warm.config["config"]["ExposedPorts"] == {"80/tcp": {}, "90/udp": {}, "91/udp": {}}
-    assert [entry.get("empty_layer", False) for entry in warm.config["history"]] == [True] * 7 + [False, True, True]
+    # WORKDIR makes its directory in a layer of its own, as BuildKit does.
+    assert [entry.get("empty_layer", False) for entry in warm.config["history"]] == (
+        [True, False] + [True] * 5 + [False, True, True])
