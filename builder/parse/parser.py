@@ -7,6 +7,7 @@ Every failure is a ParseError pointing at the offending token; Lark's exceptions
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import re
 from bisect import bisect_right
@@ -20,6 +21,7 @@ from builder.errors import ParseError, Pos
 from builder.parse import ast
 from builder.parse.grammar import get_parser
 from builder.parse.lines import LogicalLine, Prepared, prepare
+from builder.parse.ports import PortSpecError, parse_port_spec
 
 KEYWORDS = frozenset({
     "FROM", "RUN", "CMD", "ENTRYPOINT", "LABEL", "MAINTAINER", "EXPOSE", "ENV", "ADD", "COPY",
@@ -173,6 +175,12 @@ def _json_strings(text: str) -> list[str]:
     that is not half of a pair becomes U+FFFD, as Go's decoder makes it (Python would keep a
     lone surrogate, which no UTF-8 config or cache key can hold)."""
     return [_LONE_SURROGATE.sub("\ufffd", item) for item in json.loads(text)]
+
+
+def _did_you_mean(word: str, choices: list[str], prefix: str) -> str:
+    """`did you mean RUN? ` when `word` is a likely typo of one of `choices`, else ""."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.7)
+    return f"did you mean {prefix}{close[0]}? " if close else ""
 
 
 def _split_key_value(word: str, escape: str) -> tuple[str, str]:
@@ -334,7 +342,8 @@ class _AstBuilder:
                 return self.error(MISSING["ONBUILD"], base + words[0][0], f"usage: {USAGE['ONBUILD']}")
             return self.error(
                 f"unknown instruction: {found or keyword}", offset,
-                "instructions are FROM, RUN, COPY, ADD, ENV, ARG, ... (see the Dockerfile reference)",
+                _did_you_mean((found or keyword).upper(), sorted(KEYWORDS), "")
+                + "instructions are FROM, RUN, COPY, ADD, ENV, ARG, ... (see the Dockerfile reference)",
             )
         hint = f"usage: {USAGE[keyword]}"
         if at_end and keyword == "FROM" and len(words) >= 3:
@@ -391,7 +400,8 @@ class _AstBuilder:
             if name not in allowed:
                 accepted = ", ".join(f"--{a}" for a in allowed) if allowed else "no flags"
                 raise self.error(
-                    f"unknown flag --{name} for {keyword}", start, f"{keyword} accepts {accepted}"
+                    f"unknown flag --{name} for {keyword}", start,
+                    _did_you_mean(name, sorted(allowed), "--") + f"{keyword} accepts {accepted}",
                 )
             if name not in REPEATABLE_FLAGS and any(flag.name == name for flag in found):
                 raise self.error(f"duplicate flag --{name}", start, "give each flag once")
@@ -533,7 +543,15 @@ class _AstBuilder:
         return ast.Maintainer(**common, name=str(tree.children[2]))
 
     def _expose(self, tree: Tree, keyword: Token, flags: _Flags, common: dict[str, Any]) -> ast.Instruction:
-        return ast.Expose(**common, ports=tuple(str(token) for token in tree.children[2:]))
+        tokens = [cast(Token, token) for token in tree.children[2:]]
+        for token in tokens:
+            if "$" not in token and self.prepared.escape not in token:  # else checked once expanded
+                try:
+                    parse_port_spec(str(token))
+                except PortSpecError as error:
+                    raise self.error(str(error), _start(token),
+                                     "write EXPOSE PORT, PORT/tcp|udp|sctp or LOW-HIGH/PROTO, ports from 0 to 65535") from None
+        return ast.Expose(**common, ports=tuple(str(token) for token in tokens))
 
     def file_args(self, tree: Tree, keyword: Token) -> tuple[tuple[str, ...], str, bool]:
         if tree.data == "json_files":

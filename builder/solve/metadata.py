@@ -15,6 +15,7 @@ from typing import Any, Callable
 from builder.context.dockerignore import go_clean
 from builder.errors import BuildError, PlanError
 from builder.parse import ast
+from builder.parse.ports import PortSpecError, parse_port_spec
 from builder.solve.state import ImageState
 
 Expand = Callable[[str], str]
@@ -68,21 +69,11 @@ class ConfigChange:
 
 
 def _expose_ports(word: str, instruction: ast.Instruction) -> list[str]:
-    port, _, protocol = word.partition("/")
-    protocol = (protocol or "tcp").lower()
-    if "-" in port:
-        low, _, high = port.partition("-")
-        if low.isascii() and low.isdigit() and high.isascii() and high.isdigit():
-            # A range expands to one entry per port: bound it by the port space (Docker's
-            # "invalid range specified for port"), so `EXPOSE 1-99999999` is not 10^8 strings.
-            if len(low) > 5 or len(high) > 5 or int(high) > 65535:
-                raise PlanError(
-                    f"invalid port range {port!r}", pos=instruction.pos,
-                    source_line=instruction.source.splitlines()[0], hint="ports go from 0 to 65535",
-                )
-            if int(low) <= int(high):
-                return [f"{number}/{protocol}" for number in range(int(low), int(high) + 1)]
-    return [f"{port}/{protocol}"]
+    try:
+        return parse_port_spec(word).entries()
+    except PortSpecError as error:
+        raise PlanError(str(error), pos=instruction.pos, source_line=instruction.source.splitlines()[0],
+                        hint="write EXPOSE PORT, PORT/tcp|udp|sctp or LOW-HIGH/PROTO, ports from 0 to 65535") from None
 
 
 Described = tuple[str, ConfigChange]  # (history created_by, change)

@@ -205,3 +205,41 @@ def test_json_lone_surrogates_become_replacement_characters():
     # could not be written into a UTF-8 config.
     assert only('CMD ["\\ud800x", "\\ud83d\\ude00"]').command == ast.ExecCommand(("\ufffdx", "\U0001f600"))
     assert only('SHELL ["\\udc00"]').argv == ("\ufffd",)
+
+
+@pytest.mark.parametrize(("text", "hint_start"), [
+    ("FROM scratch\nRUNN echo\n", "did you mean RUN? "),
+    ("FROM scratch\nCOPPY a /a\n", "did you mean COPY? "),
+    ("FROM scratch\nCOPY --chonw=1 a /a\n", "did you mean --chown? "),
+    ("FROM scratch\nHEALTHCHECK --intervall=5s CMD true\n", "did you mean --interval? "),
+])
+def test_typos_get_a_suggestion(text, hint_start):
+    with pytest.raises(ParseError) as caught:
+        parse_buildfile(text)
+    assert caught.value.hint.startswith(hint_start)
+
+
+def test_no_suggestion_for_a_word_like_no_instruction():
+    with pytest.raises(ParseError) as caught:
+        parse_buildfile("FROM scratch\nXYZZY a\n")
+    assert "did you mean" not in caught.value.hint
+
+
+@pytest.mark.parametrize(("word", "message"), [
+    ("abc", "invalid port 'abc'"),
+    ("80/tcpp", "invalid protocol 'tcpp'"),
+    ("70000", "invalid port '70000'"),
+    ("90-80", "the end is below the start"),
+    ("80-", "invalid port ''"),
+    ("٣", "invalid port '٣'"),
+])
+def test_expose_refuses_what_docker_refuses_where_it_is_written(word, message):
+    with pytest.raises(ParseError) as caught:
+        parse_buildfile(f"FROM scratch\nEXPOSE 80 {word}\n")
+    assert message in caught.value.message
+    assert (caught.value.pos.line, caught.value.pos.column) == (2, 11)
+
+
+def test_expose_with_variables_is_checked_once_expanded():
+    buildfile = parse_buildfile("FROM scratch\nEXPOSE $PORT 443/TCP 53/udp 8000-8002\n")
+    assert buildfile.instructions[1].ports == ("$PORT", "443/TCP", "53/udp", "8000-8002")

@@ -166,3 +166,11 @@ def test_a_file_or_a_link_loop_in_the_way_is_an_error(store, tmp_path, workdir) 
     with pytest.raises(BuildError, match="is not a directory") as caught:
         build(store, f"FROM blocked:1\nWORKDIR {workdir}\n", FakeExecutor(), tmp_path)
     assert caught.value.pos is not None and caught.value.pos.line == 2
+
+
+def test_expose_of_a_variable_is_checked_once_expanded(store, tmp_path) -> None:
+    with pytest.raises(PlanError) as caught:
+        build(store, "FROM scratch\nARG PORT=http\nEXPOSE $PORT\n", FakeExecutor(), tmp_path)
+    assert "invalid port 'http'" in caught.value.message and caught.value.pos.line == 3
+    built = build(store, "FROM scratch\nARG PORT=8080\nEXPOSE $PORT 9000-9001/UDP\n", FakeExecutor(), tmp_path)
+    assert sorted(built.config["config"]["ExposedPorts"]) == ["8080/tcp", "9000/udp", "9001/udp"]
