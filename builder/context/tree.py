@@ -232,7 +232,23 @@ class BuildContext:
         return self.root if relpath in ("", ".") else self.root / relpath
 
     def visible(self, relpath: str, st: os.stat_result | None = None) -> bool:
-        """Not ignored, or an ignored directory that still holds a re-included path."""
+        """Whether Docker would have sent `relpath`: not ignored, or an ignored directory that an
+        exception names below it, and no ancestor is an ignored directory the walk skips."""
+        if not self.ignore or relpath in ("", "."):
+            return True
+        parts = relpath.split("/")
+        for end in range(1, len(parts)):
+            ancestor = "/".join(parts[:end])
+            if self.ignore.ignored(ancestor, is_dir=True) and not self.ignore.may_contain_exceptions(ancestor):
+                return False
+        return self._visible_here(relpath, st)
+
+    def _visible_here(self, relpath: str, st: os.stat_result | None = None) -> bool:
+        """`visible` for a path whose ancestors are known to be visible (a walk's children).
+
+        Docker's context walk (fsutil) skips an ignored directory unless an exception pattern
+        starts with its path and a `/`; a directory it enters is sent itself, even when nothing
+        below is re-included."""
         if not self.ignore or relpath in ("", "."):
             return True
         if st is None:
@@ -243,13 +259,7 @@ class BuildContext:
         is_dir = stat.S_ISDIR(st.st_mode)
         if not self.ignore.ignored(relpath, is_dir=is_dir):
             return True
-        if not is_dir or not self.ignore.may_contain_exceptions(relpath):
-            return False
-        try:
-            names = os.listdir(self._host(relpath))
-        except OSError:
-            return False
-        return any(self.visible(f"{relpath}/{name}") for name in names)
+        return is_dir and self.ignore.may_contain_exceptions(relpath)
 
     # resolution -------------------------------------------------------------------------------
 
@@ -424,7 +434,8 @@ class BuildContext:
                     hint="wildcards follow Go filepath.Match: * ? [a-z] [^a] and \\ to escape",
                 ) from None
             literal = [_unescape(part) for part in parts[wild_at:]]
-            self._glob(base, parts[:wild_at], matchers, literal, pattern, pivot, matches)
+            if self.visible("/".join(base)):
+                self._glob(base, parts[:wild_at], matchers, literal, pattern, pivot, matches)
         if not matches and not allow_missing_wildcard:
             raise ContextError(
                 f'no source files were specified: "{pattern}" matches nothing in the {self.label}',
@@ -460,7 +471,7 @@ class BuildContext:
                 st = os.lstat(host_dir / name)
             except OSError:
                 continue
-            if not self.visible(relpath, st):
+            if not self._visible_here(relpath, st):
                 continue
             if last:
                 out.append(
@@ -502,7 +513,7 @@ class BuildContext:
             except FileNotFoundError:
                 continue
             child_ctx = prefix + entry.name
-            if self.ignore and not self.visible(child_ctx, st):
+            if self.ignore and not self._visible_here(child_ctx, st):
                 continue
             children.append((entry.name, host_dir / entry.name, child_ctx, st))
         return children

@@ -342,3 +342,43 @@ def test_bad_wildcard_is_a_positioned_error(ctx, staging):
     with pytest.raises(ContextError) as info:
         copy(ctx, ["src/[abc"], "/x/", staging)
     assert info.value.pos == POS and "invalid wildcard" in info.value.message
+
+
+_A = {"/ctx/a", "/ctx/a/subx", "/ctx/a/subx.txt", "/ctx/a/subx/f"}
+_B = {"/ctx/b", "/ctx/b/keep"}
+_TOP = {"/ctx", "/ctx/top", "/ctx/x.txt"}
+_DIR = {"/ctx/dir", "/ctx/dir/x.txt", "/ctx/dir/sub", "/ctx/dir/sub/x.txt"}
+
+
+@pytest.mark.parametrize("patterns,expected", [
+    (["dir", "!**/x.txt"], _TOP | _A | _B),
+    (["a", "!*/sub*"], _TOP | _B | _DIR),
+    (["dir", "!dir/*.txt"], _TOP | _A | _B | {"/ctx/dir", "/ctx/dir/x.txt"}),
+    (["dir", "!d*/sub/x.txt"], _TOP | _A | _B),
+    (["dir", "!dir/nothere"], _TOP | _A | _B | {"/ctx/dir"}),
+    (["dir", "!dir/sub/x.txt"], _TOP | _A | _B | {"/ctx/dir", "/ctx/dir/sub", "/ctx/dir/sub/x.txt"}),
+    (["dir", "!**"], _TOP | _A | _B | _DIR),
+    (["*", "!dir/sub"], {"/ctx", "/ctx/dir", "/ctx/dir/sub", "/ctx/dir/sub/x.txt"}),
+], ids=["wild-suffix", "wild-dir", "literal-dir-prefix", "wild-prefix", "empty-entered-dir",
+        "deep-literal", "match-all-exception", "star-then-dir"])
+def test_dockerignore_exceptions_reach_into_ignored_dirs_as_docker_does(patterns, expected, tmp_path, staging):
+    """`COPY . /ctx` with each .dockerignore, as dockerd 20.10 + BuildKit gave it: an ignored dir is
+    entered (and sent, even empty) only for an exception that starts with its path; a wildcard
+    exception (`!**/x.txt`, `!*/sub*`) never brings anything back from inside one."""
+    root = make_tree(tmp_path / "ctx", {
+        "dir/x.txt": "1", "dir/sub/x.txt": "2", "x.txt": "3", "a/subx/f": "4", "a/subx.txt": "5",
+        "b/keep": "6", "top": "7", ".dockerignore": "\n".join(patterns) + "\n",
+    })
+    ctx = BuildContext(root, IgnoreMatcher.load(root, None))
+    copy(ctx, ["."], "/ctx", staging)
+    assert set(tree_listing(staging)) - {"/ctx/.dockerignore"} == expected
+
+
+def test_a_file_under_a_skipped_dir_is_not_found_even_if_an_exception_matches_it(tmp_path, staging):
+    root = make_tree(tmp_path / "ctx", {"dir/sub/x.txt": "2", ".dockerignore": "dir\n!*/sub/x.txt\n"})
+    ctx = BuildContext(root, IgnoreMatcher.load(root, None))
+    with pytest.raises(ContextError) as info:
+        copy(ctx, ["dir/sub/x.txt"], "/f", staging)
+    assert "file not found" in info.value.message
+    for pattern in (["dir/*/x.txt"], ["dir/sub/*"]):
+        assert copy(ctx, pattern, "/f", staging).paths == []
