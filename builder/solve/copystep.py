@@ -51,7 +51,8 @@ class CopyStep(PreparedStep):
         self.created_by = f"{instruction.keyword} {' '.join(self.sources)} {self.dest} # buildkit"
         self.components = {
             "instruction": [instruction.keyword, self.sources, self.dest, self.heredocs],
-            "sources": describe_source_for_key(self.source, local_sources, pos=instruction.pos, session=session),
+            "sources": describe_source_for_key(self.source, local_sources, pos=instruction.pos, session=session,
+                                               follow_links=not self.parents),
             "options": {
                 "chown": self.chown,
                 "chmod": self.chmod,
