@@ -150,8 +150,10 @@ class StagingTree:
         created_owner: tuple[int, int],
         created_mtime_ns: int,
         image_dir_meta: Callable[[str], DirMeta | None] | None,
+        image_node: Callable[[str], tuple[str, str | None] | None] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.image_node = image_node
         self._root_text = str(self.root)
         self.created_owner = created_owner
         self.created_mtime_ns = created_mtime_ns
@@ -205,6 +207,19 @@ class StagingTree:
 
     def record(self, image_path: str) -> None:
         self.written.add(self.clean(image_path))
+
+    def node(self, image_path: str) -> tuple[str, str | None] | None:
+        """What is at `image_path` (its parents resolved by the caller) once this instruction's
+        writes lie over the image: ("dir" | "link" | "other", the link's target), or None.
+        Links are read from the staging tree or asked of the image, never followed on the host."""
+        clean = self.clean(image_path)
+        try:
+            st = os.lstat(self._host(clean))
+        except (FileNotFoundError, NotADirectoryError):
+            return self.image_node(clean) if self.image_node is not None else None
+        if stat.S_ISLNK(st.st_mode):
+            return "link", os.readlink(self._host(clean))
+        return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), None
 
     def ensure_dir(self, image_path: str) -> Path:
         """Create `image_path` and its missing parents (0755, created owner, or image metadata)."""
@@ -260,6 +275,19 @@ class StagingTree:
             raise ValueError(f'cannot replace directory "{clean}" with a file')
         os.unlink(host)
         return Path(host)
+
+    def remove_dir(self, image_path: str) -> None:
+        """Remove a directory this instruction wrote, with everything below it (an ADD archive's
+        non-directory entry replaces a directory, as Docker's untar does)."""
+        clean = self.clean(image_path)
+        host = self._host(clean)
+        if not stat.S_ISDIR(os.lstat(host).st_mode):
+            raise ValueError(f'"{clean}" is not a directory')
+        shutil.rmtree(host)
+        inside = clean.rstrip("/") + "/"
+        self.written = {p for p in self.written if p != clean and not p.startswith(inside)}
+        self._dirs = {p for p in self._dirs if p != clean and not p.startswith(inside)}
+        self._dir_times = {p: t for p, t in self._dir_times.items() if p != clean and not p.startswith(inside)}
 
     def set_dir_meta(self, image_path: str, mode: int, uid: int, gid: int, mtime_ns: int) -> None:
         host = self.host_path(image_path)
@@ -624,6 +652,7 @@ def stage_copy(
     resolve_image_path: Callable[[str], str] | None = None,
     download_dir: Path | None = None,
     downloads: Mapping[str, "Download"] | None = None,
+    image_node: Callable[[str], tuple[str, str | None] | None] | None = None,
 ) -> CopyResult:
     """Write what one COPY/ADD adds into the empty `staging_dir`; see the module docstring.
 
@@ -635,7 +664,9 @@ def stage_copy(
     the layer repeats it unchanged); `resolve_image_path(path)` resolves symlinks of the parent
     image in a destination path, chroot-like, keeping missing components as written (so
     `COPY x /bin/` lands in /usr/bin when /bin -> usr/bin). `view_dir_meta(view)` and
-    `view_resolver(view)` build both from a builder.snapshot.view.LayeredView.
+    `view_resolver(view)` build both from a builder.snapshot.view.LayeredView. `image_node(path)`
+    says what the image holds at a symlink-free path ("dir", "link" with its target, "other"), so
+    an ADD archive's entries follow the image's links below the destination (`view_node(view)`).
 
     `downloads` holds URL sources already fetched (the bytes the step's cache key was made
     from); they are moved into place. Other URLs are fetched into `download_dir`."""
@@ -648,6 +679,7 @@ def stage_copy(
         created_owner=chown if chown is not None else (0, 0),
         created_mtime_ns=invented_ns,
         image_dir_meta=image_dir_meta,
+        image_node=image_node,
     )
     opts = _Options(
         context=context,
@@ -838,6 +870,20 @@ def view_resolver(view) -> Callable[[str], str]:
         return path
 
     return resolve
+
+
+def view_node(view) -> Callable[[str], tuple[str, str | None] | None]:
+    """`image_node` from a LayeredView-like object (`lookup(path)`, `host_path(path)`)."""
+
+    def node(path: str) -> tuple[str, str | None] | None:
+        st = view.lookup(path)
+        if st is None:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return "link", os.readlink(view.host_path(path))
+        return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), None
+
+    return node
 
 
 def view_dir_meta(view) -> Callable[[str], DirMeta | None]:

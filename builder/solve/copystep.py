@@ -9,7 +9,7 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.parse import ast
 from builder.solve import cache as cache_keys
-from builder.solve.copy import Download, download_url, stage_copy, view_dir_meta, view_resolver
+from builder.solve.copy import Download, download_url, stage_copy, view_dir_meta, view_node, view_resolver
 from builder.solve.sources import describe_source_for_key
 from builder.solve.state import LayerRef
 from builder.solve.step import Expand, PreparedStep, StepInput
@@ -128,6 +128,7 @@ class CopyStep(PreparedStep):
             checksum=self.checksum,
             resolve_image_path=None if self.link else view_resolver(view),
             image_dir_meta=None if self.link else view_dir_meta(view),
+            image_node=None if self.link else view_node(view),
             download_dir=work,
             downloads=self.downloads,
         )
