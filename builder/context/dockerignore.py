@@ -49,7 +49,6 @@ from builder.parse.wildcard import Matcher, check_pattern_length, parse_regex_su
 # (they hold tens of lines) is refused, like an oversized Buildfile.
 MAX_IGNORE_FILE_BYTES = 1 << 20
 _REGEX_SPECIALS = set(".+()|{}$")
-_WILDCARD_CHARS = set("*?[\\")
 
 
 def go_clean(path: str) -> str:
@@ -110,10 +109,6 @@ class _Pattern:
     exclusion: bool  # True for a `!` exception
     kind: str  # exact | prefix | suffix | regexp
     regex: Matcher | None  # patternmatcher's regular expression, matched without backtracking
-
-    @property
-    def has_wildcards(self) -> bool:
-        return any(ch in _WILDCARD_CHARS for ch in self.text)
 
     def match(self, path: str) -> bool:
         if self.kind == "exact":
@@ -353,21 +348,17 @@ class IgnoreMatcher:
         return matched
 
     def may_contain_exceptions(self, reldir: str) -> bool:
-        """Whether an ignored directory may still hold re-included paths (so a walk must enter it).
+        """Whether Docker's context walk enters the ignored directory `reldir` (and sends it).
 
-        fsutil's rule: skip an excluded dir unless some exception pattern could reach inside it;
-        any exception with wildcards might, a literal one must start with `reldir/`.
+        fsutil's rule, as the daemon's BuildKit (dockerd 20.10) applies it: only an exception
+        whose text, with a `/` added, starts with `reldir/` makes the walk enter; `!dir/*.txt`
+        does for `dir`, while `!**/keep` or `!*/sub` never do, so nothing below an ignored dir
+        comes back through a wildcard that does not spell the dir out.
         """
-        reldir = go_clean(reldir.lstrip("/"))
-        prefix = reldir + "/"
-        for pattern in self._compiled:
-            if not pattern.exclusion:
-                continue
-            if pattern.has_wildcards:
-                return True
-            if (pattern.text + "/").startswith(prefix):
-                return True
-        return False
+        prefix = go_clean(reldir.lstrip("/")) + "/"
+        return any(
+            pattern.exclusion and (pattern.text + "/").startswith(prefix) for pattern in self._compiled
+        )
 
     def ignored_dir_fully(self, reldir: str) -> bool:
         """The ARCHITECTURE.md name: ignored, and nothing below can be re-included."""

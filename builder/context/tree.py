@@ -8,12 +8,16 @@ Containment rules, applied to every source pattern:
 * a leading `/` means the root; `..` that climbs above the root is an error in a context (the
   classic builder's "forbidden path outside the build context"; BuildKit would silently clamp it,
   which hides mistakes) and is clamped at the root of a stage rootfs, as in a chroot;
-* symlinks met as *intermediate* components are followed inside the root; one whose target leaves
-  the root is a ContextError, never followed on the host; in a rootfs they resolve chroot-like;
-* a symlink that *is* the selected source, or that is found inside a copied directory, is copied
-  as a link and never followed (Docker would follow a top-level source link, chroot-like, but a
-  link that points out of the context cannot be followed safely, so none is);
-* ignored files are invisible, exactly as if BuildKit had never received them.
+* symlinks met on the way, and a symlink that *is* the selected source (named or matched by a
+  wildcard; BuildKit's FollowSymlinks), resolve with the root as their root, as BuildKit's
+  RootPath does: an absolute target starts again at the root, `..` stops there, nothing on the
+  host is ever looked at. In a context, a link that pointed out and whose target is not found
+  inside is reported as pointing out; an absolute target naming the context's own host path is
+  taken as that path inside. `select(follow_links=False)` keeps a source link as a link
+  (COPY --parents); links found inside a copied directory are always copied as links;
+* ignored files are invisible, exactly as if BuildKit had never received them: Docker's context
+  walk enters an ignored directory only for an exception that spells its path out
+  (`IgnoreMatcher.may_contain_exceptions`), and then sends the directory itself.
 
 Wildcards follow Go's `filepath.Match` on each path component (fsutil's ResolveWildcards): `*` and
 `?` never cross `/`, `[...]` classes with `^` negation, `\\` escapes. `**` is not special in COPY
@@ -123,6 +127,17 @@ def _unescape(component: str) -> str:
     return re.sub(r"\\(.)", r"\1", component)
 
 
+def component_matcher(component: str) -> Matcher | None:
+    """How a COPY source component matches names: a Go `filepath.Match` matcher when it holds a
+    wildcard, else None (it then names one entry, `unescape_component(component)`). An invalid
+    pattern is a ContextError."""
+    return _go_match_pattern(component) if contains_wildcards(component) else None
+
+
+def unescape_component(component: str) -> str:
+    return _unescape(component)
+
+
 def kind_of(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "dir"
@@ -138,7 +153,7 @@ class Selected:
     """One source matched by a COPY/ADD pattern."""
 
     source: str  # the pattern as written
-    relpath: str  # path of the entry relative to the root after resolving symlinked parents; "." = root
+    relpath: str  # path relative to the root, symlinks resolved (a followed source's too); "." = root
     logical: str  # the path as the pattern spelled it (matched names), used by --parents
     path: Path  # host path of the entry; its last component is never followed
     kind: str  # dir | file | symlink | other
@@ -232,7 +247,23 @@ class BuildContext:
         return self.root if relpath in ("", ".") else self.root / relpath
 
     def visible(self, relpath: str, st: os.stat_result | None = None) -> bool:
-        """Not ignored, or an ignored directory that still holds a re-included path."""
+        """Whether Docker would have sent `relpath`: not ignored, or an ignored directory that an
+        exception names below it, and no ancestor is an ignored directory the walk skips."""
+        if not self.ignore or relpath in ("", "."):
+            return True
+        parts = relpath.split("/")
+        for end in range(1, len(parts)):
+            ancestor = "/".join(parts[:end])
+            if self.ignore.ignored(ancestor, is_dir=True) and not self.ignore.may_contain_exceptions(ancestor):
+                return False
+        return self._visible_here(relpath, st)
+
+    def _visible_here(self, relpath: str, st: os.stat_result | None = None) -> bool:
+        """`visible` for a path whose ancestors are known to be visible (a walk's children).
+
+        Docker's context walk (fsutil) skips an ignored directory unless an exception pattern
+        starts with its path and a `/`; a directory it enters is sent itself, even when nothing
+        below is re-included."""
         if not self.ignore or relpath in ("", "."):
             return True
         if st is None:
@@ -243,13 +274,7 @@ class BuildContext:
         is_dir = stat.S_ISDIR(st.st_mode)
         if not self.ignore.ignored(relpath, is_dir=is_dir):
             return True
-        if not is_dir or not self.ignore.may_contain_exceptions(relpath):
-            return False
-        try:
-            names = os.listdir(self._host(relpath))
-        except OSError:
-            return False
-        return any(self.visible(f"{relpath}/{name}") for name in names)
+        return is_dir and self.ignore.may_contain_exceptions(relpath)
 
     # resolution -------------------------------------------------------------------------------
 
@@ -287,28 +312,38 @@ class BuildContext:
     def _resolve(
         self, parts: Sequence[str], pattern: str, pos: Pos | None, *, leaf_may_be_file: bool
     ) -> tuple[list[str], os.stat_result] | None:
-        """Walk `parts` from the root with symlinks resolved inside it (chroot-like in a rootfs;
-        a link out of a context is a ContextError). Every component but the last must be a
-        directory; the last may be anything if `leaf_may_be_file`. Returns the resolved components
-        and the lstat of what they name, or None when something is missing or not a directory."""
+        """Walk `parts` from the root with every symlink (the last one too) resolved inside it, as
+        BuildKit resolves a source (continuity's RootPath): an absolute target starts again at the
+        root, `..` stops at the root; never a host path. (In a context, an absolute target naming
+        the context's own host path means that path inside.) Every component but the last must be
+        a directory; the last may be anything if `leaf_may_be_file`. Returns the resolved
+        components and the lstat of what they name, or None when something is missing or not a
+        directory; when a link of a context pointed out of it, that is the error instead."""
         resolved: list[str] = []
         queue = [p for p in parts if p not in ("", ".")]
         hops = 0
         link_name, link_target = "", ""
+        escaped = False  # a context link pointed out, and was taken as the same path inside
+
+        def missing() -> None:
+            if escaped:
+                raise self._outbound(pattern, link_name, link_target, pos)
+
         while queue:
             name = queue.pop(0)
             if name in ("", "."):
                 continue
-            if name == "..":
+            if name == "..":  # only link targets hold `..` here: patterns are cleaned first
                 if resolved:
                     resolved.pop()
-                elif not self.chroot:
-                    raise self._outbound(pattern, link_name, link_target, pos)
+                else:
+                    escaped = escaped or not self.chroot
                 continue
             host = self.root.joinpath(*resolved, name)
             try:
                 st = os.lstat(host)
             except (FileNotFoundError, NotADirectoryError):
+                missing()
                 return None
             except OSError as exc:
                 raise ContextError(
@@ -324,19 +359,16 @@ class BuildContext:
                 target = os.readlink(host)
                 link_name, link_target = "/".join([*resolved, name]), target
                 if target.startswith("/"):
-                    if self.chroot:
-                        resolved = []
+                    resolved = []
+                    root = str(self.root)
+                    if not self.chroot and (target == root or target.startswith(root + "/")):
+                        target = target[len(root) :]
                     else:
-                        root = str(self.root)
-                        if target == root or target.startswith(root + "/"):
-                            # An absolute link to the context's own host path stays inside.
-                            resolved = []
-                            target = target[len(root) :]
-                        else:
-                            raise self._outbound(pattern, link_name, link_target, pos)
+                        escaped = escaped or not self.chroot
                 queue = [p for p in target.split("/") if p not in ("", ".")] + queue
                 continue
             if not stat.S_ISDIR(st.st_mode) and not (leaf_may_be_file and not queue):
+                missing()
                 return None
             resolved.append(name)
         # Links and `..` may have ended anywhere: stat where the walk stopped (never a link).
@@ -377,20 +409,55 @@ class BuildContext:
                 hint = f'"{relpath}" exists but is excluded by {source}; remove the pattern or add an exception "!{relpath}"'
         return ContextError(f'file not found in {self.label}: "{pattern}"', pos=pos, hint=hint)
 
+    def _dangling(self, pattern: str, link: str, pos: Pos | None) -> ContextError:
+        target = os.readlink(self._host(link))
+        return ContextError(
+            f'file not found in {self.label}: "{pattern}": symlink "{link}" -> "{target}" points to nothing'
+            f" in the {self.label}",
+            pos=pos,
+            hint="a symlink given as a source is followed (as BuildKit does) inside the"
+            f" {self.label}; its target must exist there and not be excluded by .dockerignore",
+        )
+
     def select(
         self,
         patterns: Sequence[str],
         *,
         pos: Pos | None = None,
         allow_missing_wildcard: bool = True,
+        follow_links: bool = True,
     ) -> list[Selected]:
-        """The entries COPY/ADD sources name, in pattern order then sorted match order."""
+        """The entries COPY/ADD sources name, in pattern order then sorted match order.
+
+        With `follow_links` (BuildKit's COPY), a source that is a symlink, named or matched by a
+        wildcard, stands for what it points to inside the root: its content is copied under the
+        link's name. A dangling one, or one whose target is ignored, is an error."""
         selected: list[Selected] = []
         for pattern in patterns:
-            selected.extend(self._select_one(pattern, pos, allow_missing_wildcard))
+            selected.extend(self._select_one(pattern, pos, allow_missing_wildcard, follow_links))
         return selected
 
-    def _select_one(self, pattern: str, pos: Pos | None, allow_missing_wildcard: bool) -> list[Selected]:
+    def _followed(self, item: Selected, pos: Pos | None) -> Selected:
+        """`item` itself unless it is a symlink: then what it points to, under the link's name."""
+        if item.kind != "symlink":
+            return item
+        found = self._resolve(item.relpath.split("/"), item.source, pos, leaf_may_be_file=True)
+        if found is None:
+            raise self._dangling(item.source, item.relpath, pos)
+        resolved, st = found
+        relpath = "/".join(resolved) or "."
+        if not self.visible(relpath, st):
+            raise self._dangling(item.source, item.relpath, pos)
+        return Selected(item.source, relpath, item.logical, self._host(relpath), kind_of(st.st_mode),
+                        item.from_glob, item.pivot, self)
+
+    def _select_one(
+        self, pattern: str, pos: Pos | None, allow_missing_wildcard: bool, follow_links: bool
+    ) -> list[Selected]:
+        found = self._select_unfollowed(pattern, pos, allow_missing_wildcard)
+        return [self._followed(item, pos) for item in found] if follow_links else found
+
+    def _select_unfollowed(self, pattern: str, pos: Pos | None, allow_missing_wildcard: bool) -> list[Selected]:
         parts, pivot = self._clean_pattern(pattern, pos)
         wild_at = next((i for i, part in enumerate(parts) if contains_wildcards(part)), None)
         if not parts:
@@ -410,7 +477,12 @@ class BuildContext:
             return [
                 Selected(pattern, relpath, "/".join(parts), host, kind_of(st.st_mode), False, pivot, self)
             ]
-        base = self._resolve_dir(parts[:wild_at], pattern, pos)
+        # BuildKit walks the part before the first wildcard: missing, it is an error (even when
+        # no match is allowed); not a directory, it matches nothing.
+        found = self._resolve(parts[:wild_at], pattern, pos, leaf_may_be_file=True)
+        if found is None:
+            raise self._not_found(pattern, "/".join(parts[:wild_at]), pos)
+        base = found[0] if stat.S_ISDIR(found[1].st_mode) else None
         matches: list[Selected] = []
         if base is not None:
             try:
@@ -424,7 +496,8 @@ class BuildContext:
                     hint="wildcards follow Go filepath.Match: * ? [a-z] [^a] and \\ to escape",
                 ) from None
             literal = [_unescape(part) for part in parts[wild_at:]]
-            self._glob(base, parts[:wild_at], matchers, literal, pattern, pivot, matches)
+            if self.visible("/".join(base)):
+                self._glob(base, parts[:wild_at], matchers, literal, pattern, pivot, matches)
         if not matches and not allow_missing_wildcard:
             raise ContextError(
                 f'no source files were specified: "{pattern}" matches nothing in the {self.label}',
@@ -460,7 +533,7 @@ class BuildContext:
                 st = os.lstat(host_dir / name)
             except OSError:
                 continue
-            if not self.visible(relpath, st):
+            if not self._visible_here(relpath, st):
                 continue
             if last:
                 out.append(
@@ -502,7 +575,7 @@ class BuildContext:
             except FileNotFoundError:
                 continue
             child_ctx = prefix + entry.name
-            if self.ignore and not self.visible(child_ctx, st):
+            if self.ignore and not self._visible_here(child_ctx, st):
                 continue
             children.append((entry.name, host_dir / entry.name, child_ctx, st))
         return children
@@ -530,7 +603,9 @@ class BuildContext:
                     f'cannot read "{exc.filename or item.relpath}" in the {self.label}: {exc.strerror or exc}',
                     hint="make the files readable (or exclude them) and do not change them during the build",
                 ) from None
-            top.update(f"{item.relpath}\0{node}\n".encode("utf-8", "surrogateescape"))
+            # A followed link copies its target under its own name: the name is part of the result.
+            shown = item.relpath if item.logical == item.relpath else f"{item.logical}\0{item.relpath}"
+            top.update(f"{shown}\0{node}\n".encode("utf-8", "surrogateescape"))
         if stat_cache is not None:
             stat_cache.flush()
         return "sha256:" + top.hexdigest()

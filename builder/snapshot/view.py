@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -109,9 +110,12 @@ class LayeredView:
         self._chains[parts] = chain
         return chain
 
-    def _resolve(self, path: str, follow_last: bool) -> tuple[str, ...] | None:
+    def _resolve(
+        self, path: str, follow_last: bool, visited: list[tuple[str, ...]] | None = None
+    ) -> tuple[str, ...] | None:
         """Canonical components of `path` with symlinks resolved in the view; None if a
-        component is missing or not a directory, or symlinks loop."""
+        component is missing or not a directory, or symlinks loop. Every canonical entry looked
+        at on the way (directories passed through, symlinks followed) is appended to `visited`."""
         pending = list(split_path(path))
         pending.reverse()
         resolved: list[str] = []
@@ -130,6 +134,8 @@ class LayeredView:
                 # A missing last component is still a valid answer (callers may create it).
                 return candidate if not pending else None
             st = chain[0][2]
+            if visited is not None:
+                visited.append(candidate)
             if stat.S_ISLNK(st.st_mode) and (pending or follow_last):
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
@@ -146,6 +152,14 @@ class LayeredView:
         return tuple(resolved)
 
     # -- public API -------------------------------------------------------------------------
+
+    def entries_on_the_way(self, path: str) -> list[tuple[str, ...]]:
+        """The canonical entries met resolving `path`, its last component followed too: every
+        directory passed through and every symlink (a chain `a -> b -> c` meets `b`, a target
+        `d/sub/../x` meets `d/sub`). A copy of the view holding them resolves `path` the same."""
+        visited: list[tuple[str, ...]] = []
+        self._resolve(path, True, visited)
+        return visited
 
     def resolve(self, path: str, *, follow: bool = False) -> str | None:
         """The canonical absolute path of `path` in the image (intermediate symlinks resolved,
@@ -327,23 +341,34 @@ def flatten(
     return dest
 
 
-def _wanted_parts(view: LayeredView, paths: Sequence[str]) -> set[tuple[str, ...]]:
-    """Each path as written and every canonical form of its prefixes (symlink targets)."""
-    wanted: set[tuple[str, ...]] = set()
+@dataclass(frozen=True)
+class _Wanted:
+    """What `flatten(only=...)` keeps: whole subtrees, and single entries (with their parents)."""
+
+    subtrees: frozenset[tuple[str, ...]]
+    entries: frozenset[tuple[str, ...]]
+
+
+def _wanted_parts(view: LayeredView, paths: Sequence[str]) -> _Wanted:
+    """Each path (as written, and where it leads) as a subtree, and every entry resolving it
+    meets (the dirs and symlinks on the way, so it resolves the same in the copy)."""
+    subtrees: set[tuple[str, ...]] = set()
+    entries: set[tuple[str, ...]] = set()
     for path in paths:
         literal = tuple(part for part in path.split("/") if part and part != ".")
-        wanted.add(literal)
-        for end in range(1, len(literal) + 1):
-            canonical = view.resolve("/" + "/".join(literal[:end]), follow=True)
-            if canonical is not None:
-                wanted.add(tuple(part for part in canonical.split("/") if part))
-    return wanted
+        subtrees.add(literal)
+        joined = "/" + "/".join(literal)
+        canonical = view.resolve(joined, follow=True)
+        if canonical is not None:
+            subtrees.add(split_path(canonical))
+        entries.update(view.entries_on_the_way(joined))
+    return _Wanted(frozenset(subtrees), frozenset(entries))
 
 
-def _needed(parts: tuple[str, ...], wanted: set[tuple[str, ...]]) -> bool:
-    """On the way to a wanted path, or inside one."""
-    for path in wanted:
+def _needed(parts: tuple[str, ...], wanted: _Wanted) -> bool:
+    """On the way to a wanted subtree or entry, or inside a wanted subtree."""
+    for path in wanted.subtrees:
         shorter = min(len(parts), len(path))
         if parts[:shorter] == path[:shorter]:
             return True
-    return False
+    return any(len(parts) <= len(entry) and entry[: len(parts)] == parts for entry in wanted.entries)

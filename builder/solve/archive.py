@@ -2,10 +2,13 @@
 by its name) is unpacked into the destination directory; anything else is copied as a file.
 
 Docker decides "is an archive" by decompressing and asking a tar reader for the first header; a
-compressed file that does not hold a tar, or an empty tar, is copied as it is. Extraction here is
-stricter than Docker's on purpose: an entry with an absolute name or a `..` component, a hard link
-to something outside the archive, and an entry whose path goes through a symlink (made by this
-archive or this instruction) are ArchiveErrors, so nothing is ever written outside the staging dir.
+compressed file that does not hold a tar, or an empty tar, is copied as it is. Docker extracts
+chrooted into the destination, and so does this, without a chroot: every entry's path is cleaned
+(a leading `/` dropped, `..` stopping at the destination), symlinks on its way (made by this
+archive, or in the image) are resolved with the destination as their root, an entry naming the
+destination itself (`./`, an empty name) is skipped. What Docker refuses stays refused: a path
+through a symlink whose target is missing, a hard link to something the archive did not write.
+Nothing is ever written outside the destination, and no host path is ever followed.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import BinaryIO, Protocol
 from builder.errors import ArchiveError, Pos
 
 _COPY_BUFFER = 1 << 20
+_MAX_LINK_HOPS = 40
 _SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
 
 def open_decompressed(fileobj: BinaryIO) -> BinaryIO:
@@ -66,28 +70,86 @@ class StagingWriter(Protocol):
 
     def record(self, image_path: str) -> None: ...
 
+    def is_dir(self, image_path: str) -> bool: ...
 
-def _archive_name(raw: str, archive: str, pos: Pos | None) -> str:
-    name = raw
-    while name.startswith("./"):
-        name = name[2:]
-    name = name.rstrip("/")
-    if name in ("", "."):
-        return ""
-    if name.startswith("/"):
-        raise ArchiveError(
-            f'archive "{archive}" has an entry with an absolute name: "{raw}"',
-            pos=pos,
-            hint="entries of an ADD archive must be relative paths",
-        )
-    parts = name.split("/")
-    if ".." in parts:
-        raise ArchiveError(
-            f'archive "{archive}" has an entry that climbs out with "..": "{raw}"',
-            pos=pos,
-            hint="the archive is unsafe to extract; rebuild it without .. in entry names",
-        )
-    return "/".join(p for p in parts if p not in ("", "."))
+    def remove_dir(self, image_path: str) -> None: ...
+
+    def node(self, image_path: str) -> tuple[str, str | None] | None: ...
+
+
+def entry_parts(raw: str) -> list[str]:
+    """An entry name as Docker's untar, chrooted into the destination, sees it: cleaned, a
+    leading `/` dropped, `..` stopping at the destination (`../x` and `/x` both name `dest/x`).
+    Empty for the destination itself (`""`, `.`, `./`, `..`)."""
+    parts: list[str] = []
+    for part in raw.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return parts
+
+
+class _Resolver:
+    """Entry paths resolved inside the destination as if it were the root, as Docker extracts an
+    ADD archive (chrooted into the destination): symlinks on the way, this archive's or the
+    image's, are followed, an absolute target starts again at the destination and `..` never
+    climbs above it. Links are read from the staging tree or the image, never from the host,
+    and every path this returns is below the destination."""
+
+    def __init__(self, staging: StagingWriter, dest_dir: str, archive: str, pos: Pos | None) -> None:
+        self.staging = staging
+        self.base = [part for part in dest_dir.split("/") if part]
+        self.archive = archive
+        self.pos = pos
+
+    def error(self, message: str, hint: str = "Docker fails on this entry too; fix the archive") -> ArchiveError:
+        return ArchiveError(f'archive "{self.archive}": {message}', pos=self.pos, hint=hint)
+
+    def parent(self, parts: list[str], raw: str) -> str:
+        """The image path of the directory that holds the entry `parts`; its last component is
+        never followed (a link there is replaced). Missing directories on the way are the
+        caller's to create; a symlink on the way whose target is missing is an error, as in
+        Docker (it creates missing dirs, never a link's missing target)."""
+        current = list(self.base)
+        queue: list[tuple[str, bool]] = [(part, False) for part in parts[:-1]]
+        hops = 0
+        missing = False
+        while queue:
+            name, from_link = queue.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if len(current) > len(self.base):
+                    current.pop()
+                continue
+            path = "/" + "/".join([*current, name])
+            node = None if missing else self.staging.node(path)
+            if node is None:
+                if from_link:
+                    raise self.error(f'entry "{raw}" goes through a symlink whose target "{path}" does not exist')
+                missing = True  # from here on, every component is a directory to create
+                current.append(name)
+                continue
+            kind, target = node
+            if kind == "link" and target is not None:
+                hops += 1
+                if hops > _MAX_LINK_HOPS:
+                    raise self.error(f'entry "{raw}": too many levels of symbolic links')
+                if target.startswith("/"):
+                    current = list(self.base)
+                queue = [(part, True) for part in target.split("/")] + queue
+                continue
+            if kind != "dir":
+                raise self.error(f'entry "{raw}" needs "{path}" to be a directory')
+            current.append(name)
+        return "/" + "/".join(current)
+
+    def path(self, parts: list[str], raw: str) -> str:
+        return posixpath.join(self.parent(parts, raw), parts[-1])
 
 
 def extract_tar(
@@ -102,13 +164,14 @@ def extract_tar(
     """Unpack the (compressed) tar at `path` under image directory `dest_dir` in the staging tree."""
     archive = display_name or path.name
     staging.ensure_dir(dest_dir)
+    resolver = _Resolver(staging, dest_dir, archive, pos)
     extracted: set[str] = set()
     try:
         with open(path, "rb") as raw:
             stream = open_decompressed(raw)
             with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
                 for member in tar:
-                    _extract_member(tar, member, staging, dest_dir, chown, archive, pos, extracted)
+                    _extract_member(tar, member, staging, resolver, chown, extracted)
     except ArchiveError as exc:
         if exc.pos is not None or f'"{archive}"' in exc.message:
             raise
@@ -116,7 +179,7 @@ def extract_tar(
         raise ArchiveError(f'archive "{archive}": {exc.message}', pos=pos, hint=exc.hint) from None
     except (tarfile.TarError, EOFError) as exc:
         raise ArchiveError(f'archive "{archive}" is corrupt: {exc}', pos=pos) from None
-    except ValueError as exc:  # the staging tree refused a path (symlink in the way)
+    except ValueError as exc:  # the staging tree refused a path
         raise ArchiveError(f'archive "{archive}": {exc}', pos=pos, hint="the archive is unsafe to extract") from None
 
 
@@ -124,23 +187,18 @@ def _extract_member(
     tar: tarfile.TarFile,
     member: tarfile.TarInfo,
     staging: StagingWriter,
-    dest_dir: str,
+    resolver: _Resolver,
     chown: tuple[int, int] | None,
-    archive: str,
-    pos: Pos | None,
     extracted: set[str],
 ) -> None:
-    name = _archive_name(member.name, archive, pos)
-    if not name:
-        if member.isdir():  # "./" itself: metadata for the destination dir is left as made
-            return
-        raise ArchiveError(f'archive "{archive}" has an entry with an empty name', pos=pos)
-    image_path = posixpath.join(dest_dir, name)
+    parts = entry_parts(member.name)
+    if not parts:
+        return  # the destination itself (`./`, an empty name): Docker skips it, whatever its type
+    image_path = resolver.path(parts, member.name)
     uid, gid = chown if chown is not None else (member.uid, member.gid)
     mode = member.mode & 0o7777
     mtime_ns = int(member.mtime) * 1_000_000_000
-    parent = posixpath.dirname(image_path)
-    staging.ensure_dir(parent)
+    staging.ensure_dir(posixpath.dirname(image_path))
 
     if member.isdir():
         host = staging.prepare_target(image_path, replace_dir=False)
@@ -151,9 +209,14 @@ def _extract_member(
         _apply_xattrs(host, member)
         staging.set_dir_meta(image_path, mode, uid, gid, mtime_ns)
         staging.record(image_path)
-        extracted.add(name)
+        extracted.add(image_path)
         return
 
+    if staging.is_dir(image_path):
+        # Docker's untar removes whatever is in the way of a non-directory, a directory too.
+        staging.remove_dir(image_path)
+        inside = image_path + "/"
+        extracted.difference_update({p for p in extracted if p == image_path or p.startswith(inside)})
     host = staging.prepare_target(image_path, replace_dir=True)
     if member.isreg():
         source = tar.extractfile(member)
@@ -167,20 +230,9 @@ def _extract_member(
         os.symlink(member.linkname, host)
         os.chown(host, uid, gid, follow_symlinks=False)
     elif member.islnk():
-        target_name = _archive_name(member.linkname, archive, pos)
-        if target_name not in extracted:
-            raise ArchiveError(
-                f'archive "{archive}": hard link "{member.name}" points to "{member.linkname}",'
-                " which is not an earlier entry of the archive",
-                pos=pos,
-                hint="hard links in an ADD archive may only join entries of the same archive",
-            )
-        target_host = staging.host_path(posixpath.join(dest_dir, target_name))
-        if stat.S_ISDIR(os.lstat(target_host).st_mode):
-            raise ArchiveError(f'archive "{archive}": hard link "{member.name}" to a directory', pos=pos)
-        os.link(target_host, host, follow_symlinks=False)
+        _hard_link(staging, resolver, member, host, extracted)
         staging.record(image_path)
-        extracted.add(name)
+        extracted.add(image_path)
         return
     elif member.ischr() or member.isblk():
         kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
@@ -196,7 +248,25 @@ def _extract_member(
     _apply_xattrs(host, member)
     os.utime(host, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
     staging.record(image_path)
-    extracted.add(name)
+    extracted.add(image_path)
+
+
+def _hard_link(staging: StagingWriter, resolver: _Resolver, member: tarfile.TarInfo, host: Path,
+               extracted: set[str]) -> None:
+    """A hard link's target is resolved inside the destination like an entry's path, and must be
+    a non-directory this archive wrote (files of the image below are never linked to)."""
+    parts = entry_parts(member.linkname)
+    target = resolver.path(parts, member.linkname) if parts else None
+    if target is None or target not in extracted:
+        raise resolver.error(
+            f'hard link "{member.name}" points to "{member.linkname}",'
+            " which is not an earlier entry of the archive",
+            hint="hard links in an ADD archive may only join entries of the same archive",
+        )
+    target_host = staging.host_path(target)
+    if stat.S_ISDIR(os.lstat(target_host).st_mode):
+        raise resolver.error(f'hard link "{member.name}" to a directory')
+    os.link(target_host, host, follow_symlinks=False)
 
 
 def _apply_xattrs(host: Path, member: tarfile.TarInfo) -> None:
@@ -213,4 +283,4 @@ def _apply_xattrs(host: Path, member: tarfile.TarInfo) -> None:
             pass  # a file system without that namespace: the content still lands
 
 
-__all__ = ["extract_tar", "is_tar_archive", "open_decompressed", "StagingWriter"]
+__all__ = ["entry_parts", "extract_tar", "is_tar_archive", "open_decompressed", "StagingWriter"]

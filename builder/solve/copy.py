@@ -4,11 +4,16 @@ The staging dir is laid out as absolute image paths (`/app/x` is `staging_dir/ap
 "overlay-upper format", so the layer writer turns it into a tar as it is.
 
 Docker facts followed (Dockerfile reference, BuildKit dockerfile2llb and fsutil copy):
-* the destination is relative to WORKDIR; it names a directory when it ends with `/` (or `.`),
-  when there are several sources, when a wildcard matched several entries, or when it already is
-  a directory in the image (asked through `dest_is_dir`). Several sources with a destination that
-  is none of these is the error Docker gives. (A wildcard that matches a single file copies it to
-  the destination path itself, as BuildKit does: `COPY target/*.jar app.jar` makes /app.jar.)
+* the destination is relative to WORKDIR. As BuildKit (fsutil's Copy, once per source) does,
+  every source (each wildcard match, file sources in order, then heredocs) is copied onto it in
+  turn: into it when it is a directory at that moment (written with a trailing `/` or `.`, a
+  directory in the image, asked through `dest_is_dir`, or made by an earlier source), otherwise
+  onto its path, so of several files the last one wins (`COPY target/*.jar app.jar` makes
+  /app.jar). No error for several sources and no trailing `/` (that is the classic builder's);
+  wildcards that match nothing copy nothing and create nothing;
+* a source that is a symlink (named, or matched by a wildcard) is followed inside its root, as
+  BuildKit's FollowSymlinks does: its target's content is copied under the link's name (a link
+  to a directory copies that directory's contents); links inside a copied directory stay links;
 * a directory source copies its *contents*; the destination dir is created 0755;
 * missing parents are created 0755 and, as fsutil's MkdirAll does, owned by the `--chown` user
   (root without it); parents that exist in the image keep the image's metadata when the caller
@@ -18,7 +23,7 @@ Docker facts followed (Dockerfile reference, BuildKit dockerfile2llb and fsutil 
   entry and every created dir; `--chmod` (octal or symbolic) to every copied file and dir, not to
   created parents or symlinks;
 * permission bits (setuid/setgid/sticky too), mtimes, xattrs (overlay ones excepted), symlinks
-  (as links) and hard links within one instruction are preserved;
+  below a copied directory (as links) and hard links within one instruction are preserved;
 * heredoc sources become 0644 files named after the delimiter in a destination directory;
 * ADD: a local tar (any supported compression) is extracted into the destination directory with
   the archive's owners unless `--chown`; an http(s) URL is downloaded (0600, mtime from
@@ -40,7 +45,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Mapping, Sequence, TypeAlias
+from typing import Callable, Iterator, Mapping, Sequence
 
 from builder.context.dockerignore import IgnoreMatcher, go_clean
 from builder.context.tree import SKIPPED_XATTR_PREFIXES as _SKIPPED_XATTRS
@@ -51,10 +56,6 @@ from builder.solve.archive import extract_tar, is_tar_archive
 _COPY_BUFFER = 1 << 20
 _URL_RE = re.compile(r"^https?://", re.IGNORECASE)
 _GIT_RE = re.compile(r"^(git@|git://|ssh://)|\.git(#.*)?$")
-# One source of a COPY/ADD, in the order given: a heredoc (name, text), a URL or a context path.
-_Planned: TypeAlias = (
-    'tuple[Literal["heredoc"], tuple[str, str]] | tuple[Literal["url"], str] | tuple[Literal["path"], Selected]'
-)
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,10 @@ class StagingTree:
         created_owner: tuple[int, int],
         created_mtime_ns: int,
         image_dir_meta: Callable[[str], DirMeta | None] | None,
+        image_node: Callable[[str], tuple[str, str | None] | None] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.image_node = image_node
         self._root_text = str(self.root)
         self.created_owner = created_owner
         self.created_mtime_ns = created_mtime_ns
@@ -204,6 +207,19 @@ class StagingTree:
 
     def record(self, image_path: str) -> None:
         self.written.add(self.clean(image_path))
+
+    def node(self, image_path: str) -> tuple[str, str | None] | None:
+        """What is at `image_path` (its parents resolved by the caller) once this instruction's
+        writes lie over the image: ("dir" | "link" | "other", the link's target), or None.
+        Links are read from the staging tree or asked of the image, never followed on the host."""
+        clean = self.clean(image_path)
+        try:
+            st = os.lstat(self._host(clean))
+        except (FileNotFoundError, NotADirectoryError):
+            return self.image_node(clean) if self.image_node is not None else None
+        if stat.S_ISLNK(st.st_mode):
+            return "link", os.readlink(self._host(clean))
+        return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), None
 
     def ensure_dir(self, image_path: str) -> Path:
         """Create `image_path` and its missing parents (0755, created owner, or image metadata)."""
@@ -259,6 +275,19 @@ class StagingTree:
             raise ValueError(f'cannot replace directory "{clean}" with a file')
         os.unlink(host)
         return Path(host)
+
+    def remove_dir(self, image_path: str) -> None:
+        """Remove a directory this instruction wrote, with everything below it (an ADD archive's
+        non-directory entry replaces a directory, as Docker's untar does)."""
+        clean = self.clean(image_path)
+        host = self._host(clean)
+        if not stat.S_ISDIR(os.lstat(host).st_mode):
+            raise ValueError(f'"{clean}" is not a directory')
+        shutil.rmtree(host)
+        inside = clean.rstrip("/") + "/"
+        self.written = {p for p in self.written if p != clean and not p.startswith(inside)}
+        self._dirs = {p for p in self._dirs if p != clean and not p.startswith(inside)}
+        self._dir_times = {p: t for p, t in self._dir_times.items() if p != clean and not p.startswith(inside)}
 
     def set_dir_meta(self, image_path: str, mode: int, uid: int, gid: int, mtime_ns: int) -> None:
         host = self.host_path(image_path)
@@ -539,6 +568,16 @@ def _write_heredoc(opts: _Options, image_path: str, text: str, mtime_ns: int) ->
     staging.record(image_path)
 
 
+@dataclass(frozen=True)
+class _Source:
+    """One thing a COPY/ADD copies: a selected path, a URL (`name`), or a heredoc (`name`, `text`)."""
+
+    kind: str  # path | url | heredoc
+    item: Selected | None = None
+    name: str = ""
+    text: str = ""
+
+
 @dataclass
 class Download:
     path: Path
@@ -613,6 +652,7 @@ def stage_copy(
     resolve_image_path: Callable[[str], str] | None = None,
     download_dir: Path | None = None,
     downloads: Mapping[str, "Download"] | None = None,
+    image_node: Callable[[str], tuple[str, str | None] | None] | None = None,
 ) -> CopyResult:
     """Write what one COPY/ADD adds into the empty `staging_dir`; see the module docstring.
 
@@ -624,7 +664,9 @@ def stage_copy(
     the layer repeats it unchanged); `resolve_image_path(path)` resolves symlinks of the parent
     image in a destination path, chroot-like, keeping missing components as written (so
     `COPY x /bin/` lands in /usr/bin when /bin -> usr/bin). `view_dir_meta(view)` and
-    `view_resolver(view)` build both from a builder.snapshot.view.LayeredView.
+    `view_resolver(view)` build both from a builder.snapshot.view.LayeredView. `image_node(path)`
+    says what the image holds at a symlink-free path ("dir", "link" with its target, "other"), so
+    an ADD archive's entries follow the image's links below the destination (`view_node(view)`).
 
     `downloads` holds URL sources already fetched (the bytes the step's cache key was made
     from); they are moved into place. Other URLs are fetched into `download_dir`."""
@@ -637,6 +679,7 @@ def stage_copy(
         created_owner=chown if chown is not None else (0, 0),
         created_mtime_ns=invented_ns,
         image_dir_meta=image_dir_meta,
+        image_node=image_node,
     )
     opts = _Options(
         context=context,
@@ -651,27 +694,22 @@ def stage_copy(
     dest_abs = dest if dest.startswith("/") else posixpath.join(base if base.startswith("/") else "/" + base, dest)
     dest_clean = go_clean(dest_abs)
     trailing = dest.endswith("/") or dest in (".", "..") or dest.endswith("/.") or dest.endswith("/..")
-    dest_exists_dir = dest_clean == "/" or dest_is_dir(dest_clean)
-    if len(sources) > 1 and not (trailing or dest_exists_dir):
-        raise ContextError(
-            "When using COPY with more than one source file, the destination must be a directory and end with a /",
-            pos=pos,
-            hint=f'write the destination as "{dest.rstrip("/")}/"',
-        )
+    dest_dir_before = trailing or dest_clean == "/" or dest_is_dir(dest_clean)
     if checksum and not is_add:
         raise ContextError("--checksum is only supported by ADD", pos=pos)
 
-    # Select everything first, so a missing source fails before anything is written.
-    plan: list[_Planned] = []
-    path_items: list[Selected] = []
+    # Select everything first, so a missing source fails before anything is written. BuildKit
+    # copies the file sources in order, then the heredocs.
+    plan: list[_Source] = []
+    documents: list[_Source] = []
     for source in sources:
         if source.startswith("<<"):
             name = _heredoc_name(source)
             if name not in heredocs:
                 raise ContextError(f'no heredoc body for source "{source}"', pos=pos)
-            plan.append(("heredoc", (name, _heredoc_text(heredocs[name]))))
+            documents.append(_Source("heredoc", name=name, text=_heredoc_text(heredocs[name])))
         elif is_add and _URL_RE.match(source):
-            plan.append(("url", source))
+            plan.append(_Source("url", name=source))
         elif is_add and (source.startswith("git@") or ("://" in source and _GIT_RE.search(source))):
             raise ContextError(
                 f'ADD from a git repository is not supported: "{source}"',
@@ -683,12 +721,13 @@ def stage_copy(
                 raise ContextError(
                     "--checksum can only be used with a remote URL source", pos=pos
                 )
-            for item in context.select([source], pos=pos):
-                plan.append(("path", item))
-                path_items.append(item)
-    dir_mode = trailing or dest_exists_dir or len(sources) > 1 or len(path_items) > 1
+            # --parents copies links as links, as BuildKit's include-pattern walk from the root does.
+            for item in context.select([source], pos=pos, follow_links=not parents):
+                plan.append(_Source("path", item=item))
+    plan.extend(documents)
+    path_items = [step.item for step in plan if step.item is not None]
     if resolve_image_path is not None and dest_clean != "/":
-        fills_dest = dir_mode or any(
+        fills_dest = dest_dir_before or any(
             item.kind == "dir" or (is_add and item.kind == "file" and is_tar_archive(item.path))
             for item in path_items
         )
@@ -698,22 +737,25 @@ def stage_copy(
             parent = go_clean(resolve_image_path(posixpath.dirname(dest_clean)))
             dest_clean = posixpath.join(parent, posixpath.basename(dest_clean))
 
+    def dest_is_dir_now() -> bool:
+        # What an earlier source of this instruction left at the destination wins over the image.
+        if staging.is_dir(dest_clean):
+            return True
+        return dest_dir_before and staging.clean(dest_clean) not in staging.written
+
     with _copy_errors("ADD" if is_add else "COPY", dest, pos):
-        if not plan:
-            # BuildKit makes the destination's directory before matching, so a wildcard that
-            # matched nothing still leaves it (fsutil Copy's ensureDstPath).
-            staging.ensure_dir(dest_clean if dir_mode else posixpath.dirname(dest_clean))
-        for entry in plan:
-            if entry[0] == "heredoc":
-                name, text = entry[1]
-                target = posixpath.join(dest_clean, name) if dir_mode else dest_clean
-                _write_heredoc(opts, target, text, invented_ns)
-            elif entry[0] == "url":
-                url = entry[1]
-                fetched = (downloads or {}).get(url)
-                _stage_url(opts, url, dest_clean, dir_mode, checksum, invented_ns, download_dir, fetched)
+        # Nothing to copy (wildcards that matched nothing) writes nothing, not even the
+        # destination's dir: BuildKit returns before fsutil's Copy makes it.
+        for step in plan:
+            dir_mode = dest_is_dir_now()
+            if step.item is not None:
+                _stage_selected(opts, step.item, dest_clean, dir_mode, parents, is_add)
+            elif step.kind == "heredoc":
+                target = posixpath.join(dest_clean, step.name) if dir_mode else dest_clean
+                _write_heredoc(opts, target, step.text, invented_ns)
             else:
-                _stage_selected(opts, entry[1], dest_clean, dir_mode, parents, is_add)
+                fetched = (downloads or {}).get(step.name)
+                _stage_url(opts, step.name, dest_clean, dir_mode, checksum, invented_ns, download_dir, fetched)
     staging.finish()
     return CopyResult(sorted(staging.written))
 
@@ -828,6 +870,20 @@ def view_resolver(view) -> Callable[[str], str]:
         return path
 
     return resolve
+
+
+def view_node(view) -> Callable[[str], tuple[str, str | None] | None]:
+    """`image_node` from a LayeredView-like object (`lookup(path)`, `host_path(path)`)."""
+
+    def node(path: str) -> tuple[str, str | None] | None:
+        st = view.lookup(path)
+        if st is None:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return "link", os.readlink(view.host_path(path))
+        return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), None
+
+    return node
 
 
 def view_dir_meta(view) -> Callable[[str], DirMeta | None]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.parse import ast
 from builder.solve import cache as cache_keys
-from builder.solve.copy import Download, download_url, stage_copy, view_dir_meta, view_resolver
+from builder.solve.copy import Download, download_url, stage_copy, view_dir_meta, view_node, view_resolver
 from builder.solve.sources import describe_source_for_key
 from builder.solve.state import LayerRef
 from builder.solve.step import Expand, PreparedStep, StepInput
@@ -51,7 +51,8 @@ class CopyStep(PreparedStep):
         self.created_by = f"{instruction.keyword} {' '.join(self.sources)} {self.dest} # buildkit"
         self.components = {
             "instruction": [instruction.keyword, self.sources, self.dest, self.heredocs],
-            "sources": describe_source_for_key(self.source, local_sources, pos=instruction.pos, session=session),
+            "sources": describe_source_for_key(self.source, local_sources, pos=instruction.pos, session=session,
+                                               follow_links=not self.parents),
             "options": {
                 "chown": self.chown,
                 "chmod": self.chmod,
@@ -127,6 +128,7 @@ class CopyStep(PreparedStep):
             checksum=self.checksum,
             resolve_image_path=None if self.link else view_resolver(view),
             image_dir_meta=None if self.link else view_dir_meta(view),
+            image_node=None if self.link else view_node(view),
             download_dir=work,
             downloads=self.downloads,
         )

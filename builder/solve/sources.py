@@ -11,14 +11,15 @@ import difflib
 import hashlib
 import re
 import shutil
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from builder.context.dockerignore import IgnoreMatcher
+from builder.context.dockerignore import IgnoreMatcher, go_clean
 from builder.context.statcache import StatCache
-from builder.context.tree import BuildContext
-from builder.errors import BuildError, ImageNotFound, Pos
+from builder.context.tree import BuildContext, component_matcher, unescape_component
+from builder.errors import BuildError, ContextError, ImageNotFound, Pos
 from builder.image import oci
 from builder.image.store import ImageRecord, Store
 from builder.plan.planner import Plan
@@ -110,7 +111,8 @@ class SourceResolver:
             name = "image-" + record.manifest_digest.split(":")[-1][:16]
             identity = "image:" + record.manifest_digest
         reach = sorted({static_prefix(path) for path in paths})
-        return Source(identity, lambda: BuildContext.for_rootfs(self._flattened(name, layers, reach)))
+        wild = [path for path in paths if _WILDCARD.search(path)]
+        return Source(identity, lambda: BuildContext.for_rootfs(self._flattened(name, layers, reach, wild)))
 
     def load_or_pull(self, name: str, platform: Platform, *, pos: Pos | None, source_line: str | None,
                      what: str) -> ImageRecord:
@@ -179,12 +181,16 @@ class SourceResolver:
                 text=f"warning: {what} {name}: the image in the store is {found}, not {wanted} as asked for this build",
             ))
 
-    def _flattened(self, name: str, layers: list[LayerRef], reach: list[str]) -> Path:
-        from builder.snapshot.view import flatten
+    def _flattened(self, name: str, layers: list[LayerRef], reach: list[str], wild: Sequence[str] = ()) -> Path:
+        from builder.snapshot.view import LayeredView, flatten
 
         session = self.session
         if "/" in reach:
             reach = ["/"]
+        elif wild:
+            # A symlink a wildcard matches is followed by the copy, possibly out of the reach.
+            view = LayeredView(session.lower_dirs(layers))
+            reach = sorted(set(reach) | {link for pattern in wild for link in matched_links(view, pattern)})
         label = f"{name}-" + hashlib.sha256("\0".join(reach).encode()).hexdigest()[:12]
         target = session.work_dir / f"src-{label}"
         with session.lock:
@@ -200,6 +206,41 @@ class SourceResolver:
 _WILDCARD = re.compile(r"[*?\[\\]")
 
 
+def matched_links(view: Any, pattern: str) -> list[str]:
+    """The symlinks a wildcard source `pattern` matches in a LayeredView, walked as BuildKit
+    walks a wildcard (never through a link): a copy follows them, so their targets must be there."""
+    parts = [part for part in go_clean("/" + pattern.lstrip("/")).split("/") if part]
+    wild_at = next((i for i, part in enumerate(parts) if _WILDCARD.search(part)), None)
+    if wild_at is None:
+        return []
+    base = view.resolve("/" + "/".join(parts[:wild_at]), follow=True)
+    if base is None:
+        return []
+    try:
+        matchers = [component_matcher(part) for part in parts[wild_at:]]
+    except ContextError:
+        return []  # the copy itself reports the bad pattern
+    literal = [unescape_component(part) for part in parts[wild_at:]]
+    found: list[str] = []
+
+    def walk(at: tuple[str, ...], depth: int) -> None:
+        matcher, last = matchers[depth], depth == len(matchers) - 1
+        for name in view.children(at):
+            if not (matcher.fullmatch(name) if matcher is not None else name == literal[depth]):
+                continue
+            entry = view.entry(at + (name,))
+            if entry is None:
+                continue
+            if last:
+                if stat.S_ISLNK(entry[1].st_mode):
+                    found.append("/" + "/".join(at + (name,)))
+            elif stat.S_ISDIR(entry[1].st_mode):
+                walk(at + (name,), depth + 1)
+
+    walk(tuple(part for part in base.split("/") if part), 0)
+    return found
+
+
 def static_prefix(pattern: str) -> str:
     """The part of a source path before its first wildcard component: what a copy can reach."""
     kept: list[str] = []
@@ -211,12 +252,15 @@ def static_prefix(pattern: str) -> str:
     return "/" + "/".join(kept)
 
 
-def describe_source_for_key(source: Source, patterns: Sequence[str], *, pos: Pos, session: SessionView) -> Any:
+def describe_source_for_key(source: Source, patterns: Sequence[str], *, pos: Pos, session: SessionView,
+                            follow_links: bool = True) -> Any:
     """What a COPY's sources contribute to its cache key: the stage/image identity, or the
-    content digest of what the patterns select in the context."""
+    content digest of what the patterns select in the context (symlinks given as sources
+    followed as the copy follows them)."""
     if source.identity is not None:
         return source.identity
     if not patterns:
         return ""
     context = source.context()
-    return context.content_digest(context.select(list(patterns), pos=pos), session.stat_cache())
+    selected = context.select(list(patterns), pos=pos, follow_links=follow_links)
+    return context.content_digest(selected, session.stat_cache())

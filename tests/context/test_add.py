@@ -124,37 +124,92 @@ def test_copy_never_extracts(ctx_dir, staging):
     assert (staging / "x/a.tar").read_bytes() == data
 
 
+def _outside_snapshot(tmp_path: Path) -> list[str]:
+    """Everything under tmp_path but the staging dir: what an extraction must never change."""
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "staging" not in p.parts)
+
+
+F = 0o644
+# Docker extracts an ADD archive chrooted into the destination: each entry lands where that
+# gives (checked with dockerd 20.10 + BuildKit, `ADD x.tar /dest/`), never outside it.
+INSIDE = [
+    ([("../evil", "file", b"x", 0, 0, F)], {"/opt/evil": b"x"}),
+    ([("ok/../../evil", "file", b"x", 0, 0, F)], {"/opt/evil": b"x"}),
+    ([("/etc/evil", "file", b"x", 0, 0, F)], {"/opt/etc/evil": b"x"}),
+    ([("up", "sym", "../../../..", 0, 0, 0o777), ("up/evil", "file", b"x", 0, 0, F)], {"/opt/evil": b"x"}),
+    ([("abs", "sym", "/", 0, 0, 0o777), ("abs/etc/evil", "file", b"x", 0, 0, F)], {"/opt/etc/evil": b"x"}),
+    ([("dir", "sym", "..", 0, 0, 0o777), ("dir/etc/f", "file", b"f", 0, 0, F)], {"/opt/etc/f": b"f"}),
+    ([("c/d", "dir", None, 0, 0, 0o755), ("a", "sym", "b", 0, 0, 0o777), ("b", "sym", "c/d", 0, 0, 0o777),
+      ("a/f", "file", b"f", 0, 0, F)], {"/opt/c/d/f": b"f"}),
+    ([("", "file", b"no name", 0, 0, F), (".", "file", b"dot", 0, 0, F), ("./", "dir", None, 0, 0, 0o700),
+      ("ok", "file", b"ok", 0, 0, F)], {"/opt/ok": b"ok"}),
+    ([("real", "file", b"r", 0, 0, F), ("here", "sym", ".", 0, 0, 0o777), ("h", "hard", "here/real", 0, 0, F)],
+     {"/opt/real": b"r", "/opt/h": b"r"}),
+    ([("d/f", "file", b"f", 0, 0, F), ("d", "sym", "elsewhere", 0, 0, 0o777)], {}),
+]
+
+
+@pytest.mark.parametrize("entries,files", INSIDE, ids=[
+    "dotdot", "nested-dotdot", "absolute-name", "through-dotdot-link", "through-root-link",
+    "link-to-parent", "link-chain", "empty-and-dot-names-skipped", "hardlink-through-link",
+    "link-replaces-dir",
+])
+def test_archive_paths_resolve_inside_the_destination(entries, files, ctx_dir, staging, tmp_path):
+    (ctx_dir / "evil.tar").write_bytes(tar_bytes(entries))
+    before = _outside_snapshot(tmp_path)
+    add(ctx_dir, ["evil.tar"], "/opt/", staging)
+    listing = tree_listing(staging)
+    assert all(path == "/opt" or path.startswith("/opt/") for path in listing)
+    assert {path: entry[4] for path, entry in listing.items() if entry[0] == "file"} == files
+    assert _outside_snapshot(tmp_path) == before
+    assert not Path("/tmp/evil").exists() and not Path("/opt/etc/evil").exists()
+
+
+def test_archive_follows_the_images_links_below_the_destination(ctx_dir, staging):
+    """ADD to / over an image where /lib -> usr/lib: Docker writes lib/x.so to /usr/lib/x.so
+    (an absolute /lib2 -> /usr/lib too) instead of shadowing the image's link with a dir."""
+    (ctx_dir / "libs.tar").write_bytes(tar_bytes([
+        ("lib/x.so", "file", b"x", 0, 0, F), ("lib2/y.so", "file", b"y", 0, 0, F), ("lib/sub/z", "file", b"z", 0, 0, F),
+    ]))
+    image = {"/lib": ("link", "usr/lib"), "/lib2": ("link", "/usr/lib"), "/usr": ("dir", None), "/usr/lib": ("dir", None)}
+    add(ctx_dir, ["libs.tar"], "/", staging, dest_is_dir=lambda path: path in ("/", "/usr", "/usr/lib"),
+        image_node=image.get)
+    listing = tree_listing(staging)
+    assert {path for path, entry in listing.items() if entry[0] == "file"} == {
+        "/usr/lib/x.so", "/usr/lib/y.so", "/usr/lib/sub/z"}
+    assert "/lib" not in listing and "/lib2" not in listing
+
+
 @pytest.mark.parametrize(
     "entries,words",
     [
-        ([("../evil", "file", b"x", 0, 0, 0o644)], "climbs out"),
-        ([("ok/../../evil", "file", b"x", 0, 0, 0o644)], "climbs out"),
-        ([("/etc/evil", "file", b"x", 0, 0, 0o644)], "absolute name"),
-        (
-            [("link", "sym", "/tmp", 0, 0, 0o777), ("link/evil", "file", b"x", 0, 0, 0o644)],
-            "symlink",
-        ),
-        (
-            [("up", "sym", "../..", 0, 0, 0o777), ("up/evil", "file", b"x", 0, 0, 0o644)],
-            "symlink",
-        ),
-        ([("h", "hard", "../../etc/passwd", 0, 0, 0o644)], "climbs out"),
-        ([("h", "hard", "never-seen", 0, 0, 0o644)], "not an earlier entry"),
+        ([("link", "sym", "VICTIM", 0, 0, 0o777), ("link/evil", "file", b"x", 0, 0, F)], "does not exist"),
+        ([("link", "sym", "/tmp", 0, 0, 0o777), ("link/evil", "file", b"x", 0, 0, F)], "does not exist"),
+        ([("loop", "sym", "loop", 0, 0, 0o777), ("loop/evil", "file", b"x", 0, 0, F)], "too many levels"),
+        ([("h", "hard", "../../etc/passwd", 0, 0, F)], "not an earlier entry"),
+        ([("h", "hard", "never-seen", 0, 0, F)], "not an earlier entry"),
+        ([("f", "file", b"x", 0, 0, F), ("f/evil", "file", b"x", 0, 0, F)], "to be a directory"),
     ],
-    ids=["dotdot", "nested-dotdot", "absolute", "through-abs-symlink", "through-rel-symlink", "hardlink-out", "hardlink-unknown"],
+    ids=["through-link-to-host-dir", "through-link-to-missing-dir", "link-loop", "hardlink-out",
+         "hardlink-unknown", "file-as-dir"],
 )
 def test_hostile_archives_are_refused(entries, words, ctx_dir, staging, tmp_path):
+    """What Docker refuses too, refused, and nothing is written outside the destination: a link to
+    a host dir is resolved inside the destination, where that dir does not exist."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    entries = [(name, kind, str(victim) if payload == "VICTIM" else payload, *rest)
+               for name, kind, payload, *rest in entries]
     (ctx_dir / "evil.tar").write_bytes(tar_bytes(entries))
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = _outside_snapshot(tmp_path)
     with pytest.raises(ArchiveError) as info:
         add(ctx_dir, ["evil.tar"], "/opt/", staging)
     assert words in info.value.message
     assert info.value.pos == POS
     assert "evil.tar" in info.value.message
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
-    assert not (tmp_path / "evil").exists() and not Path("/tmp/evil").exists()
-    found = [p for p in staging.rglob("evil")]
-    assert found == []
+    assert _outside_snapshot(tmp_path) == before
+    assert list(victim.iterdir()) == [] and not Path("/tmp/evil").exists()
+    assert [p for p in staging.rglob("evil")] == []
 
 
 def test_corrupt_archive_is_an_archive_error(ctx_dir, staging):

@@ -158,19 +158,41 @@ def test_source_date_epoch_for_invented_times(ctx, staging):
     assert os.lstat(staging / "x/y/a.txt").st_mtime == 1_600_000_000
 
 
-def test_several_sources_need_a_dir_dest(ctx, staging):
-    with pytest.raises(ContextError) as info:
-        copy(ctx, ["a.txt", "b.txt"], "/opt", staging)
-    assert "must be a directory and end with a /" in info.value.message
-    assert info.value.pos == POS
-    assert list(staging.iterdir()) == []
-    copy(ctx, ["a.txt", "b.txt"], "/opt/", staging)
-    assert sorted(p.name for p in (staging / "opt").iterdir()) == ["a.txt", "b.txt"]
+def test_several_sources_are_copied_onto_the_dest_in_turn(ctx, staging):
+    """BuildKit copies each source onto the destination: without a trailing / the last file wins
+    (no "must end with a /" error: that is the classic builder's)."""
+    copy(ctx, ["a.txt", "b.txt"], "/opt", staging)
+    assert tree_listing(staging)["/opt"][0::4] == ("file", b"B")
+    copy(ctx, ["a.txt", "b.txt"], "/dir/", staging)
+    assert sorted(p.name for p in (staging / "dir").iterdir()) == ["a.txt", "b.txt"]
 
 
-def test_glob_with_several_matches_is_a_dir_dest(ctx, staging):
+def test_glob_with_several_matches_onto_a_file_path_keeps_the_last(ctx, staging):
     copy(ctx, ["*.txt"], "/data", staging)
+    assert tree_listing(staging)["/data"][0::4] == ("file", b"B")
+
+
+def test_glob_with_several_matches_into_an_image_dir(ctx, staging):
+    copy(ctx, ["*.txt"], "/data", staging, dest_is_dir=lambda path: path == "/data")
     assert sorted(p.name for p in (staging / "data").iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_a_dir_source_makes_the_dest_a_dir_for_the_next_sources(ctx, staging):
+    copy(ctx, ["src/pkg", "a.txt", "<<doc"], "/out", staging, heredocs={"doc": "d\n"})
+    assert sorted(p.name for p in (staging / "out").iterdir()) == ["a.txt", "data.bin", "doc", "mod.py"]
+    with pytest.raises(ContextError) as info:  # a file there first: a dir cannot replace it
+        copy(ctx, ["b.txt", "src/pkg"], "/out2", staging)
+    assert "/out2" in info.value.message
+
+
+def test_a_wildcard_matching_nothing_beside_one_file_copies_the_file(ctx, staging):
+    copy(ctx, ["*.nothing", "a.txt"], "/app.txt", staging)
+    assert tree_listing(staging) == {"/app.txt": ("file", 0o644, 0, 0, b"A")}
+
+
+def test_heredocs_are_copied_after_the_files(ctx, staging):
+    copy(ctx, ["<<doc", "a.txt"], "/one", staging, heredocs={"doc": "from heredoc\n"})
+    assert tree_listing(staging)["/one"][4] == b"from heredoc\n"
 
 
 def test_glob_with_one_match_names_the_file(ctx, staging):
@@ -178,10 +200,49 @@ def test_glob_with_one_match_names_the_file(ctx, staging):
     assert (staging / "app.txt").read_text() == "A"
 
 
-def test_symlinks_are_copied_as_links(ctx, staging):
-    copy(ctx, ["src/outlink", "src"], "/app/", staging)
+def test_symlinks_inside_a_copied_dir_stay_links(ctx, staging):
+    copy(ctx, ["src"], "/app/", staging)
     assert os.readlink(staging / "app/outlink") == "/etc/passwd"
     assert os.readlink(staging / "app/link") == "pkg/mod.py"
+
+
+def test_a_symlink_source_is_followed_inside_the_context(tmp_path, staging):
+    """BuildKit (FollowSymlinks) copies what a source link points to, under the link's name; a
+    link to a dir copies that dir's contents; an absolute target is inside the context; links
+    below a copied dir stay links. Checked with dockerd 20.10 + BuildKit."""
+    root = make_tree(tmp_path / "ctx", {
+        "real": "content", "link": ("link", "real"), "chain": ("link", "link"),
+        "absin": ("link", "/real"), "up": ("link", "../real"), "dir/a": "a", "dir/inner": ("link", "a"),
+        "dlink": ("link", "dir"), "w1": "w1", "wl2": ("link", "w1"),
+    })
+    os.chmod(root / "real", 0o600)
+    ctx = BuildContext(root, IgnoreMatcher.empty())
+    copy(ctx, ["link"], "/t1", staging)
+    copy(ctx, ["link", "chain", "absin", "up"], "/d/", staging)
+    copy(ctx, ["dlink"], "/t3", staging)
+    copy(ctx, ["w*"], "/w/", staging)
+    listing = tree_listing(staging)
+    assert listing["/t1"] == ("file", 0o600, 0, 0, b"content")
+    for name in ("link", "chain", "absin", "up"):
+        assert listing[f"/d/{name}"] == ("file", 0o600, 0, 0, b"content")
+    assert listing["/t3/a"][0::4] == ("file", b"a") and listing["/t3/inner"][0::4] == ("link", "a")
+    assert listing["/w/wl2"][0::4] == ("file", b"w1")
+
+
+@pytest.mark.parametrize("target,words", [
+    ("missing", "points to nothing"), ("/etc/passwd", "points outside the build context"),
+    ("secret.env", "points to nothing"),
+])
+def test_a_symlink_source_that_leads_nowhere_is_an_error(target, words, tmp_path, staging):
+    """BuildKit: "not found". A target out of the context is never read on the host, and an
+    ignored target is as absent as in the context Docker sends."""
+    root = make_tree(tmp_path / "ctx", {"src": ("link", target), "secret.env": "x", ".dockerignore": "secret.env\n"})
+    ctx = BuildContext(root, IgnoreMatcher.load(root, None))
+    for sources in (["src"], ["s*"]):
+        with pytest.raises(ContextError) as info:
+            copy(ctx, sources, "/x", staging)
+        assert words in info.value.message and info.value.pos == POS
+    assert list(staging.iterdir()) == []
 
 
 def test_hardlinks_within_the_selection_are_kept(tmp_path, staging):
@@ -332,13 +393,60 @@ def test_destination_follows_parent_image_symlinks(ctx, staging, tmp_path):
     assert "/usr/bin/new/app/main.py" in tree_listing(out3)
 
 
-def test_wildcard_matching_nothing_still_makes_the_destination_dir(ctx, staging):
-    result = copy(ctx, ["*.nothing"], "/opt/app/", staging)
-    assert result.paths == ["/opt", "/opt/app"]
-    assert tree_listing(staging)["/opt/app"] == ("dir", 0o755, 0, 0, None)
+def test_wildcard_matching_nothing_makes_nothing(ctx, staging):
+    """BuildKit returns before making the destination when wildcards match nothing."""
+    for dest in ("/opt/app/", "/opt/app"):
+        result = copy(ctx, ["*.nothing", "src/*.nothing"], dest, staging)
+        assert result.paths == [] and list(staging.iterdir()) == []
+
+
+def test_wildcard_under_a_missing_dir_is_an_error(ctx, staging):
+    with pytest.raises(ContextError) as info:
+        copy(ctx, ["nodir/*.txt"], "/x/", staging)
+    assert "file not found" in info.value.message and info.value.pos == POS
 
 
 def test_bad_wildcard_is_a_positioned_error(ctx, staging):
     with pytest.raises(ContextError) as info:
         copy(ctx, ["src/[abc"], "/x/", staging)
     assert info.value.pos == POS and "invalid wildcard" in info.value.message
+
+
+_A = {"/ctx/a", "/ctx/a/subx", "/ctx/a/subx.txt", "/ctx/a/subx/f"}
+_B = {"/ctx/b", "/ctx/b/keep"}
+_TOP = {"/ctx", "/ctx/top", "/ctx/x.txt"}
+_DIR = {"/ctx/dir", "/ctx/dir/x.txt", "/ctx/dir/sub", "/ctx/dir/sub/x.txt"}
+
+
+@pytest.mark.parametrize("patterns,expected", [
+    (["dir", "!**/x.txt"], _TOP | _A | _B),
+    (["a", "!*/sub*"], _TOP | _B | _DIR),
+    (["dir", "!dir/*.txt"], _TOP | _A | _B | {"/ctx/dir", "/ctx/dir/x.txt"}),
+    (["dir", "!d*/sub/x.txt"], _TOP | _A | _B),
+    (["dir", "!dir/nothere"], _TOP | _A | _B | {"/ctx/dir"}),
+    (["dir", "!dir/sub/x.txt"], _TOP | _A | _B | {"/ctx/dir", "/ctx/dir/sub", "/ctx/dir/sub/x.txt"}),
+    (["dir", "!**"], _TOP | _A | _B | _DIR),
+    (["*", "!dir/sub"], {"/ctx", "/ctx/dir", "/ctx/dir/sub", "/ctx/dir/sub/x.txt"}),
+], ids=["wild-suffix", "wild-dir", "literal-dir-prefix", "wild-prefix", "empty-entered-dir",
+        "deep-literal", "match-all-exception", "star-then-dir"])
+def test_dockerignore_exceptions_reach_into_ignored_dirs_as_docker_does(patterns, expected, tmp_path, staging):
+    """`COPY . /ctx` with each .dockerignore, as dockerd 20.10 + BuildKit gave it: an ignored dir is
+    entered (and sent, even empty) only for an exception that starts with its path; a wildcard
+    exception (`!**/x.txt`, `!*/sub*`) never brings anything back from inside one."""
+    root = make_tree(tmp_path / "ctx", {
+        "dir/x.txt": "1", "dir/sub/x.txt": "2", "x.txt": "3", "a/subx/f": "4", "a/subx.txt": "5",
+        "b/keep": "6", "top": "7", ".dockerignore": "\n".join(patterns) + "\n",
+    })
+    ctx = BuildContext(root, IgnoreMatcher.load(root, None))
+    copy(ctx, ["."], "/ctx", staging)
+    assert set(tree_listing(staging)) - {"/ctx/.dockerignore"} == expected
+
+
+def test_a_file_under_a_skipped_dir_is_not_found_even_if_an_exception_matches_it(tmp_path, staging):
+    root = make_tree(tmp_path / "ctx", {"dir/sub/x.txt": "2", ".dockerignore": "dir\n!*/sub/x.txt\n"})
+    ctx = BuildContext(root, IgnoreMatcher.load(root, None))
+    with pytest.raises(ContextError) as info:
+        copy(ctx, ["dir/sub/x.txt"], "/f", staging)
+    assert "file not found" in info.value.message
+    for pattern in (["dir/*/x.txt"], ["dir/sub/*"]):
+        assert copy(ctx, pattern, "/f", staging).paths == []

@@ -246,3 +246,16 @@ def test_two_processes_share_one_stat_cache(tmp_path: Path):
     assert outputs == [expected] * 3
     with StatCache(db) as cache:
         assert cache.lookup(os.lstat(root / "d0/f0")) is not None
+
+
+def test_a_followed_source_links_digest_is_its_targets_content_and_its_name(tmp_path: Path):
+    """A source symlink copies its target under its own name: the cache key must change when the
+    target's content changes, and when the link is renamed (the copy's file name changes)."""
+    root = make_tree(tmp_path / "ctx", {"real": "one", "w-link": ("link", "real")})
+    ctx = BuildContext(root, IgnoreMatcher.empty())
+    first = digest_of(ctx, ["w*"])
+    (root / "real").write_text("two")
+    changed = digest_of(ctx, ["w*"])
+    assert changed != first
+    os.rename(root / "w-link", root / "w-other")
+    assert digest_of(ctx, ["w*"]) != changed

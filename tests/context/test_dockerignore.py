@@ -190,8 +190,13 @@ def test_may_contain_exceptions_lets_a_walk_skip_dirs():
     assert matcher.ignored_dir_fully("node_modules") is True
     assert matcher.may_contain_exceptions("build") is True
     assert matcher.ignored_dir_fully("build") is False
-    wild = IgnoreMatcher.from_lines(["vendor", "!**/*.keep"])
-    assert wild.may_contain_exceptions("vendor") is True
+    # Docker's walk enters an ignored dir only for an exception that spells it out
+    wild = IgnoreMatcher.from_lines(["vendor", "!**/*.keep", "!*/sub*", "!vendor/*.keep"])
+    assert wild.may_contain_exceptions("vendor") is True  # through `!vendor/*.keep`
+    assert wild.may_contain_exceptions("vendorx") is False
+    only_wild = IgnoreMatcher.from_lines(["vendor", "!**/*.keep", "!*/sub*"])
+    assert only_wild.may_contain_exceptions("vendor") is False
+    assert only_wild.ignored_dir_fully("vendor") is True
 
 
 def test_pathspec_gitignore_differs_where_we_say_it_does():

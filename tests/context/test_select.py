@@ -135,8 +135,14 @@ def test_symlinks(tmp_path: Path):
             ctx.select([pattern], pos=POS)
         assert "points outside the build context" in info.value.message, pattern
         assert info.value.hint
-    # a link that is itself the source is selected as a link
-    sel = ctx.select(["out_abs"])
+    # a link that is itself the source is followed (BuildKit's FollowSymlinks), inside the context
+    with pytest.raises(ContextError) as info:
+        ctx.select(["out_abs"], pos=POS)
+    assert "points outside the build context" in info.value.message
+    sel = ctx.select(["inlink"])
+    assert sel[0].kind == "dir" and sel[0].relpath == "real" and sel[0].name == "inlink"
+    # ... unless asked not to (COPY --parents)
+    sel = ctx.select(["out_abs"], follow_links=False)
     assert sel[0].kind == "symlink"
     assert [e.kind for e in ctx.walk(sel[0])] == ["symlink"]
     # links found by a walk are reported as links, not followed
@@ -157,8 +163,13 @@ def test_rootfs_mode_resolves_links_chroot_like(tmp_path: Path):
     assert stage.owner_of(st) == (123, 456)
     as_context = BuildContext(rootfs, IgnoreMatcher.empty())
     assert as_context.owner_of(st) == (0, 0)
-    with pytest.raises(ContextError):
-        as_context.select(["lib/libc.so"])  # "/usr/lib" on the host is outside this context
+    # in a context too, an absolute link target starts again at the root (BuildKit's RootPath),
+    # never at the host's root
+    assert rels(as_context.select(["lib/libc.so"])) == ["usr/lib/libc.so"]
+    os.unlink(rootfs / "usr/lib/libc.so")
+    with pytest.raises(ContextError) as info:
+        as_context.select(["lib/libc.so"])  # the host's /usr/lib is never looked at
+    assert "file not found" in info.value.message
     with pytest.raises(ContextError) as info:
         stage.select(["/nope"])
     assert "stage rootfs" in info.value.message

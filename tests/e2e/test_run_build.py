@@ -301,3 +301,24 @@ def test_run_sees_buildkits_etc_and_hostname(tmp_path: Path, busybox_store) -> N
         "hostname-file": b"absent\n",
         "etc/hostname": b"myhost\n",
     }
+
+
+def test_flatten_keeps_every_link_and_dir_a_path_resolves_through(tmp_path: Path) -> None:
+    """`COPY --from` follows a source link: a chain `a -> b -> c` needs `b`, a target
+    `data/sub/../d` needs `data/sub`; the dirs on the way are kept alone, not their subtrees."""
+    from builder.snapshot.view import flatten
+
+    layer = tmp_path / "layer"
+    (layer / "data/sub").mkdir(parents=True)
+    (layer / "data/d").write_text("d")
+    (layer / "data/sub/big").write_text("not needed")
+    (layer / "data/other").mkdir()
+    (layer / "c").write_text("c")
+    (layer / "a").symlink_to("b")
+    (layer / "b").symlink_to("/c")
+    (layer / "dd").symlink_to("data/sub/../d")
+    dest = flatten([layer], tmp_path / "flat", only=["/a", "/dd"])
+    assert os.readlink(dest / "a") == "b" and os.readlink(dest / "b") == "/c"  # read in the copy, not followed here
+    assert (dest / "c").read_text() == "c" and (dest / "dd").read_text() == "d"
+    assert sorted(p.name for p in (dest / "data").iterdir()) == ["d", "sub"]
+    assert list((dest / "data/sub").iterdir()) == []

@@ -169,12 +169,17 @@ def test_unknown_target_is_an_error_naming_the_stages(tmp_path: Path, capsys) ->
     assert "target stage 'three' could not be found" in err and "one, two" in err
 
 
-def _tar_with_escape(path: Path) -> None:
+def _tar_with_escape(path: Path, host_dir: Path) -> None:
+    """`out -> <a host dir>` then `out/outside.txt`: Docker resolves the link inside the
+    destination, where that dir does not exist, and fails."""
     import io
 
     with tarfile.open(path, "w") as archive:
+        link = tarfile.TarInfo("out")
+        link.type, link.linkname = tarfile.SYMTYPE, str(host_dir)
+        archive.addfile(link)
         data = b"escaped\n"
-        member = tarfile.TarInfo("../../outside.txt")
+        member = tarfile.TarInfo("out/outside.txt")
         member.size = len(data)
         archive.addfile(member, io.BytesIO(data))
 
@@ -184,16 +189,17 @@ def _tar_with_escape(path: Path) -> None:
     [
         ("FROM scratch\nCOPY ../secret.txt /\n", "outside the build context"),
         ("FROM scratch\nCOPY link-out/secret.txt /\n", "outside the build context"),
-        ("FROM scratch\nADD evil.tar /x/\n", ".."),
+        ("FROM scratch\nCOPY link-out /\n", "outside the build context"),
+        ("FROM scratch\nADD evil.tar /x/\n", "does not exist"),
     ],
-    ids=["dotdot", "outbound-symlink-component", "tar-entry-with-dotdot"],
+    ids=["dotdot", "outbound-symlink-component", "outbound-symlink-source", "tar-entry-through-host-link"],
 )
 def test_hostile_contexts_fail_clearly_and_store_nothing(tmp_path: Path, store_root: Path, buildfile: str, message: str, capsys) -> None:
     outside = tmp_path / "secret.txt"
     outside.write_text("must never be copied\n")
     context = write_context(tmp_path / "ctx", {"Buildfile": buildfile})
     (context / "link-out").symlink_to(tmp_path)
-    _tar_with_escape(context / "evil.tar")
+    _tar_with_escape(context / "evil.tar", tmp_path)
     code = cli_main(["--root", str(store_root), "build", "--progress", "quiet", "-t", "hostile", str(context)])
     err = capsys.readouterr().err
     assert code == 1
@@ -202,3 +208,59 @@ def test_hostile_contexts_fail_clearly_and_store_nothing(tmp_path: Path, store_r
     assert store.tags() == [] and store.images() == []
     assert not (tmp_path / "outside.txt").exists()
     assert store.fsck() == []
+
+
+def _tar(path: Path, entries: list[tuple[str, str, bytes | str]]) -> None:
+    import io
+
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as archive:
+        for name, kind, payload in entries:
+            member = tarfile.TarInfo(name)
+            member.mtime = 1000
+            if kind == "sym":
+                member.type, member.linkname = tarfile.SYMTYPE, str(payload)
+                archive.addfile(member)
+            else:
+                data = payload if isinstance(payload, bytes) else payload.encode()
+                member.size = len(data)
+                archive.addfile(member, io.BytesIO(data))
+
+
+def test_copy_and_add_give_what_buildkit_gives(tmp_path: Path, store_root: Path) -> None:
+    """Each line's result as dockerd 20.10 + BuildKit built the same Buildfile (`-o type=tar`):
+    source symlinks followed (from the context and from a stage, chains, wildcard matches whose
+    target is out of the wildcard's dir), several files onto a path without `/` (the last wins),
+    a wildcard matching nothing beside a file, an archive with an empty name and `dir -> ..`."""
+    context = write_context(tmp_path / "ctx", {
+        "real": "real\n", "base/c": "c\n", "base/data/d": "d\n", "base/other/o": "o\n", "base/x/wfile": "w\n",
+        "a.txt": "A\n", "b.txt": "B\n",
+        "Buildfile": (
+            "FROM scratch AS base\n"
+            "COPY base/ /\n"
+            "FROM scratch\n"
+            "COPY link /t1\n"
+            "COPY --from=base /a /t2\n"
+            "COPY --from=base /x/w* /d/\n"
+            "COPY --from=base /ldir /t3\n"
+            "COPY *.txt /t4\n"
+            "COPY nomatch* real /t5\n"
+            "COPY nomatch* /t6/\n"
+            "ADD odd.tar /t7/\n"
+        ),
+    })
+    (context / "link").symlink_to("real")
+    (context / "base/a").symlink_to("b")
+    (context / "base/b").symlink_to("c")
+    (context / "base/ldir").symlink_to("/data")
+    (context / "base/x/wlink").symlink_to("../other/o")
+    _tar(context / "odd.tar", [("", "file", "no name"), ("dir", "sym", ".."), ("dir/etc/f", "file", "f\n")])
+    out = tmp_path / "out"
+    builder.build(context, root=store_root, outputs=[f"type=local,dest={out}"])
+    found = {}
+    for path in sorted(out.rglob("*")):
+        rel = str(path.relative_to(out))
+        found[rel] = os.readlink(path) if path.is_symlink() else None if path.is_dir() else path.read_text()
+    assert found == {
+        "t1": "real\n", "t2": "c\n", "d": None, "d/wfile": "w\n", "d/wlink": "o\n", "t3": None, "t3/d": "d\n",
+        "t4": "B\n", "t5": "real\n", "t7": None, "t7/dir": "..", "t7/etc": None, "t7/etc/f": "f\n",
+    }
