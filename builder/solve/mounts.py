@@ -187,7 +187,13 @@ def plan_mounts(
     """Check each --mount and compute its cache-key part; no file system changes yet."""
     prepared: list[PreparedMount] = []
     for mount in instruction.mounts:
-        options = {name: expand(value) for name, value in mount.options}
+        try:
+            options = {name: expand(value) for name, value in mount.options}
+        except BuildError as error:
+            if error.pos is None:  # the expander may not know where the word came from
+                error.pos = instruction.pos
+                error.source_line = instruction.source.splitlines()[0]
+            raise
         kind = mount.type
         if kind not in MOUNT_TYPES:
             raise _error(instruction, f"RUN --mount=type={kind} is not supported", "use type=bind, cache, tmpfs or secret")

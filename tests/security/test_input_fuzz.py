@@ -95,6 +95,7 @@ class _Origin:
 @SETTINGS
 @given(st.lists(mount_flag(), min_size=1, max_size=3))
 @example(["--mount=type=cache,target=/c,mode=zz"])
+@example(["--mount=type=bind,\"target=' \""])  # an unclosed quote in an option, found by hypothesis
 def test_mount_options_plan_or_fail_cleanly(mounts):
     try:
         run = parse_buildfile(f"FROM scratch\nRUN {' '.join(mounts)} true\n", "fuzz.Buildfile").instructions[1]
