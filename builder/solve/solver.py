@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,9 +93,11 @@ class Solver:
                     stage = self.plan.stages[index]
                     dependencies = [futures[dep] for dep in stage.depends_on]
                     futures[index] = pool.submit(self._run_stage, session, stage, dependencies)
-                final = futures[self.plan.target].result()
-                for future in futures.values():
+                # The first failure anywhere stops the rest at once, not when the target reaches it.
+                finished, _ = wait(list(futures.values()), return_when=FIRST_EXCEPTION)
+                for future in finished:
                     future.result()
+                final = futures[self.plan.target].result()
             except BaseException:
                 # A failed stage or Ctrl-C: stop this build's other stages instead of waiting.
                 self._stop(session)
