@@ -35,7 +35,7 @@ class EventKind(StrEnum):
     STEP_ERROR = "step-error"  # a step failed: text (the error), seconds
     PULL_START = "pull-start"  # an image is pulled for a step: step, text (the reference)
     PULL_DONE = "pull-done"  # ... and is in the store: id (its manifest digest), seconds
-    PROGRESS = "progress"  # bytes moved: step, id (what moves, e.g. a digest), text (label), current, total (0: unknown)
+    PROGRESS = "progress"  # bytes moved: step, id (what moves, e.g. a digest), text (label), current, total (0: not known yet)
     EXPORT_START = "export-start"  # an --output is written: step (its own number), text (the output)
     EXPORT_DONE = "export-done"  # ... written: id (the manifest digest it shipped, if any), seconds
     PUSH_START = "push-start"  # an image goes to a registry: step, text (the reference)
@@ -153,6 +153,7 @@ class Transfer:
             self.shown = True
             if self.total and self.current < self.total:
                 self.current = self.total  # e.g. a blob the store already had
+            self.total = self.total or self.current  # known now: the last event says it is complete
             current = self.current
         self._send(current)
 
