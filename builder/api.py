@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -19,10 +20,10 @@ from builder.parse.grammar import set_cache_dir
 from builder.parse.lines import MAX_BUILDFILE_BYTES, check_size, split_physical_lines
 from builder.plan.planner import Plan, make_plan
 from builder.plan.platforms import Platform
-from builder.progress import Event, EventCallback, EventKind, GuardedCallback
+from builder.progress import Event, EventCallback, EventKind, GuardedCallback, error_message
 from builder.solve.assemble import assemble_image
 from builder.solve.options import BuildOptions, BuildResult, StepResult
-from builder.solve.solver import Solver
+from builder.solve.solver import Solver, step_count
 
 __all__ = ["build", "plan", "BuildResult", "StepResult", "Cancellation", "find_buildfile", "source_date_epoch_from_env"]
 
@@ -185,6 +186,7 @@ def build(
     )
     if on_event is not None:
         on_event = GuardedCallback(on_event)
+    began = time.monotonic()
     context_dir = Path(context)
     if not context_dir.is_dir():
         raise ContextError(f"build context {str(context_dir)!r} is not a directory", hint="pass the context directory, e.g. .")
@@ -203,7 +205,7 @@ def build(
         if on_event is not None:
             on_event(Event(EventKind.MESSAGE, text="--reproducible without SOURCE_DATE_EPOCH: using timestamp 0 (1970-01-01)"))
 
-    from builder.export import parse_output_spec, write_output
+    from builder.export import parse_output_spec
 
     output_specs = [parse_output_spec(spec) for spec in outputs]
     store = Store.open(root)
@@ -242,6 +244,8 @@ def build(
         cancel=cancel,
     )
     solver = Solver(store, the_plan, options, escape=buildfile.escape)
+    if on_event is not None:
+        on_event(Event(EventKind.BUILD_START, total=step_count(the_plan) + len(outputs), text=shown))
     try:
         # Held shared for the whole build, so `builder prune` never collects a blob written here
         # before the image or cache entry that references it exists.
@@ -256,9 +260,12 @@ def build(
             for tag in tags:
                 store.tag(tag, manifest_digest)
             exported = []
+            # Numbered after every step (ONBUILD triggers included), in the order given.
+            number = max(step.number for step in steps)
             for text, spec in zip(outputs, output_specs, strict=True):
-                shipped = write_output(store, manifest_digest, spec, list(tags), compression=compression,
-                                       compression_level=compression_level)
+                number += 1
+                shipped = _export(store, manifest_digest, spec, list(tags), compression, compression_level,
+                                  on_event, number)
                 if shipped is not None:
                     exported.append((text, shipped))
     except BrokenPipeError:
@@ -266,7 +273,8 @@ def build(
     except OSError as error:
         raise _os_error_as_build_error(error, store.root) from None
     if on_event is not None:
-        on_event(Event(EventKind.BUILD_DONE, text=f"image {config_digest}" + "".join(f"\nnamed {tag}" for tag in tags)))
+        on_event(Event(EventKind.BUILD_DONE, id=config_digest, seconds=time.monotonic() - began,
+                       text=f"image {config_digest}" + "".join(f"\nnamed {tag}" for tag in tags)))
     return BuildResult(
         image_id=config_digest,
         manifest_digest=manifest_digest,
@@ -276,6 +284,29 @@ def build(
         steps=tuple(steps),
         exported=tuple(exported),
     )
+
+
+def _export(store: Store, manifest_digest: str, spec, tags: list[str], compression: str,
+            compression_level: int | None, on_event: EventCallback | None, number: int) -> str | None:
+    """One --output, as a numbered item of the build's progress."""
+    from builder.export.output import describe_output, write_output
+
+    started = time.monotonic()
+    shown = describe_output(spec)
+    if on_event is not None:
+        on_event(Event(EventKind.EXPORT_START, step=number, text=shown))
+    try:
+        shipped = write_output(store, manifest_digest, spec, tags, compression=compression,
+                               compression_level=compression_level, on_event=on_event, step=number)
+    except BaseException as error:
+        if on_event is not None:
+            on_event(Event(EventKind.STEP_ERROR, step=number, text=error_message(error),
+                           seconds=time.monotonic() - started))
+        raise
+    if on_event is not None:
+        on_event(Event(EventKind.EXPORT_DONE, step=number, text=shown, id=shipped or "",
+                       seconds=time.monotonic() - started))
+    return shipped
 
 
 def _os_error_as_build_error(error: OSError, store_root: Path) -> BuildError:

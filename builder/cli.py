@@ -52,7 +52,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="run every step again")
     parser.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE", help="do not use the cache for this stage")
     parser.add_argument("--explain-cache", action="store_true", help="say for every step why it was or was not cached")
-    parser.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "json"], help="progress display")
+    # builder.display.PROGRESS_MODES, written out so `builder --help` imports no progress code
+    parser.add_argument("--progress", default="auto", choices=["auto", "tty", "plain", "quiet", "rawjson", "json"],
+                        help="auto (tty on a terminal, else plain), tty (a live view), plain (#N-prefixed lines), "
+                             "quiet, rawjson (JSON lines, see docs/PROGRESS.md; json is an alias)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     parser.add_argument("--compression", default="gzip", choices=["gzip", "zstd", "uncompressed"], help="layer compression")
     parser.add_argument("--compression-level", type=int, help="compression level")
@@ -86,8 +89,7 @@ def _parse_pairs(values: Sequence[str], what: str, from_env: bool = False) -> di
 
 def run_build(args: argparse.Namespace) -> int:
     from builder import api
-    from builder.progress import make_progress
-    from builder.solve.mounts import parse_secret_spec
+    from builder.display import make_progress
 
     _settle_print_plan(args)
     if args.load:
@@ -116,7 +118,22 @@ def run_build(args: argparse.Namespace) -> int:
         sys.stdout.write(render_dot(the_plan) if args.print_plan == "dot" else render_text(the_plan))
         return 0
     progress_mode = "quiet" if args.quiet else args.progress
-    on_event = make_progress(progress_mode)
+    progress = make_progress(progress_mode)
+    # Closed before an error is printed, so the error starts on a line of its own.
+    failed = True
+    try:
+        result, pushed = _build_and_push(api, args, progress, context, file, buildfile_text, build_args)
+        failed = False
+    finally:
+        if progress is not None:
+            progress.close(failed=failed)
+    return _finish_build(args, result, pushed)
+
+
+def _build_and_push(api, args: argparse.Namespace, progress, context: Path, file, buildfile_text: str | None,
+                    build_args: dict[str, str]):
+    from builder.solve.mounts import parse_secret_spec
+
     result = api.build(
         context,
         file=file,
@@ -128,7 +145,7 @@ def run_build(args: argparse.Namespace) -> int:
         platform=args.platform,
         outputs=list(args.output),
         root=args.root,
-        on_event=on_event,
+        on_event=progress,
         no_cache=args.no_cache,
         no_cache_filter=args.no_cache_filter,
         compression=args.compression,
@@ -141,7 +158,10 @@ def run_build(args: argparse.Namespace) -> int:
         insecure_registries=args.insecure_registry,
         secrets=dict(parse_secret_spec(spec) for spec in args.secret),
     )
-    pushed = _push_tags(args, result)
+    return result, _push_tags(args, result, progress)
+
+
+def _finish_build(args: argparse.Namespace, result, pushed: dict[str, str]) -> int:
     if args.explain_cache:
         for step in result.steps:
             state = "CACHED" if step.cached else f"RAN ({step.cache_reason})"
@@ -196,16 +216,27 @@ def _write_file(path: str, text: str, option: str) -> None:
         raise BuildError(f"cannot write {option} {path!r}: {error.strerror}", hint="name a file in a writable directory") from None
 
 
-def _push_tags(args: argparse.Namespace, result) -> dict[str, str]:
-    """`--push`: every -t name goes to its registry (type=registry outputs push during the build)."""
+def _push_tags(args: argparse.Namespace, result, progress) -> dict[str, str]:
+    """`--push`: every -t name goes to its registry (type=registry outputs push during the build),
+    each a numbered item of the progress after the steps and outputs."""
     if not args.push:
         return {}
     from builder.image.store import Store
+    from builder.progress import Event, EventKind, error_message
     from builder.registry import push
 
     store = Store.open(args.root)
-    return {name: push(store, name, insecure=tuple(args.insecure_registry), compression=args.compression,
-                       level=args.compression_level) for name in args.tag}
+    after = max(step.number for step in result.steps) + len(args.output)
+    pushed = {}
+    for number, name in enumerate(args.tag, start=after + 1):
+        try:
+            pushed[name] = push(store, name, insecure=tuple(args.insecure_registry), compression=args.compression,
+                                level=args.compression_level, on_event=progress, step=number)
+        except BaseException as error:
+            if progress is not None:
+                progress(Event(EventKind.STEP_ERROR, step=number, text=error_message(error)))
+            raise
+    return pushed
 
 
 def build_parser(prog: str = "builder", *, only_build: bool = False) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:

@@ -21,6 +21,7 @@ from builder.export.tarout import TarPlan, atomic_output_file
 from builder.image import oci
 from builder.image.reference import InvalidReference, normalize_tag, split_tag
 from builder.image.store import Store
+from builder.progress import Transfer
 
 _CHUNK = 1 << 20
 
@@ -65,8 +66,9 @@ class _DecompressedBlob:
 
 
 def export_docker_archive(store: Store, images: Sequence[tuple[str, Sequence[str]]], dest: Path | str,
-                          *, mtime: int = 0) -> None:
-    """Write `images` ((manifest digest, tags) pairs) as one docker-archive tar at `dest` ("-": stdout)."""
+                          *, mtime: int = 0, transfer: Transfer | None = None) -> None:
+    """Write `images` ((manifest digest, tags) pairs) as one docker-archive tar at `dest` ("-": stdout);
+    `transfer` is told the bytes as they are written."""
     plan = TarPlan(mtime=mtime)
     manifest_entries: list[dict] = []
     repositories: dict[str, dict[str, str]] = {}
@@ -115,4 +117,4 @@ def export_docker_archive(store: Store, images: Sequence[tuple[str, Sequence[str
     if repositories:
         plan.add_bytes("repositories", oci.canonical_json(repositories))
     with atomic_output_file(dest) as out:
-        plan.write(out)
+        plan.write(out, transfer)

@@ -21,6 +21,7 @@ from builder.image.reference import InvalidReference, normalize_tag, parse_refer
 from builder.image.store import Store
 from builder.image.variants import Shipment
 from builder.platforms import Platform
+from builder.progress import Transfer
 
 
 def index_descriptors(store: Store, shipment: Shipment, tags: Sequence[str]) -> list[oci.Descriptor]:
@@ -59,10 +60,11 @@ def _layout_json() -> bytes:
 
 def export_oci(store: Store, manifest_digest: str, dest: Path | str, *, tar: bool = True,
                tags: Sequence[str] = (), mtime: int = 0, compression: str = "gzip", level: int | None = None,
-               force_compression: bool = False) -> Shipment:
+               force_compression: bool = False, transfer: Transfer | None = None) -> Shipment:
     """Write the image as an OCI layout at `dest` (a tar file, "-" for stdout, or a directory),
     its layers in `compression` (made now where the store has no such blob yet; see
-    builder.image.variants). Returns what was shipped (the manifest digest in the layout)."""
+    builder.image.variants). Returns what was shipped (the manifest digest in the layout).
+    `transfer` is told the bytes of the tar as it is written."""
     shipment = store.ship(manifest_digest, compression=compression, level=level, force=force_compression)
     blobs = shipment.blobs
     descriptors = index_descriptors(store, shipment, tags)
@@ -73,7 +75,7 @@ def export_oci(store: Store, manifest_digest: str, dest: Path | str, *, tar: boo
         for digest, _size in blobs:
             plan.add_path(f"blobs/sha256/{digest.removeprefix('sha256:')}", store.blob_path(digest))
         with atomic_output_file(dest) as out:
-            plan.write(out)
+            plan.write(out, transfer)
         return shipment
     _export_oci_dir(store, Path(dest), blobs, descriptors)
     return shipment

@@ -14,6 +14,7 @@ from typing import Sequence
 from builder.errors import OutputError
 from builder.image.reference import InvalidReference, parse_reference
 from builder.image.store import Store
+from builder.progress import EventCallback, Transfer
 
 OUTPUT_TYPES = ("oci", "docker", "tar", "local", "registry", "image")
 _KNOWN_KEYS = {
@@ -134,10 +135,13 @@ def _layer_options(attrs: dict[str, str], spec: str) -> dict:
 
 
 def write_output(store: Store, manifest_digest: str, spec: OutputSpec, tags: Sequence[str] = (), *,
-                 compression: str = "gzip", compression_level: int | None = None) -> str | None:
+                 compression: str = "gzip", compression_level: int | None = None,
+                 on_event: EventCallback | None = None, step: int = 0) -> str | None:
     """Export the image as `spec` says; its layers, where the format compresses them, in the
     output's own compression or else `compression` (the build's --compression). Returns the
-    digest of the manifest it shipped (oci, registry), else None."""
+    digest of the manifest it shipped (oci, registry), else None.
+
+    `on_event` gets the bytes written (progress events, rate-limited) and pushes, marked `step`."""
     from builder.export.docker_archive import export_docker_archive
     from builder.export.oci_layout import export_oci
     from builder.export.rootfs import export_local, export_rootfs_tar
@@ -148,24 +152,38 @@ def write_output(store: Store, manifest_digest: str, spec: OutputSpec, tags: Seq
     elif spec.compression_level is not None:
         compression_level = spec.compression_level
     layers = {"compression": compression, "level": compression_level, "force": spec.force_compression}
+    written = Transfer(on_event, step=step, id="archive", text=f"writing {spec.dest}")
     if spec.type == "oci":
-        return export_oci(store, manifest_digest, _dest(spec), tar=spec.tar, tags=names, compression=compression,
-                          level=compression_level, force_compression=spec.force_compression).manifest_digest
+        shipped = export_oci(store, manifest_digest, _dest(spec), tar=spec.tar, tags=names, compression=compression,
+                             level=compression_level, force_compression=spec.force_compression, transfer=written)
+        written.finish()
+        return shipped.manifest_digest
     if spec.type == "docker":
-        export_docker_archive(store, [(manifest_digest, names)], _dest(spec))
+        export_docker_archive(store, [(manifest_digest, names)], _dest(spec), transfer=written)
+        written.finish()
     elif spec.type == "tar":
-        export_rootfs_tar(store, manifest_digest, _dest(spec))
+        export_rootfs_tar(store, manifest_digest, _dest(spec), transfer=written)
+        written.finish()
     elif spec.type == "local":
         export_local(store, manifest_digest, _dest(spec))
     elif spec.type == "image":
         for name in names:
             store.tag(name, manifest_digest)
     else:
-        return _push(store, manifest_digest, spec, layers)
+        return _push(store, manifest_digest, spec, layers, on_event, step)
     return None
 
 
-def _push(store: Store, manifest_digest: str, spec: OutputSpec, layers: dict) -> str | None:
+def describe_output(spec: OutputSpec) -> str:
+    """How progress names an output: `oci image layout out.tar`, `registry localhost:5000/app:1`."""
+    kinds = {"oci": "oci image layout", "docker": "docker archive", "tar": "rootfs tar", "local": "directory",
+             "image": "image", "registry": "registry"}
+    where = spec.dest if spec.dest is not None else ", ".join(spec.names)
+    return f"{kinds[spec.type]} {where}" if where else kinds[spec.type]
+
+
+def _push(store: Store, manifest_digest: str, spec: OutputSpec, layers: dict, on_event: EventCallback | None,
+          step: int) -> str | None:
     """type=registry: push to every name= (the other names/tags of the build are not pushed)."""
     from builder.registry.pushing import push_image
 
@@ -174,7 +192,7 @@ def _push(store: Store, manifest_digest: str, spec: OutputSpec, layers: dict) ->
     for name in spec.names:
         hosts = [parse_reference(name).registry] if insecure else []
         pushed = push_image(store, manifest_digest, name, insecure=hosts, compression=layers["compression"],
-                            level=layers["level"], force_compression=layers["force"])
+                            level=layers["level"], force_compression=layers["force"], on_event=on_event, step=step)
     return pushed
 
 

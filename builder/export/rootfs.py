@@ -7,6 +7,7 @@ from builder.errors import ArchiveError, OutputError
 from builder.export.tarout import CountingWriter, atomic_output_file
 from builder.image.store import Store
 from builder.layer import write_layer
+from builder.progress import Transfer
 
 
 def export_local(store: Store, manifest_digest: str, dest_dir: Path | str) -> None:
@@ -36,13 +37,14 @@ def export_local(store: Store, manifest_digest: str, dest_dir: Path | str) -> No
 
 
 def export_rootfs_tar(store: Store, manifest_digest: str, dest: Path | str, *,
-                      source_date_epoch: int | None = None) -> None:
-    """Write the flattened root file system as one uncompressed, sorted tar at `dest` ("-": stdout)."""
+                      source_date_epoch: int | None = None, transfer: Transfer | None = None) -> None:
+    """Write the flattened root file system as one uncompressed, sorted tar at `dest` ("-": stdout);
+    `transfer` is told the bytes as they are written (their total is not known before)."""
     from builder.snapshot.view import flatten
 
     with store.tempdir(prefix="flat-") as work:
         # Linked, not copied, from the snapshots: the tar is written from them and they stay as they are.
         merged = flatten(store.snapshot_dirs(manifest_digest), work / "root")
         with atomic_output_file(dest) as out:
-            write_layer(merged, CountingWriter(out), compression="uncompressed",
+            write_layer(merged, CountingWriter(out, transfer), compression="uncompressed",
                         source_date_epoch=source_date_epoch)

@@ -16,17 +16,21 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from builder.errors import OutputError
+from builder.progress import Transfer
 
 _CHUNK = 1 << 20
+_MOVE = 64 << 20
 
 
 class CountingWriter(io.RawIOBase):
-    """Wraps an output (a file or stdout) so tarfile can ask for its position."""
+    """Wraps an output (a file or stdout) so tarfile can ask for its position; a `transfer`
+    is told the bytes as they go."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, transfer: Transfer | None = None) -> None:
         super().__init__()
         self._out = out
         self.count = 0
+        self.transfer = transfer
 
     def writable(self) -> bool:
         return True
@@ -34,8 +38,14 @@ class CountingWriter(io.RawIOBase):
     def write(self, data) -> int:
         n = len(data)
         self._out.write(data)
-        self.count += n
+        self.counted(n)
         return n
+
+    def counted(self, n: int) -> None:
+        """`n` more bytes reached the output (written here or moved by the kernel)."""
+        self.count += n
+        if self.transfer is not None:
+            self.transfer.advance(n)
 
     def tell(self) -> int:
         return self.count
@@ -84,24 +94,33 @@ class TarPlan:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
-    def write(self, out: BinaryIO) -> None:
+    def _header(self, entry: _Entry) -> bytes:
+        info = tarfile.TarInfo(entry.name)
+        info.mtime = self.mtime
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        if entry.kind == "dir":
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+        else:
+            info.type = tarfile.REGTYPE
+            info.mode = 0o644
+            info.size = entry.size
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+    def write(self, out: BinaryIO, transfer: Transfer | None = None) -> None:
         """The archive, byte for byte what tarfile writes (PAX headers, 512-byte blocks, two zero
-        blocks, padded to a 10 KiB record), but file data from disk is copied by the kernel."""
-        sink = CountingWriter(out)
-        for name in sorted(self._entries):
-            entry = self._entries[name]
-            info = tarfile.TarInfo(name)
-            info.mtime = self.mtime
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if entry.kind == "dir":
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-            else:
-                info.type = tarfile.REGTYPE
-                info.mode = 0o644
-                info.size = entry.size
-            sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        blocks, padded to a 10 KiB record), but file data from disk is copied by the kernel.
+        `transfer` learns the archive's size first, then the bytes as they are written."""
+        headers = [(self._entries[name], self._header(self._entries[name])) for name in sorted(self._entries)]
+        if transfer is not None:
+            size = sum(len(header) + entry.size + -entry.size % tarfile.BLOCKSIZE for entry, header in headers)
+            size += tarfile.BLOCKSIZE * 2
+            transfer.total = size + -size % tarfile.RECORDSIZE
+        sink = CountingWriter(out, transfer)
+        for entry, header in headers:
+            name = entry.name
+            sink.write(header)
             if entry.kind == "dir":
                 continue
             if entry.data is not None:
@@ -145,7 +164,7 @@ def _copy_path(path: Path, size: int, out: BinaryIO, sink: "CountingWriter") -> 
             try:
                 while left and (moved := _move(mover, fd, out_fd, left)):
                     left -= moved
-                    sink.count += moved
+                    sink.counted(moved)
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
                     raise
@@ -161,9 +180,10 @@ def _copy_path(path: Path, size: int, out: BinaryIO, sink: "CountingWriter") -> 
 
 
 def _move(mover: Callable[..., int], fd: int, out_fd: int, count: int) -> int:
+    # 64 MiB a call: a few calls per GiB cost nothing, and progress moves on between them.
     if mover is os.sendfile:
-        return os.sendfile(out_fd, fd, None, min(count, 1 << 30))
-    return os.copy_file_range(fd, out_fd, min(count, 1 << 30))
+        return os.sendfile(out_fd, fd, None, min(count, _MOVE))
+    return os.copy_file_range(fd, out_fd, min(count, _MOVE))
 
 
 @contextmanager

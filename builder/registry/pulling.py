@@ -9,11 +9,13 @@ digest-verified, unreferenced blobs (reused by the next pull, swept by gc), noth
 """
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterable
 
 from builder.errors import BuildError, RegistryError, StoreError
 from builder.platforms import Platform
+from builder.progress import CountingSink, Event, EventCallback, EventKind, Transfer
 
 from . import mediatypes
 from .client import Manifest, RegistryClient
@@ -25,6 +27,11 @@ if TYPE_CHECKING:
     from builder.image.store import ImageRecord, Store
 
 PARALLEL_DOWNLOADS = 3
+
+
+def _short(digest: str) -> str:
+    """`sha256:0123456789ab`, as progress shows a blob."""
+    return digest[:19]
 
 
 def _descriptor(raw: object, what: str) -> tuple[str, int, str]:
@@ -41,11 +48,12 @@ def _descriptor(raw: object, what: str) -> tuple[str, int, str]:
 
 def fetch_into_store(
     store: "Store", client: RegistryClient, repository: str, digest: str, size: int, attempts: int = 3,
-    *, layer: bool = False,
+    *, layer: bool = False, transfer: Transfer | None = None,
 ) -> None:
     """Download one blob unless the store has it; a broken transfer starts over (bounded).
 
-    `layer=True` hashes the uncompressed content while it streams in (see Store.layer_diff_id)."""
+    `layer=True` hashes the uncompressed content while it streams in (see Store.layer_diff_id).
+    `transfer` is told the bytes as they come."""
     if store.has_blob(digest):
         return
     last: Exception | None = None
@@ -53,10 +61,15 @@ def fetch_into_store(
         try:
             # The writer's temp file is discarded on any exception: nothing partial is published.
             with store.blob_writer(expected_digest=digest, layer=layer) as writer:
-                client.fetch_blob(repository, digest, writer, size)
+                client.fetch_blob(repository, digest, writer if transfer is None else CountingSink(writer, transfer),
+                                  size)
+            if transfer is not None:
+                transfer.finish()
             return
         except TransientError as exc:
             last = exc
+            if transfer is not None:
+                transfer.restart()
         except StoreError as exc:  # e.g. the disk is full: say which blob of which image
             raise RegistryError(f"blob {digest} from {client.registry}/{repository}: {exc.message}") from exc
     raise RegistryError(
@@ -113,9 +126,25 @@ def resolve_image_manifest(
 
 
 def pull_image(
-    store: "Store", ref: str, *, platform: str | None = None, insecure: Iterable[str] = ()
+    store: "Store", ref: str, *, platform: str | None = None, insecure: Iterable[str] = (),
+    on_event: EventCallback | None = None, step: int = 0,
 ) -> "ImageRecord":
-    """Pull `ref` (tag or digest) into `store` and tag it; returns the stored image record."""
+    """Pull `ref` (tag or digest) into `store` and tag it; returns the stored image record.
+
+    `on_event` gets pull-start, progress (bytes of each layer, rate-limited) and pull-done
+    events, marked with `step`."""
+    started = time.monotonic()
+    if on_event is not None:
+        on_event(Event(EventKind.PULL_START, step=step, text=ref))
+    record = _pull(store, ref, platform, insecure, on_event, step)
+    if on_event is not None:
+        on_event(Event(EventKind.PULL_DONE, step=step, text=ref, id=record.manifest_digest,
+                       seconds=time.monotonic() - started))
+    return record
+
+
+def _pull(store: "Store", ref: str, platform: str | None, insecure: Iterable[str], on_event: EventCallback | None,
+          step: int) -> "ImageRecord":
     from builder.image.reference import parse_reference
 
     reference = parse_reference(ref)
@@ -149,7 +178,8 @@ def pull_image(
         )
     with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS) as pool:
         futures = [
-            pool.submit(fetch_into_store, store, client, repository, digest, size, layer=True)
+            pool.submit(fetch_into_store, store, client, repository, digest, size, layer=True,
+                        transfer=Transfer(on_event, step=step, id=digest, text=_short(digest), total=size))
             for digest, size, _ in layers
         ]
         for future in futures:

@@ -9,10 +9,11 @@ compressed layers (builder.image.variants), stored too, so pushing again gives t
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import TYPE_CHECKING, Iterable
+import time
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
 
 from builder.errors import RegistryError
+from builder.progress import CountingReader, Event, EventCallback, EventKind, Transfer
 
 from . import mediatypes
 from .client import RegistryClient, push_scope
@@ -20,6 +21,16 @@ from .sources import known_sources, remember_source
 
 if TYPE_CHECKING:
     from builder.image.store import Store
+
+
+def _counted(store: "Store", digest: str, transfer: Transfer) -> Callable[[], BinaryIO]:
+    """Opens the blob for an upload; each opening (a retry, a chunk) counts from its offset."""
+
+    def opener() -> BinaryIO:
+        transfer.restart()
+        return CountingReader(store.open_blob(digest), transfer)  # type: ignore[return-value]
+
+    return opener
 
 
 def _mount_candidates(store: "Store", digest: str, registry: str, repository: str, tags: list[str]) -> list[str]:
@@ -46,12 +57,29 @@ def push_image(
     compression: str = "gzip",
     level: int | None = None,
     force_compression: bool = False,
+    on_event: EventCallback | None = None,
+    step: int = 0,
 ) -> str:
     """Push a stored image to `remote_ref` (default: `local_ref`); returns the pushed manifest's
     digest. Layers made here go out in `compression` (made now where missing, then kept); a base
     image's blobs go as they are unless `force_compression`.
 
-    `chunk_size` > 0 uploads blobs larger than it in PATCH chunks of that size."""
+    `chunk_size` > 0 uploads blobs larger than it in PATCH chunks of that size. `on_event` gets
+    push-start, progress (bytes of each upload, rate-limited) and push-done, marked with `step`."""
+    started = time.monotonic()
+    shown = remote_ref or local_ref
+    if on_event is not None:
+        on_event(Event(EventKind.PUSH_START, step=step, text=shown))
+    digest = _push(store, local_ref, remote_ref, insecure, chunk_size, compression, level, force_compression,
+                   on_event, step)
+    if on_event is not None:
+        on_event(Event(EventKind.PUSH_DONE, step=step, text=shown, id=digest, seconds=time.monotonic() - started))
+    return digest
+
+
+def _push(store: "Store", local_ref: str, remote_ref: str | None, insecure: Iterable[str], chunk_size: int,
+          compression: str, level: int | None, force_compression: bool, on_event: EventCallback | None,
+          step: int) -> str:
     from builder.image.reference import parse_reference
 
     record = store.load_image(local_ref)
@@ -82,6 +110,8 @@ def push_image(
                 mounted = True
                 break
         if not mounted:
-            client.upload_blob(repository, digest, size, partial(store.open_blob, digest))
+            transfer = Transfer(on_event, step=step, id=digest, text=digest[:19], total=size)
+            client.upload_blob(repository, digest, size, _counted(store, digest, transfer))
+            transfer.finish()
         remember_source(store, digest, target.registry, repository)
     return client.put_manifest(repository, tag, manifest_bytes, media_type)

@@ -316,6 +316,7 @@ class _Options:
     exclude: IgnoreMatcher
     pos: Pos | None
     hardlinks: dict[tuple[int, int], Path] = field(default_factory=dict)
+    on_copied: Callable[[int], None] | None = None  # bytes of each regular file copied, for progress
 
 
 def _owner(opts: _Options, st: os.stat_result) -> tuple[int, int]:
@@ -349,6 +350,8 @@ def _copy_entry(opts: _Options, src: Path, st: os.stat_result, image_path: str) 
             staging.record(image_path)
             return
         _copy_file(src, host, st, uid, gid, mode)
+        if opts.on_copied is not None:
+            opts.on_copied(st.st_size)
         if st.st_nlink > 1:
             opts.hardlinks[key] = host
         staging.record(image_path)
@@ -653,6 +656,7 @@ def stage_copy(
     download_dir: Path | None = None,
     downloads: Mapping[str, "Download"] | None = None,
     image_node: Callable[[str], tuple[str, str | None] | None] | None = None,
+    on_copied: Callable[[int], None] | None = None,
 ) -> CopyResult:
     """Write what one COPY/ADD adds into the empty `staging_dir`; see the module docstring.
 
@@ -688,6 +692,7 @@ def stage_copy(
         chmod=parse_chmod(chmod, pos),
         exclude=IgnoreMatcher.from_lines(exclude, source="--exclude"),
         pos=pos,
+        on_copied=on_copied,
     )
 
     base = workdir if workdir else "/"

@@ -8,11 +8,14 @@ from pathlib import Path
 
 from builder.errors import BuildError
 from builder.parse import ast
+from builder.progress import Transfer
 from builder.solve import cache as cache_keys
 from builder.solve.copy import Download, download_url, stage_copy, view_dir_meta, view_node, view_resolver
 from builder.solve.sources import describe_source_for_key
 from builder.solve.state import LayerRef
 from builder.solve.step import Expand, PreparedStep, StepInput
+
+LARGE_COPY_BYTES = 32 * 1024 * 1024
 
 
 class CopyStep(PreparedStep):
@@ -41,7 +44,7 @@ class CopyStep(PreparedStep):
         file_sources = [word for word in self.sources if not _is_heredoc_word(word, heredoc_names)]
         platform = step.stage.platform or session.plan.target_platform
         self.source = session.sources.source_for(from_value, file_sources, platform=platform,
-                                                 pos=instruction.pos, source_line=step.source_line)
+                                                 pos=instruction.pos, source_line=step.source_line, step=step.number)
         local_sources = [word for word in file_sources if not _is_url(word)]
         self.workdir = state.workdir()
         self.lower_layers = list(state.layers)
@@ -108,6 +111,10 @@ class CopyStep(PreparedStep):
         chown = self._resolve_chown(self.chown, view) if self.chown else None
         staging = work / "layer"
         staging.mkdir()
+        # Bytes copied, shown once a COPY is large enough to take a while (the total is not known
+        # before the walk ends).
+        copied = Transfer(session.emit, step=step.number, stage=step.stage.label, id="files", text="copying files",
+                          threshold=LARGE_COPY_BYTES)
         # With --link the destination is laid out without looking at the image below (BuildKit:
         # files land in an empty dir that is then merged), so the layer is the same on any base.
         stage_copy(
@@ -131,7 +138,9 @@ class CopyStep(PreparedStep):
             image_node=None if self.link else view_node(view),
             download_dir=work,
             downloads=self.downloads,
+            on_copied=copied.advance,
         )
+        copied.finish()
         return session.commit_layer(staging)
 
     def _resolve_chown(self, spec: str, view) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """RUN: a command over the parent layers, in the sandbox; its diff becomes the step's layer."""
 from __future__ import annotations
 
+import codecs
 from collections import deque
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from builder.solve.state import LayerRef
 from builder.solve.step import PreparedStep, StepInput
 
 OUTPUT_TAIL_LINES = 15
+OUTPUT_LINE_LIMIT = 8192
 NETWORK_MODES = ("default", "host", "none")
 # Part of every RUN key: bumped when the same RUN would give another layer because the builder
 # runs it differently (2: HOME, /proc /dev /sys kept, BuildKit's /etc and hostname), so layers
@@ -66,7 +68,8 @@ class RunStep(PreparedStep):
             expand=step.expand,
             workdir=self.workdir,
             source_for=lambda from_value, paths: resolver.source_for(
-                from_value, paths, platform=platform, pos=instruction.pos, source_line=step.source_line),
+                from_value, paths, platform=platform, pos=instruction.pos, source_line=step.source_line,
+                step=step.number),
             stat_cache=session.stat_cache(),
             secrets=session.options.secrets,
         )
@@ -86,14 +89,23 @@ class RunStep(PreparedStep):
         session, instruction = step.session, step.instruction
         tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
         partial = [""]
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split across reads stays whole
+
+        def emit(lines: list[str]) -> None:
+            session.emit(Event(EventKind.STEP_OUTPUT, step.stage.label, step.number,
+                               text="".join(line + "\n" for line in lines)))
 
         def on_output(chunk: bytes) -> None:
-            text = chunk.decode("utf-8", errors="replace")
+            # Whole lines only, so a renderer can prefix each (a line split across reads is joined).
+            text = decoder.decode(chunk)
             lines = (partial[0] + text).split("\n")
             partial[0] = lines.pop()
+            if len(partial[0]) > OUTPUT_LINE_LIMIT:  # no newline for long: shown as it is, not held
+                lines.append(partial[0])
+                partial[0] = ""
             tail.extend(lines)
-            if text:
-                session.emit(Event(EventKind.STEP_OUTPUT, step.stage.label, 0, 0, text))
+            if lines:
+                emit(lines)
 
         mount_setup = MountSetup(session.store.root, work)
         try:
@@ -113,8 +125,10 @@ class RunStep(PreparedStep):
             raise
         finally:
             mount_setup.close()
+        partial[0] += decoder.decode(b"", final=True)
         if partial[0]:
             tail.append(partial[0])
+            emit([partial[0]])
         if outcome.status != 0:
             shown = "\n".join(tail)
             raise RunError(

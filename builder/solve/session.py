@@ -35,7 +35,10 @@ class BuildSession:
     results: list[StepResult] = field(default_factory=list)
     stage_states: dict[int, ImageState] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    step_counter: int = 0
+    # Stage index -> the number of its FROM step (solver.first_step_numbers); ONBUILD triggers,
+    # known only at run time, are numbered after all of them from step_counter.
+    first_numbers: dict[int, int] = field(default_factory=dict)
+    step_counter: int = -1
     # Images this build reads stay "in use" until it ends, so `rmi` cannot delete them under it.
     held_images: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -43,12 +46,15 @@ class BuildSession:
 
     def __post_init__(self) -> None:
         self.sources = SourceResolver(self)
+        if self.step_counter < 0:
+            self.step_counter = self.steps_total
 
     def emit(self, event: Event) -> None:
         if self.options.on_event is not None:
             self.options.on_event(event)
 
     def next_step_number(self) -> int:
+        """A number for a step the plan did not know of (an ONBUILD trigger), after the plan's."""
         with self.lock:
             self.step_counter += 1
             return self.step_counter

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from builder.parse.expand import expand_word
 from builder.plan.planner import SCRATCH, Plan, Stage
 from builder.plan.platforms import PROXY_ARGS
 from builder.plan.render import summary
-from builder.progress import Event, EventKind
+from builder.progress import Event, EventKind, error_message
 from builder.solve import cache as cache_keys
 from builder.solve.executor import Executor, SandboxExecutor
 from builder.solve.options import BuildOptions, StepResult
@@ -70,6 +70,31 @@ class CachedStep:
             return None
 
 
+@dataclass(frozen=True)
+class StepNumber:
+    """Where a step stands: its number in the build, its position in its stage (0: a trigger)."""
+
+    number: int
+    stage_step: int
+    stage_steps: int
+
+
+def step_count(plan: Plan) -> int:
+    """The steps the Buildfile gives this build (FROM counts): what the progress total starts at."""
+    return sum(1 + len(plan.stages[index].instructions) for index in plan.order)
+
+
+def first_step_numbers(plan: Plan) -> dict[int, int]:
+    """Stage index -> the number of its FROM step, in the plan's order of stages and
+    instructions: fixed before anything runs, so every run of a Buildfile numbers alike."""
+    numbers: dict[int, int] = {}
+    following = 1
+    for index in plan.order:
+        numbers[index] = following
+        following += 1 + len(plan.stages[index].instructions)
+    return numbers
+
+
 class Solver:
     def __init__(self, store: Store, plan: Plan, options: BuildOptions, escape: str = "\\",
                  executor: Executor | None = None) -> None:
@@ -80,10 +105,10 @@ class Solver:
         self.executor = executor or SandboxExecutor(options.snapshotter)
 
     def solve(self) -> tuple[ImageState, list[StepResult]]:
-        total = sum(1 + len(self.plan.stages[index].instructions) for index in self.plan.order)
+        total = step_count(self.plan)
         with self.store.tempdir("b") as work_dir, contextlib.ExitStack() as held_images:
             session = BuildSession(self.store, self.plan, self.options, Path(work_dir), self.executor, total,
-                                   held_images=held_images)
+                                   held_images=held_images, first_numbers=first_step_numbers(self.plan))
             futures: dict[int, Future[ImageState]] = {}
             pool = ThreadPoolExecutor(max_workers=max(1, min(4, len(self.plan.order))))
             cancel = self.options.cancel
@@ -93,9 +118,11 @@ class Solver:
                     stage = self.plan.stages[index]
                     dependencies = [futures[dep] for dep in stage.depends_on]
                     futures[index] = pool.submit(self._run_stage, session, stage, dependencies)
-                final = futures[self.plan.target].result()
-                for future in futures.values():
+                # The first failure anywhere stops the rest at once, not when the target reaches it.
+                finished, _ = wait(list(futures.values()), return_when=FIRST_EXCEPTION)
+                for future in finished:
                     future.result()
+                final = futures[self.plan.target].result()
             except BaseException:
                 # A failed stage or Ctrl-C: stop this build's other stages instead of waiting.
                 self._stop(session)
@@ -119,27 +146,48 @@ class Solver:
     def _run_stage(self, session: BuildSession, stage: Stage, dependencies: list[Future[ImageState]]) -> ImageState:
         for dependency in dependencies:
             dependency.result()  # re-raises a dependency's failure
-        state = self._base_state(session, stage)
-        number = session.next_step_number()
+        number = session.first_numbers[stage.index]
+        stage_steps = 1 + len(stage.instructions)
         from_text = summary(stage.from_instruction)
-        session.emit(Event(EventKind.STEP_START, stage.label, number, session.steps_total, from_text))
-        session.emit(Event(EventKind.STEP_DONE, stage.label, number, session.steps_total, from_text, 0.0))
+        session.emit(Event(EventKind.STEP_START, stage.label, number, session.steps_total, from_text,
+                           stage_step=1, stage_steps=stage_steps))
+        started = time.monotonic()
+        try:
+            state = self._base_state(session, stage, number)
+        except BaseException as error:
+            self._emit_error(session, stage, StepNumber(number, 1, stage_steps), error, started)
+            raise
+        seconds = time.monotonic() - started
+        session.emit(Event(EventKind.STEP_DONE, stage.label, number, session.steps_total, from_text, seconds,
+                           stage_step=1, stage_steps=stage_steps))
         with session.lock:
             session.results.append(
-                StepResult(stage.label, number, from_text, False, state.chain, 0.0, None, "base image")
+                StepResult(stage.label, number, from_text, False, state.chain, seconds, None, "base image")
             )
-        instructions = self._onbuild_triggers(state, stage) + list(stage.instructions)
+        # ONBUILD triggers are known only once the base is: numbered after all the Buildfile's steps.
+        steps = [(trigger, session.next_step_number(), 0) for trigger in self._onbuild_triggers(state, stage)]
+        steps += [(instruction, number + position, position + 1)
+                  for position, instruction in enumerate(stage.instructions, start=1)]
         writes = _CacheWrites(self.store)
         try:
-            for step_index, instruction in enumerate(instructions, start=1):
+            for step_index, (instruction, step_number, stage_step) in enumerate(steps, start=1):
                 if session.cancelled.is_set():
                     raise BuildError("build cancelled", hint="another stage failed or the build was interrupted")
-                self._run_step(session, stage, state, instruction, step_index, writes)
+                self._run_step(session, stage, state, instruction, step_index, writes,
+                               StepNumber(step_number, stage_step, stage_steps))
         finally:
             writes.flush()  # what succeeded before a failure is kept for the next build
         with session.lock:
             session.stage_states[stage.index] = state
         return state
+
+    def _emit_error(self, session: BuildSession, stage: Stage, position: StepNumber, error: BaseException,
+                    started: float) -> None:
+        # Stopped because another stage failed (or Ctrl-C): not this step's own error.
+        message = "cancelled" if session.cancelled.is_set() else error_message(error)
+        session.emit(Event(EventKind.STEP_ERROR, stage.label, position.number, session.steps_total, message,
+                           time.monotonic() - started, stage_step=position.stage_step,
+                           stage_steps=position.stage_steps))
 
     def _onbuild_triggers(self, state: ImageState, stage: Stage) -> list[ast.Instruction]:
         """ONBUILD triggers of the base run right after FROM, then are cleared from the config."""
@@ -152,7 +200,7 @@ class Solver:
             found.extend(parsed.instructions[1:])
         return found
 
-    def _base_state(self, session: BuildSession, stage: Stage) -> ImageState:
+    def _base_state(self, session: BuildSession, stage: Stage, number: int) -> ImageState:
         target = stage.platform or self.plan.target_platform
         if stage.base_stage is not None:
             with session.lock:
@@ -168,7 +216,7 @@ class Solver:
         else:
             record = session.sources.load_or_pull(
                 stage.base, target, pos=stage.from_instruction.pos, source_line=summary(stage.from_instruction),
-                what="FROM")
+                what="FROM", step=number)
             config = record.config
             state.config = dict(config.get("config") or {})
             state.history = list(config.get("history") or [])
@@ -184,13 +232,25 @@ class Solver:
         return state
 
     # --- one step -----------------------------------------------------------------------------
-    def _run_step(self, session: BuildSession, stage: Stage, state: ImageState,
-                  instruction: ast.Instruction, step_index: int, writes: _CacheWrites) -> None:
-        number = session.next_step_number()
+    def _run_step(self, session: BuildSession, stage: Stage, state: ImageState, instruction: ast.Instruction,
+                  step_index: int, writes: _CacheWrites, position: StepNumber) -> None:
+        number = position.number
         text = summary(instruction)
-        session.emit(Event(EventKind.STEP_START, stage.label, number, session.steps_total, text))
+        session.emit(Event(EventKind.STEP_START, stage.label, number, session.steps_total, text,
+                           stage_step=position.stage_step, stage_steps=position.stage_steps))
         started = time.monotonic()
-        step = prepare_step(StepInput(session, stage, state, instruction, self._expander(state, instruction)))
+        try:
+            self._key_and_run(session, stage, state, instruction, step_index, writes, position, text, started)
+        except BaseException as error:
+            self._emit_error(session, stage, position, error, started)
+            raise
+
+    def _key_and_run(self, session: BuildSession, stage: Stage, state: ImageState, instruction: ast.Instruction,
+                     step_index: int, writes: _CacheWrites, position: StepNumber, text: str,
+                     started: float) -> None:
+        number = position.number
+        step = prepare_step(StepInput(session, stage, state, instruction, self._expander(state, instruction),
+                                      number=number))
         try:
             key = cache_keys.step_key(state.chain, step.components)
             no_cache = self.options.no_cache or bool({stage.label, str(stage.index)} & set(self.options.no_cache_filter))
@@ -223,8 +283,9 @@ class Solver:
         state.chain = cached.chain
         seconds = time.monotonic() - started
         hit = not reason
-        session.emit(Event(EventKind.STEP_CACHED if hit else EventKind.STEP_DONE, stage.label, number, session.steps_total, text,
-                           seconds, cache_reason=reason))
+        session.emit(Event(EventKind.STEP_CACHED if hit else EventKind.STEP_DONE, stage.label, number,
+                           session.steps_total, text, seconds, cache_reason=reason,
+                           stage_step=position.stage_step, stage_steps=position.stage_steps))
         result = StepResult(stage.label, number, text, hit, key, seconds,
                             cached.layer.diff_id if cached.layer else None, reason)
         with session.lock:

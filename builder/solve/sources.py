@@ -87,7 +87,7 @@ class SourceResolver:
         return Source(None, lambda: BuildContext(session.options.context_dir, session.ignore_matcher()))
 
     def source_for(self, from_value: str | None, paths: Sequence[str], *, platform: Platform,
-                   pos: Pos, source_line: str) -> Source:
+                   pos: Pos, source_line: str, step: int = 0) -> Source:
         """Where COPY/ADD or a bind mount reads `paths` from: the context, a stage, or an image."""
         if from_value is None:
             return self.context()
@@ -106,7 +106,7 @@ class SourceResolver:
             identity = "stage:" + source_state.chain
         else:
             record = self.load_or_pull(from_value, platform, pos=pos, source_line=source_line,
-                                       what=f"--from={from_value}")
+                                       what=f"--from={from_value}", step=step)
             layers = image_layers(record)
             name = "image-" + record.manifest_digest.split(":")[-1][:16]
             identity = "image:" + record.manifest_digest
@@ -115,22 +115,23 @@ class SourceResolver:
         return Source(identity, lambda: BuildContext.for_rootfs(self._flattened(name, layers, reach, wild)))
 
     def load_or_pull(self, name: str, platform: Platform, *, pos: Pos | None, source_line: str | None,
-                     what: str) -> ImageRecord:
+                     what: str, step: int = 0) -> ImageRecord:
         """The image `name` from the store, or pulled (always pulled first with --pull); held in
-        use until the build ends. `what` names the reference in errors (`FROM`, `--from=x`)."""
+        use until the build ends. `what` names the reference in errors (`FROM`, `--from=x`);
+        a pull's progress events carry `step`."""
         session = self.session
         with session.lock:
             known = self._images.get(name)
         if known is not None:
             return known
-        record = self._load_or_pull(name, platform, pos=pos, source_line=source_line, what=what)
+        record = self._load_or_pull(name, platform, pos=pos, source_line=source_line, what=what, step=step)
         session.hold(record.manifest_digest)
         with session.lock:
             self._images.setdefault(name, record)
         return record
 
     def _load_or_pull(self, name: str, platform: Platform, *, pos: Pos | None, source_line: str | None,
-                      what: str) -> ImageRecord:
+                      what: str, step: int) -> ImageRecord:
         session = self.session
         if not session.options.pull:
             try:
@@ -143,7 +144,8 @@ class SourceResolver:
         from builder.registry import pull
 
         try:
-            return pull(session.store, name, platform=str(platform), insecure=session.options.insecure_registries)
+            return pull(session.store, name, platform=str(platform), insecure=session.options.insecure_registries,
+                        on_event=session.emit, step=step)
         except BuildError as error:
             if error.pos is None:
                 error.pos = pos

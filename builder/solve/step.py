@@ -31,6 +31,7 @@ class StepInput:
     state: ImageState
     instruction: ast.Instruction
     expand: Expand
+    number: int = 0  # the step's number in the build, for its progress events
 
     @property
     def source_line(self) -> str:

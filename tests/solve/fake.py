@@ -6,9 +6,13 @@ A RUN's shell script is read as lines of a tiny language instead of being run:
     env NAME PATH        a file at PATH holding the value of $NAME in the step's environment
     counter PATH         a file at PATH holding how many times the executor has run (a new layer each time)
     say TEXT             TEXT on the step's output
+    emit TEXT            TEXT on the step's output as one write, no newline added; \n in it is a newline
     fail N               exit status N
     meet                 wait at the executor's barrier (proves two steps run at once)
     block                wait until the executor is told to stop_all, then exit 137 (killed)
+    wait NAME            wait until `post(NAME)` is called (by the test or another step): the test
+                         decides which of two parallel steps ends first
+    post NAME            post(NAME)
 """
 from __future__ import annotations
 
@@ -33,6 +37,14 @@ class FakeExecutor:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopped: threading.Event = field(default_factory=threading.Event)
     blocked: threading.Event = field(default_factory=threading.Event)  # set when a step waits in `block`
+    signals: dict[str, threading.Event] = field(default_factory=dict)
+
+    def signal(self, name: str) -> threading.Event:
+        with self.lock:
+            return self.signals.setdefault(name, threading.Event())
+
+    def post(self, name: str) -> None:
+        self.signal(name).set()
 
     def stop_all(self) -> None:
         self.stopped.set()
@@ -56,6 +68,8 @@ class FakeExecutor:
                 _write(diff, args[0], str(count))
             elif verb == "say":
                 on_output((" ".join(args) + "\n").encode())
+            elif verb == "emit":
+                on_output(" ".join(args).replace("\\n", "\n").encode())
             elif verb == "fail":
                 return RunOutcome(int(args[0]), None)
             elif verb == "block":
@@ -63,6 +77,11 @@ class FakeExecutor:
                 if not self.stopped.wait(timeout=30):
                     raise AssertionError("block: nobody stopped the executor")
                 return RunOutcome(137, None)
+            elif verb == "wait":
+                if not self.signal(args[0]).wait(timeout=30):
+                    raise AssertionError(f"wait: nobody posted {args[0]!r}")
+            elif verb == "post":
+                self.post(args[0])
             elif verb == "meet":
                 assert self.barrier is not None
                 self.barrier.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,13 @@ def test_a_warm_build_restores_config_history_and_layers_exactly(store, tmp_path
     # WORKDIR makes its directory in a layer of its own, as BuildKit does.
     assert [entry.get("empty_layer", False) for entry in warm.config["history"]] == (
         [True, False] + [True] * 5 + [False, True, True])
+
+
+def test_a_failing_stage_stops_a_parallel_stage_at_once(store, tmp_path) -> None:
+    # The target waits on stage a first; b's failure must not wait until a is done.
+    text = "FROM scratch AS a\nRUN block\nFROM scratch AS b\nRUN fail 3\nFROM scratch\nCOPY --from=a / /\nCOPY --from=b / /\n"
+    executor = FakeExecutor()
+    began = time.monotonic()
+    with pytest.raises(RunError):
+        build(store, text, executor, tmp_path)
+    assert executor.stopped.is_set() and time.monotonic() - began < 10
