@@ -58,6 +58,19 @@ _URL_RE = re.compile(r"^https?://", re.IGNORECASE)
 _GIT_RE = re.compile(r"^(git@|git://|ssh://)|\.git(#.*)?$")
 
 
+def is_git_source(source: str) -> bool:
+    """An ADD source BuildKit would clone: git@host:..., git://, ssh://, or a URL ending in .git[#ref]."""
+    return source.startswith("git@") or ("://" in source and bool(_GIT_RE.search(source)))
+
+
+def git_source_error(source: str, pos: Pos | None) -> ContextError:
+    return ContextError(
+        f'ADD from a git repository is not supported: "{source}"',
+        pos=pos,
+        hint="clone the repository into the build context and COPY it",
+    )
+
+
 @dataclass(frozen=True)
 class DirMeta:
     """Metadata of a directory that already exists in the parent image."""
@@ -713,14 +726,10 @@ def stage_copy(
             if name not in heredocs:
                 raise ContextError(f'no heredoc body for source "{source}"', pos=pos)
             documents.append(_Source("heredoc", name=name, text=_heredoc_text(heredocs[name])))
+        elif is_add and is_git_source(source):
+            raise git_source_error(source, pos)
         elif is_add and _URL_RE.match(source):
             plan.append(_Source("url", name=source))
-        elif is_add and (source.startswith("git@") or ("://" in source and _GIT_RE.search(source))):
-            raise ContextError(
-                f'ADD from a git repository is not supported: "{source}"',
-                pos=pos,
-                hint="clone the repository into the build context and COPY it",
-            )
         else:
             if checksum and is_add:
                 raise ContextError(

@@ -10,7 +10,16 @@ from builder.errors import BuildError
 from builder.parse import ast
 from builder.progress import Transfer
 from builder.solve import cache as cache_keys
-from builder.solve.copy import Download, download_url, stage_copy, view_dir_meta, view_node, view_resolver
+from builder.solve.copy import (
+    Download,
+    download_url,
+    git_source_error,
+    is_git_source,
+    stage_copy,
+    view_dir_meta,
+    view_node,
+    view_resolver,
+)
 from builder.solve.sources import describe_source_for_key
 from builder.solve.state import LayerRef
 from builder.solve.step import Expand, PreparedStep, StepInput
@@ -42,6 +51,10 @@ class CopyStep(PreparedStep):
         self.checksum = instruction.checksum if isinstance(instruction, ast.Add) else None
         from_value = expand(instruction.from_) if isinstance(instruction, ast.Copy) and instruction.from_ else None
         file_sources = [word for word in self.sources if not _is_heredoc_word(word, heredoc_names)]
+        if self.is_add:
+            for word in file_sources:
+                if is_git_source(word):  # before a URL is fetched for the key, or a path is looked up
+                    raise git_source_error(word, instruction.pos)
         platform = step.stage.platform or session.plan.target_platform
         self.source = session.sources.source_for(from_value, file_sources, platform=platform,
                                                  pos=instruction.pos, source_line=step.source_line, step=step.number)

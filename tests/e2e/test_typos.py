@@ -42,3 +42,19 @@ def test_an_unused_build_arg_is_warned_about(tmp_path):
                   build_args={"USED": "1", "UNSUED": "2"},
                   on_event=lambda event: messages.append(event.text) if event.kind is EventKind.MESSAGE else None)
     assert messages == ["warning: one or more build args were not consumed: UNSUED"]
+
+
+@pytest.mark.parametrize("source", ["https://example.invalid/repo.git#v1", "https://example.invalid/repo.git",
+                                    "git@example.invalid:team/repo.git", "git://example.invalid/repo"])
+def test_add_of_a_git_repository_is_refused_before_any_fetch(tmp_path, monkeypatch, source):
+    import builder.solve.copystep
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("a git source must not be downloaded as a file")
+
+    monkeypatch.setattr(builder.solve.copystep, "download_url", no_fetch)
+    context = write_context(tmp_path / "ctx", {"a": "a"})
+    with pytest.raises(builder.BuildError) as caught:
+        builder.build(context, buildfile_text=f"FROM scratch\nADD {source} /src\n", root=tmp_path / "store")
+    assert caught.value.message == f'ADD from a git repository is not supported: "{source}"'
+    assert caught.value.pos.line == 2
