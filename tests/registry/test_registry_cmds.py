@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import pytest
@@ -64,7 +65,7 @@ def test_pull_and_push_commands(registry, run):
 def test_command_errors(registry, run):
     code, _, err = run("pull", f"{registry.host}/test/absent:v1")
     assert code == 1
-    assert err.startswith(f"error: manifest {registry.host}/test/absent:v1 not found")
+    assert err.splitlines()[-1].startswith(f"error: manifest {registry.host}/test/absent:v1 not found")
     code, _, err = run("push", f"{registry.host}/test/not-local:v1")
     assert code == 1
     assert "not found in the local store" in err
@@ -86,3 +87,19 @@ def test_insecure_registry_flag(registry, run):
         assert f"Digest: {image.manifest_digest}" in out
     finally:
         proxy.stop()
+
+
+def test_pull_and_push_show_byte_progress_unless_quiet(registry, run):
+    image = make_image("progress", [({"big": bytes(range(256)) * 4096}, "gzip")])
+    push_raw(RegistryClient(registry.host), "test/progress", image, "v1")
+    ref = f"{registry.host}/test/progress:v1"
+    code, _, err = run("pull", "--progress", "plain", ref)
+    assert code == 0
+    lines = err.splitlines()
+    assert lines[0] == f"#1 pulling {ref}"
+    assert any(line.startswith("#1 sha256:") and line.endswith("done") for line in lines), err
+    code, _, err = run("push", "-q", ref, f"{registry.host}/test/progress-copy:v1")
+    assert (code, err) == (0, "")
+    code, _, err = run("push", "--progress", "rawjson", ref, f"{registry.host}/test/progress-copy:v2")
+    kinds = [json.loads(line)["kind"] for line in err.splitlines()]
+    assert kinds[0] == "push-start" and kinds[-1] == "push-done"
