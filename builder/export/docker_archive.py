@@ -73,6 +73,7 @@ def export_docker_archive(store: Store, images: Sequence[tuple[str, Sequence[str
     manifest_entries: list[dict] = []
     repositories: dict[str, dict[str, str]] = {}
     for manifest_digest, tags in images:
+        store.fetch_image_layers(manifest_digest)  # layers still in a build cache: the archive needs their bytes
         manifest = store.read_json(manifest_digest)
         config_desc = oci.manifest_config(manifest)
         if not store.has_blob(config_desc.digest):

@@ -14,7 +14,8 @@ from builder.errors import StoreError
 # 2: rows of `layers` are only written after hashing; v1 rows (taken from configs) are dropped.
 # 3: `diffs` (what the builder knows of each uncompressed layer) and `variants` (compressed forms
 #    made on demand); a layer the builder wrote needs no blob, its snapshot dir is its content.
-SCHEMA_VERSION = 3
+# 4: `lazy_layers`, blobs a build took from a shared cache and will fetch when read (lazy.py).
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -54,6 +55,14 @@ CREATE TABLE IF NOT EXISTS variants (
     blob_digest TEXT NOT NULL,
     size        INTEGER NOT NULL,
     PRIMARY KEY (diff_id, compression, level)
+);
+CREATE TABLE IF NOT EXISTS lazy_layers (
+    blob_digest TEXT PRIMARY KEY,
+    diff_id     TEXT NOT NULL,   -- as the cache record claims it, checked when the bytes come
+    media_type  TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    origin      TEXT NOT NULL,   -- JSON: where to fetch it (a registry repository, an OCI layout dir)
+    created     REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cache (
     key       TEXT PRIMARY KEY,

@@ -11,6 +11,7 @@ from builder.image import oci
 from builder.image.blobfiles import DiffIdMismatch, check_digest
 from builder.image.content import BlobStore
 from builder.image.index import StoreIndex
+from builder.image.lazy import LazyLayers
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 from builder.image.snapshots import SnapshotStore
 
@@ -36,10 +37,12 @@ class ImageRecord:
 
 
 class ImageRecords:
-    def __init__(self, index: StoreIndex, blobs: BlobStore, snapshots: SnapshotStore) -> None:
+    def __init__(self, index: StoreIndex, blobs: BlobStore, snapshots: SnapshotStore,
+                 lazy: LazyLayers | None = None) -> None:
         self.index = index
         self.blobs = blobs
         self.snapshots = snapshots
+        self.lazy = lazy
 
     def _made_here(self, digest: str) -> bool:
         """A layer the builder wrote from a dir (digest = diff_id), whose snapshot is its content."""
@@ -73,8 +76,12 @@ class ImageRecords:
         layers = oci.manifest_layers(manifest)
         made_here = {layer.digest for layer in layers if not self.blobs.has_blob(layer.digest)
                      and self._made_here(layer.digest)}
+        # A lazy layer (lazy.py) stands for its claimed diff_id until its bytes come, and are checked.
+        lazy = {layer.digest: found for layer in layers if layer.digest not in made_here
+                and self.lazy is not None and (found := self.lazy.get(layer.digest)) is not None
+                and not self.blobs.has_blob(layer.digest)}
         missing = [layer.digest for layer in layers if layer.digest not in made_here
-                   and not self.blobs.has_blob(layer.digest)]
+                   and layer.digest not in lazy and not self.blobs.has_blob(layer.digest)]
         if missing:
             raise StoreError(f"image layers missing from the store: {', '.join(missing)}",
                              hint="put every layer blob before saving the image")
@@ -83,14 +90,19 @@ class ImageRecords:
             raise StoreError(f"the config lists {len(diff_ids)} diff_ids but the manifest {len(layers)} layers")
         for layer, claimed in zip(layers, diff_ids, strict=True):
             # A layer made here was hashed from its dir when it was made: its digest is its diff_id.
-            actual = layer.digest if layer.digest in made_here else self.blobs.layer_diff_id(layer.digest)
+            if layer.digest in made_here:
+                actual = layer.digest
+            elif layer.digest in lazy:
+                actual = lazy[layer.digest].diff_id
+            else:
+                actual = self.blobs.layer_diff_id(layer.digest)
             if actual != claimed:
                 raise DiffIdMismatch(layer.digest, claimed, actual)
         self.blobs.put_blob(config_bytes, config_digest)
         manifest_digest, _ = self.blobs.put_blob(manifest_bytes)
         with self.index.tx() as tx:
             for layer, diff_id in zip(layers, diff_ids, strict=True):  # each pair hashed above
-                if layer.digest in made_here:
+                if layer.digest in made_here or layer.digest in lazy:
                     continue
                 tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
                            "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id",

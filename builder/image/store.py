@@ -3,6 +3,7 @@
     content.py    blobs by digest, staged publication, what hashing taught us of layer blobs
     records.py    image records and tags
     snapshots.py  unpacked layers (overlay-upper format)
+    lazy.py       layer blobs a build took from a shared cache, fetched when first read
     stepcache.py  the solver's step cache
     upkeep.py     gc and fsck
     index.py      the SQLite index they share;  blobfiles.py  the file system helpers
@@ -56,6 +57,7 @@ from builder.image.blobfiles import (
 )
 from builder.image.content import BlobStore, StagingContext
 from builder.image.index import StoreIndex
+from builder.image.lazy import LazyLayers
 from builder.image.records import ImageRecord, ImageRecords
 from builder.image.snapshots import SnapshotStore
 from builder.image.stepcache import StepCache
@@ -63,6 +65,7 @@ from builder.image.upkeep import GCResult, Upkeep
 from builder.image.variants import Shipment, Variants
 
 if TYPE_CHECKING:
+    from builder.image.lazy import LazyLayer
     from builder.layer.media import LayerDigests
 
 __all__ = ["GCResult", "ImageRecord", "Store"]
@@ -89,11 +92,12 @@ class Store:
         self.index = StoreIndex(self.db_path, root)
         self.blobs = BlobStore(root, self.index)
         self.snapshots = SnapshotStore(root, self.index, self.blobs, self.lock)
-        self.records = ImageRecords(self.index, self.blobs, self.snapshots)
-        self.variants = Variants(self.blobs, self.snapshots, self.records)
+        self.lazy = LazyLayers(self.index, self.blobs, self.lock)
+        self.records = ImageRecords(self.index, self.blobs, self.snapshots, self.lazy)
+        self.variants = Variants(self.blobs, self.snapshots, self.records, self.lazy)
         self.step_cache = StepCache(self.index)
         self.upkeep = Upkeep(root, self.index, self.blobs, self.records, self.snapshots, self.lock,
-                             (*_STORE_DIRS, *_ON_DEMAND_DIRS))
+                             (*_STORE_DIRS, *_ON_DEMAND_DIRS), self.lazy)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str] | None = None) -> "Store":
@@ -171,6 +175,8 @@ class Store:
         return self.blobs.put_json(obj)
 
     def open_blob(self, digest: str) -> BinaryIO:
+        """A blob's bytes; a lazy layer blob (lazy.py) is fetched first."""
+        self.fetch_lazy(digest)
         return self.blobs.open_blob(digest)
 
     def read_blob(self, digest: str) -> bytes:
@@ -184,6 +190,31 @@ class Store:
 
     def layer_blobs(self, diff_id: str) -> list[tuple[str, str, int]]:
         return self.blobs.layer_blobs(diff_id)
+
+    # --- lazy layers (lazy.py) ---
+
+    def note_lazy_layer(self, blob_digest: str, *, diff_id: str, media_type: str, size: int,
+                        origin: dict[str, Any]) -> None:
+        """Let images name a layer blob that stays where it is (a cache) until something reads it."""
+        self.lazy.note(blob_digest, diff_id=diff_id, media_type=media_type, size=size, origin=origin)
+
+    def is_lazy(self, blob_digest: str) -> bool:
+        return self.lazy.is_lazy(blob_digest)
+
+    def lazy_layer(self, blob_digest: str) -> "LazyLayer | None":
+        """Where a lazy blob is, when the store has not its bytes (None otherwise)."""
+        return self.lazy.get(blob_digest) if not self.blobs.has_blob(blob_digest) else None
+
+    def fetch_lazy(self, *blob_digests: str) -> None:
+        """Download the lazy blobs among `blob_digests` (verified against their claimed diff_id)."""
+        for digest in blob_digests:
+            if not self.blobs.has_blob(digest) and self.lazy.get(digest) is not None:
+                self.lazy.fetch(self, digest)
+
+    def fetch_image_layers(self, manifest_digest: str) -> None:
+        """Download every lazy layer of an image: for outputs that need all its bytes."""
+        manifest = self.read_json(manifest_digest)
+        self.fetch_lazy(*(layer.digest for layer in oci.manifest_layers(manifest)))
 
     # --- layers and snapshots (snapshots.py) ---
 
@@ -221,12 +252,29 @@ class Store:
         """`with store.open_layer_tar(digest) as tar:` the uncompressed tar of a manifest's layer:
         its blob decompressed, or, for a layer made here (digest = diff_id), written from its
         snapshot dir as it is read."""
+        self.fetch_lazy(digest)
         return self.variants.open_layer_tar(oci.Descriptor(oci.OCI_LAYER_TAR, digest, 0), diff_id or digest)
 
     def ship(self, manifest_digest: str, *, compression: str = "gzip", level: int | None = None,
-             force: bool = False) -> Shipment:
-        """The image with its layers in `compression`, for an export or a push (variants.py)."""
+             force: bool = False, fetch: bool = True) -> Shipment:
+        """The image with its layers in `compression`, for an export or a push (variants.py).
+        `fetch=False` leaves lazy layers where they are (a push that can mount them); their
+        blobs then go out as the cache has them."""
+        if fetch:
+            self.fetch_image_layers(manifest_digest)
         return self.variants.ship(manifest_digest, compression=compression, level=level, force=force)
+
+    def ship_layer(self, layer: oci.Descriptor, diff_id: str, *, compression: str = "gzip",
+                   level: int | None = None, force: bool = False) -> oci.Descriptor:
+        """One layer's blob as an export ships it (a cache export: builder.cache): made here, in
+        `compression` (made now where missing, then kept); else the blob it has, lazy or not."""
+        from builder.image.variants import effective_level
+
+        if self.is_lazy(layer.digest):
+            if not force or oci.layer_compression(layer.media_type) == compression:
+                return layer
+            self.fetch_lazy(layer.digest)
+        return self.variants.layer_blob(layer, diff_id, compression, effective_level(compression, level), force=force)
 
     def has_snapshot(self, diff_id: str) -> bool:
         return self.snapshots.has_snapshot(diff_id)
@@ -235,6 +283,9 @@ class Store:
         return self.snapshots.adopt_snapshot(diff_id, layer_dir)
 
     def snapshot_dir(self, diff_id: str, blob_digest: str | None = None) -> Path:
+        """The unpacked layer; a lazy blob is fetched first when the layer is not unpacked yet."""
+        if blob_digest is not None and not self.snapshots.has_snapshot(diff_id):
+            self.fetch_lazy(blob_digest)
         return self.snapshots.snapshot_dir(diff_id, blob_digest)
 
     def unpack_layers(self, manifest: dict, config: dict) -> list[Path]:

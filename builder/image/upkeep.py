@@ -26,6 +26,7 @@ from builder.image.blobfiles import (
 )
 from builder.image.content import BlobStore
 from builder.image.index import StoreIndex
+from builder.image.lazy import LazyLayers
 from builder.image.records import ImageRecords
 from builder.image.snapshots import Lock, SnapshotStore, snapshot_lock_name
 
@@ -44,7 +45,8 @@ class GCResult:
 
 class Upkeep:
     def __init__(self, root: Path, index: StoreIndex, blobs: BlobStore, records: ImageRecords,
-                 snapshots: SnapshotStore, lock: Lock, store_dirs: tuple[str, ...]) -> None:
+                 snapshots: SnapshotStore, lock: Lock, store_dirs: tuple[str, ...],
+                 lazy: LazyLayers | None = None) -> None:
         self.root = root
         self.index = index
         self.blobs = blobs
@@ -52,6 +54,7 @@ class Upkeep:
         self.snapshots = snapshots
         self.lock = lock
         self.store_dirs = store_dirs
+        self.lazy = lazy
 
     def _live_digests(self) -> tuple[set[str], set[str]]:
         """(blob digests, diff_ids) reachable from image records and step-cache values."""
@@ -105,6 +108,11 @@ class Upkeep:
                         os.unlink(name, dir_fd=blobs_fd)
                     except FileNotFoundError:
                         pass
+        if not dry_run and self.lazy is not None:
+            # Where an unreferenced lazy layer could be fetched is of no use any more (min_age
+            # spares what a running build noted but has not referenced yet).
+            rows = self.index.db().execute("SELECT blob_digest, created FROM lazy_layers").fetchall()
+            self.lazy.forget([digest for digest, created in rows if digest not in live_blobs and now - created >= min_age])
         if not dry_run and result.removed_blobs:
             with self.index.tx() as tx:
                 tx.executemany("DELETE FROM layers WHERE blob_digest=?", [(d,) for d in result.removed_blobs])
@@ -246,6 +254,8 @@ class Upkeep:
                 except StoreError as exc:
                     problems.append(f"image {manifest_digest}: config unreadable: {exc.message}")
             for index, layer in enumerate(layers):
+                if layer.digest not in present and self.lazy is not None and self.lazy.get(layer.digest):
+                    continue  # a layer still in the cache it came from: checked when fetched
                 if layer.digest not in present:
                     problem = self._check_made_here(layer.digest, made_here_checked)
                     if problem:

@@ -21,6 +21,7 @@ from builder.errors import BuildError, StoreError
 from builder.image import oci
 from builder.image.blobfiles import CHUNK, HashingReader
 from builder.image.content import BlobStore, DiffInfo
+from builder.image.lazy import LazyLayers
 from builder.image.records import ImageRecords
 from builder.image.snapshots import SnapshotStore
 
@@ -55,10 +56,12 @@ class Shipment:
 class Variants:
     """The layers of the store's images in the compressions exports and pushes ask for."""
 
-    def __init__(self, blobs: BlobStore, snapshots: SnapshotStore, records: ImageRecords) -> None:
+    def __init__(self, blobs: BlobStore, snapshots: SnapshotStore, records: ImageRecords,
+                 lazy: LazyLayers | None = None) -> None:
         self.blobs = blobs
         self.snapshots = snapshots
         self.records = records
+        self.lazy = lazy
 
     def ship(self, manifest_digest: str, *, compression: str = "gzip", level: int | None = None,
              force: bool = False) -> Shipment:
@@ -98,6 +101,9 @@ class Variants:
         compression; else (a layer made here, or forced) the cached or new blob in `compression`."""
         info = self.blobs.diff(diff_id)
         made_here = info is not None and info.from_dir and layer.digest == diff_id
+        if not made_here and self.lazy is not None and self.lazy.is_lazy(layer.digest):
+            # Still in the cache it came from (Store.ship(fetch=False)): it goes out as it is there.
+            return layer
         if not made_here and self.blobs.has_blob(layer.digest):
             if not force or oci.layer_compression(layer.media_type) == compression:
                 return layer  # a base image's blob stays as it is unless forced, as in BuildKit

@@ -5,8 +5,14 @@
 """
 from __future__ import annotations
 
+from builder.image.lazy import register_fetcher
+
 from .client import RegistryClient
+from .pulling import fetch_lazy_blob
 from .pulling import pull_image as pull
 from .pushing import push_image as push
+
+# Lazy layers from a registry cache (--cache-from) are fetched through this package.
+register_fetcher("registry", fetch_lazy_blob)
 
 __all__ = ["RegistryClient", "pull", "push"]

@@ -78,6 +78,16 @@ def fetch_into_store(
     )
 
 
+def fetch_lazy_blob(store: "Store", origin: dict, digest: str, size: int) -> None:
+    """Fetch a lazy layer blob (builder.image.lazy) from the registry repository it came from."""
+    registry, repository = origin.get("registry"), origin.get("repository")
+    if not isinstance(registry, str) or not isinstance(repository, str):
+        raise RegistryError(f"blob {digest}: its origin names no registry repository")
+    client = RegistryClient(registry, insecure=(registry,) if origin.get("insecure") else ())
+    fetch_into_store(store, client, repository, digest, size, layer=True)
+    remember_source(store, digest, registry, repository)
+
+
 def check_diff_ids(store: "Store", config: dict, layer_digests: list[str], what: str) -> None:
     """Each layer's uncompressed content (hashed by us) must be the diff_id the config claims."""
     from builder.image import oci

@@ -6,6 +6,9 @@ it from or pushed it to, or another tag of this image), else upload it. The mani
 by tag. A pulled image whose layers need no change goes out with its stored manifest bytes (the
 remote digest is the local one); an image with layers made here goes out with the manifest of its
 compressed layers (builder.image.variants), stored too, so pushing again gives the same digest.
+A layer the build took from a registry cache and never read (builder.image.lazy) is found in
+the target or mounted from the cache's repository; only when neither works are its bytes
+fetched (and checked), then uploaded.
 """
 from __future__ import annotations
 
@@ -90,14 +93,16 @@ def _push(store: "Store", local_ref: str, remote_ref: str | None, insecure: Iter
     tag = target.tag_or_latest()
     client = RegistryClient(target.registry, insecure=insecure, chunk_size=chunk_size)
 
-    shipment = store.ship(record.manifest_digest, compression=compression, level=level, force=force_compression)
+    # Lazy layers (taken from a registry cache) stay there unless this push must upload them.
+    shipment = store.ship(record.manifest_digest, compression=compression, level=level, force=force_compression,
+                          fetch=force_compression)
     manifest_bytes = shipment.manifest_bytes
     manifest = shipment.manifest
     media_type = manifest.get("mediaType") or mediatypes.OCI_MANIFEST
     descriptors = [manifest["config"], *manifest.get("layers", [])]
     for descriptor in descriptors:
         digest, size = descriptor["digest"], int(descriptor["size"])
-        if not store.has_blob(digest):
+        if not store.has_blob(digest) and not store.is_lazy(digest):
             raise RegistryError(
                 f"cannot push {local_ref}: blob {digest} is missing from the local store",
                 hint="pull or build the image again",
