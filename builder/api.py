@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from builder.arguments import check_build_arguments
+from builder.cache import CacheSpec, export_cache, inline_annotation, parse_cache_from, parse_cache_to, select_steps
+from builder.cache.layout import LayoutError
+from builder.cache.record import INLINE_ANNOTATION
 from builder.cancel import Cancellation
 from builder.context.inroot import read_limited, relative_to_context, resolve_in_context
-from builder.errors import BuildError, ContextError, ParseError, Pos, StoreError
+from builder.errors import BuildError, CacheError, ContextError, ParseError, Pos, StoreError
 from builder.image.inuse import hold_store_for_build
 from builder.image.oci import check_source_date_epoch, format_time, parse_source_date_epoch, source_date_epoch_from_env
 from builder.image.store import Store
@@ -154,6 +157,8 @@ def build(
     insecure_registries: Sequence[str] = (),
     secrets: Mapping[str, str | os.PathLike[str]] | None = None,
     cancel: Cancellation | None = None,
+    cache_to: Sequence[str] = (),
+    cache_from: Sequence[str] = (),
 ) -> BuildResult:
     """Build an image from a Buildfile and a context directory, like `build` on the command line.
 
@@ -169,7 +174,9 @@ def build(
     none is set), snapshotter ("auto", "overlay", "copy"), network ("default", "host", "none"),
     pull, insecure_registries, secrets (id -> file for RUN --mount=type=secret): as the CLI flags.
     cancel: a `Cancellation`; calling its cancel() from another thread stops this build (and
-    only this one) with `BuildCancelled`.
+    only this one) with `BuildCancelled`. cache_to, cache_from: as `--cache-to`/`--cache-from`
+    ("type=registry,ref=host/repo:cache,mode=max", "type=local,src=dir", "host/app:1", ...;
+    docs/CACHE.md): a cache that cannot be read or written is a warning, not an error.
 
     Returns a BuildResult with the image id (config digest), the manifest digest, the config,
     and one StepResult per step (cached or not, and why not). Raises a BuildError subclass for
@@ -182,7 +189,7 @@ def build(
         no_cache=no_cache, no_cache_filter=no_cache_filter, compression=compression,
         compression_level=compression_level, source_date_epoch=source_date_epoch, reproducible=reproducible,
         snapshotter=snapshotter, network=network, pull=pull, insecure_registries=insecure_registries,
-        secrets=secrets, cancel=cancel,
+        secrets=secrets, cancel=cancel, cache_to=cache_to, cache_from=cache_from,
     )
     if on_event is not None:
         on_event = GuardedCallback(on_event)
@@ -208,6 +215,8 @@ def build(
     from builder.export import parse_output_spec
 
     output_specs = [parse_output_spec(spec) for spec in outputs]
+    cache_exports = [parse_cache_to(spec) for spec in cache_to]
+    cache_imports = tuple(parse_cache_from(spec) for spec in cache_from)
     store = Store.open(root)
     set_cache_dir(store.parser_cache_dir)
     path, text, shown = read_buildfile(context_dir, file, buildfile_text)
@@ -242,6 +251,7 @@ def build(
         secrets={name: Path(path) for name, path in (secrets or {}).items()},
         on_event=on_event,
         cancel=cancel,
+        cache_from=cache_imports,
     )
     solver = Solver(store, the_plan, options, escape=buildfile.escape)
     if on_event is not None:
@@ -256,7 +266,12 @@ def build(
                 if source_date_epoch is not None
                 else (final_state.history[-1]["created"] if final_state.history else format_time(0))
             )
-            config_digest, config, manifest_digest, manifest = assemble_image(store, final_state, options, created)
+            final_stages = _final_stages(the_plan)
+            annotations = {}
+            if any(spec.type == "inline" for spec in cache_exports):
+                annotations[INLINE_ANNOTATION] = inline_annotation(select_steps(solver.cache_log, "min", final_stages))
+            config_digest, config, manifest_digest, manifest = assemble_image(store, final_state, options, created,
+                                                                              annotations)
             for tag in tags:
                 store.tag(tag, manifest_digest)
             exported = []
@@ -268,6 +283,10 @@ def build(
                                   on_event, number)
                 if shipped is not None:
                     exported.append((text, shipped))
+            for cache_spec in cache_exports:
+                if cache_spec.type != "inline":
+                    _export_cache(store, cache_spec, select_steps(solver.cache_log, cache_spec.mode, final_stages),
+                                  options, on_event)
     except BrokenPipeError:
         raise  # `-o dest=- | head`: the reader left; the CLI ends quietly, as cat does
     except OSError as error:
@@ -307,6 +326,33 @@ def _export(store: Store, manifest_digest: str, spec, tags: list[str], compressi
         on_event(Event(EventKind.EXPORT_DONE, step=number, text=shown, id=shipped or "",
                        seconds=time.monotonic() - started))
     return shipped
+
+
+def _final_stages(the_plan: Plan) -> set[int]:
+    """The target stage and the stages it is built FROM: the steps of the final image."""
+    found: set[int] = set()
+    index: int | None = the_plan.target
+    while index is not None and index not in found:
+        found.add(index)
+        index = the_plan.stages[index].base_stage
+    return found
+
+
+def _export_cache(store: Store, spec: CacheSpec, steps: list, options: BuildOptions,
+                  on_event: EventCallback | None) -> None:
+    """One --cache-to; a failure is a warning unless the spec says ignore-error=false."""
+    try:
+        digest = export_cache(store, spec, steps, insecure=options.insecure_registries)
+    except (BuildError, LayoutError, OSError) as error:
+        reason = getattr(error, "message", None) or str(error)
+        if not spec.ignore_error:
+            raise CacheError(f"cannot export the build cache to {spec.label}: {reason}",
+                             hint="drop ignore-error=false to make this a warning") from None
+        if on_event is not None:
+            on_event(Event("message", text=f"warning: cannot export the build cache to {spec.label}: {reason}"))
+        return
+    if on_event is not None:
+        on_event(Event("message", text=f"cache: {len(steps)} steps written to {spec.label} ({digest})"))
 
 
 def _os_error_as_build_error(error: OSError, store_root: Path) -> BuildError:

@@ -30,7 +30,7 @@ def check_build_arguments(**given: Any) -> None:
     for name in ("buildfile_text", "target", "platform"):
         if given[name] is not None:
             _check_type(name, given[name], (str,), "a string")
-    for name in ("tags", "outputs", "no_cache_filter", "insecure_registries"):
+    for name in ("tags", "outputs", "no_cache_filter", "insecure_registries", "cache_to", "cache_from"):
         _check_strings(name, given[name])
     for name in ("build_args", "labels"):
         _check_mapping(name, given[name], (str,), "strings")

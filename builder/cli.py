@@ -49,6 +49,12 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                         help="type=oci|docker|tar|local|registry,dest=PATH[,tar=false]; repeatable")
     parser.add_argument("--iidfile", help="write the image id to this file")
     parser.add_argument("--metadata-file", help="write the build's digests as JSON to this file")
+    parser.add_argument("--cache-to", action="append", default=[], metavar="SPEC",
+                        help="export the build cache: type=registry,ref=HOST/REPO:TAG[,mode=min|max] | "
+                             "type=local,dest=DIR | type=inline; repeatable")
+    parser.add_argument("--cache-from", action="append", default=[], metavar="SPEC",
+                        help="use a shared build cache: type=registry,ref=REF (or REF alone) | type=local,src=DIR; "
+                             "repeatable, tried in order")
     parser.add_argument("--no-cache", action="store_true", help="run every step again")
     parser.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE", help="do not use the cache for this stage")
     parser.add_argument("--explain-cache", action="store_true", help="say for every step why it was or was not cached")
@@ -157,6 +163,8 @@ def _build_and_push(api, args: argparse.Namespace, progress, context: Path, file
         pull=args.pull,
         insecure_registries=args.insecure_registry,
         secrets=dict(parse_secret_spec(spec) for spec in args.secret),
+        cache_to=args.cache_to,
+        cache_from=args.cache_from,
     )
     return result, _push_tags(args, result, progress)
 
@@ -164,7 +172,8 @@ def _build_and_push(api, args: argparse.Namespace, progress, context: Path, file
 def _finish_build(args: argparse.Namespace, result, pushed: dict[str, str]) -> int:
     if args.explain_cache:
         for step in result.steps:
-            state = "CACHED" if step.cached else f"RAN ({step.cache_reason})"
+            source = f" (from {step.cache_source})" if step.cache_source not in ("", "local") else ""
+            state = f"CACHED{source}" if step.cached else f"RAN ({step.cache_reason})"
             print(f"#{step.number} [{step.stage}] {step.instruction}: {state}", file=sys.stderr)
     if args.iidfile:
         _write_file(args.iidfile, result.image_id, "--iidfile")
@@ -178,7 +187,7 @@ def _finish_build(args: argparse.Namespace, result, pushed: dict[str, str]) -> i
             "pushed": pushed,
             "steps": [
                 {"number": s.number, "stage": s.stage, "instruction": s.instruction, "cached": s.cached,
-                 "seconds": round(s.seconds, 3), "cache_reason": s.cache_reason}
+                 "seconds": round(s.seconds, 3), "cache_reason": s.cache_reason, "cache_source": s.cache_source}
                 for s in result.steps
             ],
         }

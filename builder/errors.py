@@ -107,6 +107,11 @@ class OutputError(BuildError):
     """An `--output` specification is invalid or its destination cannot be written."""
 
 
+class CacheError(BuildError):
+    """A `--cache-to`/`--cache-from` specification is invalid (a cache that cannot be read or
+    written is a warning, never this)."""
+
+
 class InvalidArgument(BuildError):
     """A library caller passed an argument of the wrong type or shape to `builder.build`."""
 

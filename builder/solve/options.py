@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder.cache.spec import CacheSpec
 from builder.cancel import Cancellation
 from builder.progress import EventCallback
 
@@ -30,6 +31,7 @@ class BuildOptions:
     secrets: dict[str, Path] = field(default_factory=dict)  # RUN --mount=type=secret sources by id
     on_event: EventCallback | None = None
     cancel: Cancellation | None = None
+    cache_from: tuple[CacheSpec, ...] = ()  # --cache-from sources, looked up in this order
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class StepResult:
     seconds: float
     layer_diff_id: str | None
     cache_reason: str = ""  # why it was not cached; empty when it was
+    cache_source: str = ""  # where a cached step came from: "local", or the --cache-from source
 
 
 @dataclass(frozen=True)

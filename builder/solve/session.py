@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from builder.cache import CacheImporter, LoggedStep
 from builder.context.dockerignore import IgnoreMatcher
 from builder.context.statcache import StatCache
 from builder.image.inuse import hold_image
 from builder.image.oci import format_time
 from builder.image.store import Store
 from builder.plan.planner import Plan
-from builder.progress import Event
+from builder.progress import Event, EventKind
 from builder.solve.executor import Executor
 from builder.solve.options import BuildOptions, StepResult
 from builder.solve.sources import SourceResolver
@@ -43,11 +44,19 @@ class BuildSession:
     held_images: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     cancelled: threading.Event = field(default_factory=threading.Event)
     sources: SourceResolver = field(init=False)
+    # The --cache-from sources (None without any), and every step as it ended, for --cache-to.
+    remote_cache: CacheImporter | None = field(init=False, default=None)
+    cache_log: list[LoggedStep] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sources = SourceResolver(self)
         if self.step_counter < 0:
             self.step_counter = self.steps_total
+        if self.options.cache_from:
+            self.remote_cache = CacheImporter(
+                self.store, self.options.cache_from, platform=str(self.plan.target_platform),
+                insecure=self.options.insecure_registries,
+                warn=lambda text: self.emit(Event(EventKind.MESSAGE, text=f"warning: {text}")))
 
     def emit(self, event: Event) -> None:
         if self.options.on_event is not None:

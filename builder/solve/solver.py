@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.cache import LoggedStep
 from builder.errors import BuildCancelled, BuildError
 from builder.image.store import Store
 from builder.parse import ast
@@ -103,6 +104,7 @@ class Solver:
         self.options = options
         self.escape = escape
         self.executor = executor or SandboxExecutor(options.snapshotter)
+        self.cache_log: list[LoggedStep] = []  # every step as it ended, for --cache-to (after solve())
 
     def solve(self) -> tuple[ImageState, list[StepResult]]:
         total = step_count(self.plan)
@@ -136,6 +138,7 @@ class Solver:
             if cancel is not None and cancel.cancelled:
                 raise BuildCancelled("build cancelled", hint="Cancellation.cancel() was called")
             session.results.sort(key=lambda result: result.number)
+            self.cache_log = list(session.cache_log)
             return final, session.results
 
     def _stop(self, session: BuildSession) -> None:
@@ -225,7 +228,9 @@ class Solver:
             state.architecture = config.get("architecture", state.architecture)
             state.variant = config.get("variant", "")
             state.layers = image_layers(record)
-            state.chain = cache_keys.step_key("image", {"manifest": record.manifest_digest})
+            # The image ID, not the manifest digest: the same image pulled (compressed layers) or
+            # built here (uncompressed) keys the same, on every machine, so a shared cache hits.
+            state.chain = cache_keys.step_key("image", {"config": record.config_digest})
         state.ensure_path()
         # Proxy settings passed with --build-arg reach RUN without an ARG line, as in Docker.
         state.args = {name: value for name, value in self.options.build_args.items() if name in PROXY_ARGS}
@@ -255,13 +260,23 @@ class Solver:
             key = cache_keys.step_key(state.chain, step.components)
             no_cache = self.options.no_cache or bool({stage.label, str(stage.index)} & set(self.options.no_cache_filter))
             cached = None if no_cache else self._cached(key)
+            source = "local"
+            if cached is None and not no_cache:
+                cached, label = self._remote(session, key)
+                if cached is not None:
+                    source = label
+                    session.emit(Event(EventKind.MESSAGE, stage.label, number, session.steps_total,
+                                       f"#{number} CACHED from {source}"))
+                    if cached.layer is None or not self.store.is_lazy(cached.layer.digest):
+                        writes.puts.append((key, cached.to_json()))
             with contextlib.ExitStack() as step_lock:
                 if cached is None and not no_cache and step.makes_layer:
                     # Another build may be running this very step: wait for it, then take its result.
                     step_lock.enter_context(self.store.lock("step-" + key.removeprefix("sha256:")))
                     cached = self._cached(key)
                 if cached is not None:
-                    writes.touched.append(key)
+                    if source == "local":
+                        writes.touched.append(key)
                     reason = ""
                 else:
                     lineage = cache_keys.lineage_key(str(self.options.buildfile_name), stage.label, step_index)
@@ -287,9 +302,10 @@ class Solver:
                            session.steps_total, text, seconds, cache_reason=reason,
                            stage_step=position.stage_step, stage_steps=position.stage_steps))
         result = StepResult(stage.label, number, text, hit, key, seconds,
-                            cached.layer.diff_id if cached.layer else None, reason)
+                            cached.layer.diff_id if cached.layer else None, reason, source if hit else "")
         with session.lock:
             session.results.append(result)
+            session.cache_log.append(LoggedStep(stage.index, key, cached.to_json()))
 
     def _execute(self, session: BuildSession, step: PreparedStep, key: str) -> CachedStep:
         layer = None
@@ -314,6 +330,17 @@ class Solver:
         if cached is None or (cached.layer is not None and not self.store.has_layer(cached.layer.digest)):
             return None
         return cached
+
+    def _remote(self, session: BuildSession, key: str) -> tuple[CachedStep | None, str]:
+        """A step from the --cache-from sources: its layer stays where it is until read."""
+        remote = session.remote_cache
+        hit = None if remote is None else remote.lookup(key)
+        if hit is None or remote is None:
+            return None, ""
+        cached = CachedStep.from_json(hit.entry.cached_step_json())
+        if cached is None or not remote.adopt(hit):
+            return None, ""
+        return cached, hit.source.label
 
     def _expander(self, state: ImageState, instruction: ast.Instruction):
         env = state.expansion_env()

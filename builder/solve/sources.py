@@ -109,7 +109,7 @@ class SourceResolver:
                                        what=f"--from={from_value}", step=step)
             layers = image_layers(record)
             name = "image-" + record.manifest_digest.split(":")[-1][:16]
-            identity = "image:" + record.manifest_digest
+            identity = "image:" + record.config_digest  # the image ID: the same wherever it came from
         reach = sorted({static_prefix(path) for path in paths})
         wild = [path for path in paths if _WILDCARD.search(path)]
         return Source(identity, lambda: BuildContext.for_rootfs(self._flattened(name, layers, reach, wild)))
