@@ -338,7 +338,12 @@ class Solver:
         if hit is None or remote is None:
             return None, ""
         cached = CachedStep.from_json(hit.entry.cached_step_json())
-        if cached is None or not remote.adopt(hit):
+        if cached is None:
+            return None, ""
+        # The chain after a step follows from its key and its layer (see _execute): a record that
+        # says otherwise would steer every later lookup, so it is not believed.
+        expected = cache_keys.step_key(key, {"layer": cached.layer.diff_id if cached.layer else None})
+        if cached.chain != expected or not remote.adopt(hit):
             return None, ""
         return cached, hit.source.label
 

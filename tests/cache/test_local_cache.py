@@ -143,6 +143,37 @@ def test_a_lost_blob_is_a_miss_for_the_steps_that_need_it(tmp_path: Path, busybo
     assert [step.layer_diff_id for step in result.steps] == [step.layer_diff_id for step in built.steps]
 
 
+def test_a_record_whose_chain_does_not_follow_from_its_step_is_not_believed(tmp_path: Path, busybox_tar: Path) -> None:
+    cache = tmp_path / "cache"
+    a = _store(tmp_path / "A", busybox_tar)
+    built = builder.build(_context(tmp_path / "ctx"), root=a.root, cache_to=[f"type=local,dest={cache},mode=max"])
+    env = next(step for step in built.steps if step.instruction == "ENV MODE=test")
+    _rewrite_record(cache, lambda steps: steps[env.cache_key].update(chain="sha256:" + "0" * 64))
+    b = _store(tmp_path / "B", busybox_tar)
+    result = builder.build(tmp_path / "ctx", root=b.root, cache_from=[f"type=local,src={cache}"])
+    assert [step.instruction for step in _steps(result) if not step.cached][0] == "ENV MODE=test"
+    assert all(step.cached for step in result.steps if step.stage == "tools" and step.number > 1)
+
+
+def _rewrite_record(cache: Path, change) -> None:
+    """Edit the record in a layout as someone with write access to the cache could."""
+    from builder.cache.layout import Layout
+    from builder.image import oci
+
+    layout = Layout(cache)
+    index = layout.read_index()
+    manifest = json.loads(layout.read_blob(index["manifests"][0]["digest"], 1 << 20))
+    record = json.loads(layout.read_blob(manifest["config"]["digest"], 1 << 24))
+    change(record["steps"])
+    config = oci.canonical_json(record)
+    layout.write_blob(oci.sha256_digest(config), lambda out: out.write(config))
+    manifest["config"].update(digest=oci.sha256_digest(config), size=len(config))
+    manifest_bytes = oci.canonical_json(manifest)
+    layout.write_blob(oci.sha256_digest(manifest_bytes), lambda out: out.write(manifest_bytes))
+    index["manifests"][0].update(digest=oci.sha256_digest(manifest_bytes), size=len(manifest_bytes))
+    layout.write_top("index.json", oci.canonical_json(index))
+
+
 def test_a_link_planted_in_the_cache_dir_is_not_followed(tmp_path: Path, busybox_tar: Path) -> None:
     cache = tmp_path / "cache"
     a = _store(tmp_path / "A", busybox_tar)
