@@ -60,9 +60,13 @@ def test_a_fresh_store_takes_every_step_from_a_local_cache(tmp_path: Path, busyb
     built = builder.build(_context(tmp_path / "ctx"), root=a.root, cache_to=[f"type=local,dest={cache},mode=max"])
     assert not any(step.cached for step in _steps(built))
 
+    # Another machine: the context checked out elsewhere, with other mtimes and inodes.
+    elsewhere = shutil.copytree(tmp_path / "ctx", tmp_path / "checkout" / "src")
+    for path in elsewhere.iterdir():
+        os.utime(path, (1_000_000_000, 1_000_000_000))
     b = _store(tmp_path / "B", busybox_tar)
     events: list = []
-    again = builder.build(tmp_path / "ctx", root=b.root, cache_from=[f"type=local,src={cache}"], on_event=events.append)
+    again = builder.build(elsewhere, root=b.root, cache_from=[f"type=local,src={cache}"], on_event=events.append)
     assert [step.cached for step in _steps(again)] == [True] * 7
     assert {step.cache_source for step in _steps(again)} == {f"local {cache}"}
     assert again.image_id == built.image_id, "the random bytes of every RUN came from the cache"
