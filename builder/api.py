@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -284,9 +285,14 @@ def build(
                 if shipped is not None:
                     exported.append((text, shipped))
             for cache_spec in cache_exports:
-                if cache_spec.type != "inline":
-                    _export_cache(store, cache_spec, select_steps(solver.cache_log, cache_spec.mode, final_stages),
-                                  options, on_event)
+                if cache_spec.type == "inline":
+                    continue
+                if cache_spec.compression is None:  # as the image's layers go out: the same blobs
+                    cache_spec = replace(cache_spec, compression=compression,
+                                         compression_level=cache_spec.compression_level
+                                         if cache_spec.compression_level is not None else compression_level)
+                _export_cache(store, cache_spec, select_steps(solver.cache_log, cache_spec.mode, final_stages),
+                              options, on_event)
     except BrokenPipeError:
         raise  # `-o dest=- | head`: the reader left; the CLI ends quietly, as cat does
     except OSError as error:

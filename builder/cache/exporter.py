@@ -64,7 +64,7 @@ def _shipped_record(store: Store, spec: CacheSpec, steps: Sequence[tuple[str, Ma
         if layer is None:
             continue
         if layer.digest not in shipped:
-            blob = store.ship_layer(layer.descriptor(), layer.diff_id, compression=spec.compression,
+            blob = store.ship_layer(layer.descriptor(), layer.diff_id, compression=spec.compression or "gzip",
                                     level=spec.compression_level, force=spec.force_compression)
             shipped[layer.digest] = RecordLayer(blob.digest, layer.diff_id, blob.size, blob.media_type)
         entries[key] = replace(entry, layer=shipped[layer.digest])

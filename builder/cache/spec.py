@@ -1,6 +1,7 @@
 """`--cache-to` and `--cache-from` specifications, BuildKit's syntax:
 
     --cache-to   type=registry,ref=HOST/REPO:TAG[,mode=min|max][,compression=gzip|zstd|uncompressed]
+                 (default: the build's --compression)
                  [,compression-level=N][,force-compression=true][,ignore-error=false][,insecure=true]
     --cache-to   type=local,dest=DIR[,tag=TAG][,mode=...][,compression=...]
     --cache-to   type=inline
@@ -45,7 +46,8 @@ class CacheSpec:
     path: str | None = None  # local: dest= (export) or src= (import)
     tag: str = DEFAULT_LOCAL_TAG  # local: the name of the record in the layout's index.json
     mode: str = "min"
-    compression: str = "gzip"
+    # None: the build's own --compression (and level), so the cache and the image share blobs
+    compression: str | None = None
     compression_level: int | None = None
     force_compression: bool = False
     ignore_error: bool = True  # export failures are warnings unless ignore-error=false
@@ -171,11 +173,12 @@ def _export_options(attrs: dict[str, str], kind: str, option: str) -> dict:
         if not (level_text.isascii() and level_text.isdigit() and len(level_text) <= 2):
             raise CacheError(f"invalid compression-level {level_text!r} in {option}", hint="give a whole number")
         level = int(level_text)
-        compression = values.get("compression", "gzip")
-        low, high = LEVEL_RANGES[compression]
-        if not low <= level <= high:
-            raise CacheError(f"compression-level {level} is out of range for {compression}",
-                             hint=f"{compression} levels go from {low} to {high}")
+        compression = values.get("compression")
+        if compression is not None:
+            low, high = LEVEL_RANGES[compression]
+            if not low <= level <= high:
+                raise CacheError(f"compression-level {level} is out of range for {compression}",
+                                 hint=f"{compression} levels go from {low} to {high}")
         values["compression_level"] = level
     if "force-compression" in attrs:
         values["force_compression"] = _bool(attrs["force-compression"], "force-compression", option)

@@ -136,6 +136,24 @@ def test_a_fresh_store_starts_warm_from_a_registry_cache_and_moves_no_layer(
     assert (out / "r2").read_bytes() == (a_out / "r2").read_bytes()
 
 
+def test_the_cache_and_the_image_share_their_blobs_and_each_is_uploaded_once(
+        tmp_path: Path, busybox_tar: Path, fault_proxy) -> None:
+    host = fault_proxy.host
+    prefix = tmp_path.name.lower()
+    image = f"{host}/{prefix}/app:1"
+    context = _context(tmp_path / "ctx", CHAINED.format(base="busybox"))
+    builder.build(context, root=_store(tmp_path / "A", busybox_tar).root, compression="zstd",
+                  outputs=[f"type=registry,name={image}"], cache_to=[f"type=registry,ref={host}/{prefix}/app:cache"])
+    manifest = json.loads(RegistryClient(host).get_manifest(f"{prefix}/app", "cache").data)
+    image_layers = _layers(host, f"{prefix}/app", "1")
+    assert {layer["digest"] for layer in manifest["layers"]} <= set(image_layers)
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    puts = [path for method, path, status in fault_proxy.log if method == "PUT" and "/blobs/uploads/" in path]
+    uploaded = [urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)["digest"][0] for path in puts]
+    assert sorted(uploaded) == sorted(set(uploaded)), "no blob was uploaded twice"
+    assert set(image_layers) <= set(uploaded)
+
+
 def test_an_inline_cache_travels_in_the_pushed_image(tmp_path: Path, busybox_tar: Path, registry) -> None:
     prefix = tmp_path.name.lower()
     image = f"{registry.host}/{prefix}/app:1"
