@@ -355,10 +355,10 @@ def _export_cache(store: Store, spec: CacheSpec, steps: list, options: BuildOpti
             raise CacheError(f"cannot export the build cache to {spec.label}: {reason}",
                              hint="drop ignore-error=false to make this a warning") from None
         if on_event is not None:
-            on_event(Event("message", text=f"warning: cannot export the build cache to {spec.label}: {reason}"))
+            on_event(Event(EventKind.MESSAGE, text=f"warning: cannot export the build cache to {spec.label}: {reason}"))
         return
     if on_event is not None:
-        on_event(Event("message", text=f"cache: {len(steps)} steps written to {spec.label} ({digest})"))
+        on_event(Event(EventKind.MESSAGE, text=f"cache: {len(steps)} steps written to {spec.label} ({digest})"))
 
 
 def _os_error_as_build_error(error: OSError, store_root: Path) -> BuildError:

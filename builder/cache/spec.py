@@ -173,12 +173,12 @@ def _export_options(attrs: dict[str, str], kind: str, option: str) -> dict:
         if not (level_text.isascii() and level_text.isdigit() and len(level_text) <= 2):
             raise CacheError(f"invalid compression-level {level_text!r} in {option}", hint="give a whole number")
         level = int(level_text)
-        compression = values.get("compression")
-        if compression is not None:
-            low, high = LEVEL_RANGES[compression]
+        chosen: str | None = values.get("compression")
+        if chosen is not None:
+            low, high = LEVEL_RANGES[chosen]
             if not low <= level <= high:
-                raise CacheError(f"compression-level {level} is out of range for {compression}",
-                                 hint=f"{compression} levels go from {low} to {high}")
+                raise CacheError(f"compression-level {level} is out of range for {chosen}",
+                                 hint=f"{chosen} levels go from {low} to {high}")
         values["compression_level"] = level
     if "force-compression" in attrs:
         values["force_compression"] = _bool(attrs["force-compression"], "force-compression", option)

@@ -305,7 +305,7 @@ class Solver:
                             cached.layer.diff_id if cached.layer else None, reason, source if hit else "")
         with session.lock:
             session.results.append(result)
-            session.cache_log.append(LoggedStep(stage.index, key, cached.to_json()))
+            session.cache_log.append(LoggedStep(stage.index, key, {**cached.to_json(), "history": state.history[-1]}))
 
     def _execute(self, session: BuildSession, step: PreparedStep, key: str) -> CachedStep:
         layer = None
