@@ -265,8 +265,9 @@ class Solver:
                 cached, label = self._remote(session, key)
                 if cached is not None:
                     source = label
+                    # Renderers prefix the step's number: "#5 found in registry host/app:cache".
                     session.emit(Event(EventKind.MESSAGE, stage.label, number, session.steps_total,
-                                       f"#{number} CACHED from {source}"))
+                                       f"found in {source}"))
                     if cached.layer is None or not self.store.is_lazy(cached.layer.digest):
                         writes.puts.append((key, cached.to_json()))
             with contextlib.ExitStack() as step_lock:

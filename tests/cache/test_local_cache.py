@@ -70,7 +70,7 @@ def test_a_fresh_store_takes_every_step_from_a_local_cache(tmp_path: Path, busyb
     assert [step.cached for step in _steps(again)] == [True] * 7
     assert {step.cache_source for step in _steps(again)} == {f"local {cache}"}
     assert again.image_id == built.image_id, "the random bytes of every RUN came from the cache"
-    assert f"#2 CACHED from local {cache}" in _messages(events)
+    assert f"found in local {cache}" in _messages(events)
     # Nothing needed a file system: every layer is still only in the cache dir.
     layer_diff_ids = {step.layer_diff_id for step in _steps(again) if step.layer_diff_id}
     lazy = {b.lazy_layer(digest).diff_id for digest in b.lazy.digests()}
@@ -235,7 +235,7 @@ def test_explain_cache_names_the_cache_each_step_came_from(tmp_path: Path, busyb
     err = capsys.readouterr().err
     assert f"#3 [tools] COPY a.txt /a.txt: CACHED (from local {cache})" in err
     assert "#8 [stage-1] COPY b.txt /b.txt: RAN (" in err
-    assert f"#2 CACHED from local {cache}" in err
+    assert f"#2 found in local {cache}" in err
 
 
 def _layout_layers(cache: Path) -> list[str]:
