@@ -76,16 +76,20 @@ def test_sigkill_at_random_points_leaves_a_valid_store_that_is_reused(tmp_path: 
         time.sleep(chooser.uniform(0.2, 2.0))
         process.send_signal(signal.SIGKILL)
         _, err = process.communicate(timeout=60)
-        done_before_kill = len(re.findall(r"^#\d+ DONE", err, flags=re.MULTILINE))
+        # Steps that made a layer (RUN, COPY) and were reported done: their cache entries were
+        # written before DONE. Config-only steps (ARG, ENV) are written in one batch at the end of
+        # the stage, so a SIGKILL may lose them; they cost nothing to redo.
+        layer_steps = set(re.findall(r"^#(\d+) \[[^\]]*\] (?:RUN|COPY) ", err, flags=re.MULTILINE))
+        done = set(re.findall(r"^#(\d+) DONE", err, flags=re.MULTILINE))
+        layer_steps_done = len(layer_steps & done)
         time.sleep(0.3)  # the sandbox dies with its parent; give the kernel a moment to reap it
         assert _mounts_under(root) == []
         fsck = subprocess.run([sys.executable, "-m", "builder.cli", "--root", str(root), "fsck"],
                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert fsck.returncode == 0, fsck.stdout + fsck.stderr
         result = builder.build(context, root=root, build_args={"ROUND": str(round_number)})
-        reused = sum(step.cached for step in result.steps)
-        # FROM is reported as done without being cacheable; every other finished step is reused.
-        assert reused >= done_before_kill - 1, (round_number, done_before_kill, reused)
+        reused = sum(step.cached for step in result.steps if step.instruction.startswith(("RUN", "COPY")))
+        assert reused >= layer_steps_done, (round_number, layer_steps_done, reused, err)
     assert Store.open(root).fsck() == []
 
 
