@@ -53,7 +53,7 @@ def summary(rows: Sequence[Row]) -> str:
     counts = {"yes": 0, "known": 0, "NO": 0, "BuildKit fault": 0}
     for row in rows:
         counts[status(row)] += 1
-    text = (f"{len(rows)} cases: {counts['yes']} identical, {counts['known']} differ only as listed in "
+    text = (f"{len(rows)} case{'s' if len(rows) != 1 else ''}: {counts['yes']} identical, {counts['known']} differ only as listed in "
             f"known_differences.toml, {counts['NO']} differ otherwise")
     if counts["BuildKit fault"]:
         text += (f"; {counts['BuildKit fault']} without a verdict (dockerd's BuildKit failed in every attempt: "

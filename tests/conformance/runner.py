@@ -56,12 +56,14 @@ def unavailable() -> str | None:
     if not Path("/bin/busybox").exists():
         return "/bin/busybox missing: install Debian's busybox-static"
     try:
-        info = subprocess.run([DOCKER, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                              text=True, timeout=20)
+        # `docker version` says plainly why it cannot reach the daemon; `docker info` does not.
+        version = subprocess.run([DOCKER, "version", "--format", "{{.Server.Version}}"], capture_output=True,
+                                 text=True, timeout=20)
     except subprocess.TimeoutExpired:
-        return "`docker info` timed out"
-    if info.returncode != 0:
-        return "no dockerd (start it with /work/shared/anchors/start-dockerd.sh): " + info.stderr.strip()[:200]
+        return "`docker version` timed out: dockerd does not answer"
+    if version.returncode != 0 or not version.stdout.strip():
+        why = next((line for line in version.stderr.splitlines() if line.strip()), "no answer")
+        return f"no dockerd ({why.strip()[:200]}); start it with /work/shared/anchors/start-dockerd.sh"
     return None
 
 
