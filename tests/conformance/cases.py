@@ -27,12 +27,21 @@ class Case:
     secrets: Mapping[str, str] = field(default_factory=dict)  # id -> file in the context
 
 
+def host_platform() -> str:
+    from builder.platforms import Platform
+
+    return str(Platform.host())
+
+
 def write_context(case: Case, root: Path) -> None:
-    _write_items(root, {"Dockerfile": case.dockerfile.replace("{BASE}", BASE).replace("{BARE}", BARE), **case.context})
+    text = case.dockerfile.replace("{BASE}", BASE).replace("{BARE}", BARE).replace("{HOST}", host_platform())
+    _write_items(root, {"Dockerfile": text, **case.context})
 
 
-def _case(name: str, dockerfile: str, context: Mapping[str, Item] | None = None, **options: object) -> Case:
-    return Case(name, dockerfile, dict(context or {}), **options)  # type: ignore[arg-type]
+def _case(name: str, dockerfile: str, context: Mapping[str, Item] | None = None, *,
+          build_args: Mapping[str, str] | None = None, target: str | None = None,
+          secrets: Mapping[str, str] | None = None) -> Case:
+    return Case(name, dockerfile, dict(context or {}), dict(build_args or {}), target, dict(secrets or {}))
 
 
 SMALL = {"a.txt": "alpha\n", "b.txt": "beta\n", "c.md": "gamma\n"}
@@ -54,7 +63,7 @@ CASES: tuple[Case, ...] = (
           "FROM parent\nRUN echo \"$FROM_PARENT\" > /child\n"),
     _case("from-platform-host", "FROM --platform=$BUILDPLATFORM {BASE} AS build\nARG TARGETPLATFORM\n"
           "ARG BUILDPLATFORM\nRUN echo \"$BUILDPLATFORM $TARGETPLATFORM\" > /platforms\n"
-          "FROM --platform=linux/amd64 {BASE}\nCOPY --from=build /platforms /platforms\n"),
+          "FROM --platform={HOST} {BASE}\nCOPY --from=build /platforms /platforms\n"),
     _case("from-arg", "ARG BASE_IMAGE={BASE}\nARG UNUSED=x\nFROM ${BASE_IMAGE}\nARG BASE_IMAGE\n"
           "RUN echo \"$BASE_IMAGE/$UNUSED\" > /from-arg\n"),
     _case("stage-name-capitals", "FROM {BASE} AS Builder\nRUN echo built > /out\n"
@@ -72,7 +81,7 @@ CASES: tuple[Case, ...] = (
           "RUN echo \"$WITH_DEFAULT|$GIVEN|$UNSET|${UNSET:-fallback}\" > /args\n",
           build_args={"GIVEN": "given"}),
     _case("env-expansion", "FROM {BASE}\nENV A=a B=\"b c\" C=${A}x\nENV D ${A:-no} ${UNSET:-dflt} ${A:+alt}\n"
-          "ENV E=\"$A\\$B\" F='$A' G=${A}${B}\nENV PATH=/opt/bin:$PATH\n"
+          "ENV E=\"$A\\$B\" F='$A' G=${A}${B} EMPTY=\nENV PATH=/opt/bin:$PATH\n"
           "RUN echo \"$A|$B|$C|$D|$E|$F|$G\" > /env\n"),
     _case("env-override-arg", "FROM {BASE}\nARG V=from-arg\nENV V=from-env\nRUN echo $V > /v\n",
           build_args={"V": "from-cli"}),
@@ -81,6 +90,7 @@ CASES: tuple[Case, ...] = (
     _case("predefined-args", "FROM {BASE}\nARG HTTP_PROXY\nRUN echo \"$HTTP_PROXY\" > /proxy\n",
           build_args={"HTTP_PROXY": "http://proxy.invalid:3128"}),
     # --- LABEL -----------------------------------------------------------------------------------
+    _case("maintainer", "FROM {BASE}\nMAINTAINER Someone <someone@example.invalid>\n"),
     _case("labels", "FROM {BASE}\nARG VERSION=1.2\nLABEL a=b \"with space\"=\"x y\" version=$VERSION\n"
           "LABEL multi=\"one \\\n  two\" empty=\"\"\nLABEL a=overridden\n"),
     # --- USER ------------------------------------------------------------------------------------
@@ -99,6 +109,7 @@ CASES: tuple[Case, ...] = (
     _case("workdir-then-copy-run", "FROM {BASE}\nWORKDIR /app\nCOPY a.txt .\nRUN pwd > where\n", SMALL),
     _case("workdir-through-symlink", "FROM {BASE}\nRUN mkdir /real && ln -s /real /link && ln -s /nowhere /dangling\n"
           "WORKDIR /link\nRUN touch here\nWORKDIR /dangling/sub\n"),
+    _case("workdir-relative-first", "FROM {BASE}\nWORKDIR rel\nRUN pwd > /pwd\n"),
     _case("workdir-env", "FROM {BASE}\nENV ROOT=/data\nWORKDIR $ROOT/sub\nRUN touch here\n"),
     # --- COPY / ADD ------------------------------------------------------------------------------
     _case("copy-files", "FROM {BASE}\nCOPY a.txt b.txt /dest/\nCOPY a.txt /renamed\nCOPY c.md /new/dir/\n", SMALL),
@@ -156,6 +167,11 @@ CASES: tuple[Case, ...] = (
         "packed.tar.gz": Tar((TarMember("inner/gz.txt", b"gz\n"),), compression="gz"),
         "notatar.tar": "just text, not an archive\n",
     }),
+    _case("add-tar-chown-chmod", "FROM {BASE}\nADD --chown=1000:50 t.tar /owned/\nADD --chown=app a.txt /a-owned\n"
+          "ADD --chmod=700 b.txt /b-private\n", {
+              **SMALL, "t.tar": Tar((TarMember("d/", kind=tarfile.DIRTYPE, mode=0o750, owner=(7, 7)),
+                                     TarMember("d/f", b"f\n", owner=(8, 8)))),
+          }),
     _case("add-tar-hardlink-header", "FROM {BASE}\nADD hl.tar /hl/\n", {
         "hl.tar": Tar((
             TarMember("file", b"file\n", mode=0o640, owner=(1000, 50)),

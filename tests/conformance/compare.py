@@ -24,7 +24,7 @@ CONFIG_FIELDS = (
     "Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Volumes", "Labels",
     "StopSignal", "Healthcheck", "OnBuild", "Shell", "ArgsEscaped",
 )
-PLATFORM_FIELDS = ("architecture", "os", "variant")
+TOP_FIELDS = ("architecture", "os", "variant", "author")  # the platform, and MAINTAINER's author
 
 _TYPES = {
     tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file", tarfile.DIRTYPE: "dir",
@@ -194,13 +194,13 @@ def _runtime(config: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def compare_configs(ours: Mapping[str, Any], buildkit: Mapping[str, Any]) -> list[Difference]:
-    """Runtime settings and platform; a field that is absent is the same as one that is null."""
+    """Runtime settings, platform and author; a field that is absent is the same as one that is null."""
     found: list[Difference] = []
     for name in CONFIG_FIELDS:
         a, b = _runtime(ours).get(name), _runtime(buildkit).get(name)
         if a != b:
             found.append(Difference(f"config.{name}", "value", _show(a), _show(b)))
-    for name in PLATFORM_FIELDS:
+    for name in TOP_FIELDS:
         a, b = ours.get(name), buildkit.get(name)
         if a != b:
             found.append(Difference(f"config.{name}", "value", _show(a), _show(b)))
