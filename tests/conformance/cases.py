@@ -208,8 +208,10 @@ CASES: tuple[Case, ...] = (
           "RUN env | grep -E '^(BUILD_ONLY|KEPT|PATH)=' | sort > /env-seen\n"),
     _case("run-mount-cache", "FROM {BASE}\nRUN --mount=type=cache,target=/cache echo x > /cache/x && ls /cache > /seen\n"),
     _case("run-mount-cache-owners", "FROM {BASE}\n"
-          "RUN --mount=type=cache,id=c,target=/c,uid=1000,gid=1000,mode=0700 touch /c/a && ls -ln /c > /one\n"
-          "RUN --mount=type=cache,id=c,target=/c ls -lan /c > /two\n"),
+          # stat and ls -a, not ls -l: a listing with times would differ between any two builds
+          "RUN --mount=type=cache,id=c,target=/c,uid=1000,gid=1000,mode=0700 touch /c/a"
+          " && stat -c '%n %a %u:%g' /c /c/a > /one\n"
+          "RUN --mount=type=cache,id=c,target=/c stat -c '%n %a %u:%g' /c > /two && ls -a /c >> /two\n"),
     _case("run-mount-bind", "FROM {BASE}\nRUN --mount=type=bind,target=/ctx cp /ctx/a.txt /copied\n"
           "RUN --mount=type=bind,source=src,target=/mnt/src ls /mnt/src > /listed\n", {**SMALL, **TREE}),
     _case("run-mount-from-stage", "FROM {BASE} AS data\nRUN echo shared > /shared\n"

@@ -43,8 +43,8 @@ _REFERENCE_FAULTS = (
     re.compile(r"/var/lib/docker/\S*: no such file or directory"),
     re.compile(r"Error processing tar file.*: no such file or directory"),
 )
-# ...or leaves the empty files runc mounted /etc/hosts and /etc/resolv.conf on in the layer.
-_STRAY_MOUNT_STUBS = ("/etc/hosts", "/etc/resolv.conf")
+# ...or leaves in the layer the empty files runc mounted files on: /etc/hosts, /etc/resolv.conf, secrets.
+_STRAY_MOUNT_STUBS = re.compile(r"/etc/hosts|/etc/resolv\.conf|/run/secrets/[^/]+")
 
 
 def unavailable() -> str | None:
@@ -241,7 +241,7 @@ def is_reference_fault(difference: Difference) -> bool:
     """A difference that says dockerd's BuildKit misbehaved rather than how it builds this case."""
     if difference.where == "build":
         return difference.ours == "built" and any(p.search(difference.buildkit) for p in _REFERENCE_FAULTS)
-    return (difference.where in _STRAY_MOUNT_STUBS and difference.attribute == "presence"
+    return (_STRAY_MOUNT_STUBS.fullmatch(difference.where) is not None and difference.attribute == "presence"
             and difference.ours == "absent" and difference.buildkit == "file 0755 0:0 0B")
 
 

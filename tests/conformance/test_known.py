@@ -67,6 +67,8 @@ def test_reference_faults_are_told_from_differences() -> None:
     assert is_reference_fault(refused("#8 ERROR: lstat /var/lib/docker/tmp/buildkit-mount17/src: no such file or "
                                       "directory"))
     assert is_reference_fault(Difference("/etc/hosts", "presence", "absent", "file 0755 0:0 0B"))
+    assert is_reference_fault(Difference("/run/secrets/token", "presence", "absent", "file 0755 0:0 0B"))
+    assert not is_reference_fault(Difference("/run/secrets/a/b", "presence", "absent", "file 0755 0:0 0B"))
     assert not is_reference_fault(refused("executor failed running [/bin/sh -c test -f /x]: exit code: 1"))
     assert not is_reference_fault(refused('failed to compute cache key: "/missing" not found: not found'))
     assert not is_reference_fault(Difference("build", "result", "refused: x", "built"))
