@@ -30,6 +30,8 @@ def apply_changes(config: dict[str, Any], changes: Sequence[str]) -> None:
         expand = _expander(state.expansion_env(), instruction, parsed.escape)
 
         _, config_change = metadata.describe(instruction, state, expand)
+        # `docker import --change CMD` goes through the classic dispatcher, which sets this on Windows only.
+        config_change.set.pop("ArgsEscaped", None)
         config_change.apply(state)
     config["config"] = state.runtime_config()
 

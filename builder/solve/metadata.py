@@ -96,7 +96,9 @@ def _maintainer(instruction: ast.Maintainer, state: ImageState, expand: Expand) 
 
 def _cmd(instruction: ast.Cmd, state: ImageState, expand: Expand) -> Described:
     argv = command_argv(instruction.command, state.shell())
-    return f"CMD {json_list(argv)}", ConfigChange(set={"Cmd": argv}, sets_cmd=True)
+    # BuildKit marks every CMD's arguments as escaped (a Windows-only meaning, kept in the config
+    # for Docker's image spec); images built both ways compare equal only with it.
+    return f"CMD {json_list(argv)}", ConfigChange(set={"Cmd": argv, "ArgsEscaped": True}, sets_cmd=True)
 
 
 def _entrypoint(instruction: ast.Entrypoint, state: ImageState, expand: Expand) -> Described:

@@ -37,7 +37,8 @@ def test_a_second_build_takes_every_step_from_the_cache(store, tmp_path) -> None
     assert len(executor.runs) == 2, "cached RUN steps must not run again"
     assert second.manifest_digest == first.manifest_digest
     assert second.config["config"] == first.config["config"] == {
-        "Env": [f"PATH={DEFAULT_PATH}", "A=1"], "WorkingDir": "/", "Labels": {"l": "x"}, "Cmd": ["run"]}
+        "Env": [f"PATH={DEFAULT_PATH}", "A=1"], "WorkingDir": "/", "Labels": {"l": "x"}, "Cmd": ["run"],
+        "ArgsEscaped": True}
 
 
 def test_a_changed_step_reruns_with_everything_after_it(store, tmp_path) -> None:

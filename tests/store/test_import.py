@@ -245,10 +245,12 @@ def test_import_changes_mean_what_they_mean_in_a_build(store, busybox_tar, tmp_p
     imported = import_rootfs(store, busybox_tar, "bb:changed", edit_config=lambda config: apply_changes(config, changes))
     (tmp_path / "ctx").mkdir()
     built = builder.build(tmp_path / "ctx", buildfile_text="FROM scratch\n" + "\n".join(changes) + "\n", root=store.root)
-    # The same, but for the default PATH BuildKit gives a scratch image; `docker import --change`
-    # adds none (checked with dockerd 20.10: Env ["A=1"] after --change "ENV A=1").
-    expected = {**imported.config["config"]}
+    # The same, but for the default PATH BuildKit gives a scratch image and the ArgsEscaped its CMD
+    # sets; `docker import --change` adds neither (checked with dockerd 20.10: Env ["A=1"] after
+    # --change "ENV A=1"; its classic dispatcher sets ArgsEscaped on Windows only).
+    expected = {**imported.config["config"], "ArgsEscaped": True}
     expected["Env"] = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", *expected["Env"]]
+    assert "ArgsEscaped" not in imported.config["config"]
     assert built.config["config"] == expected
     assert imported.config["config"]["ExposedPorts"] == {"9000/udp": {}, "9001/udp": {}, "9002/udp": {}, "8080/tcp": {}}
     assert imported.config["config"]["Cmd"] == ["serve"]
