@@ -13,11 +13,11 @@ missing or unreadable when the build runs is only a warning (see docs/CACHE.md).
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 
 from builder.errors import CacheError
 from builder.image.reference import InvalidReference, parse_reference
+from builder.specfields import parse_spec_fields
 
 CACHE_TYPES = ("registry", "local", "inline")
 MODES = ("min", "max")
@@ -112,20 +112,7 @@ def _parse(text: str, *, export: bool) -> CacheSpec:
 
 
 def _fields(text: str, option: str) -> dict[str, str]:
-    try:
-        fields = next(csv.reader([text]))
-    except csv.Error as exc:
-        raise CacheError(f"cannot parse {option} {text!r}: {exc}") from None
-    attrs: dict[str, str] = {}
-    for item in fields:
-        key, eq, value = item.partition("=")
-        key = key.strip().lower()
-        if not eq or not key:
-            raise CacheError(f"invalid field {item!r} in {option} {text!r}", hint="fields are key=value, comma separated")
-        if key in attrs:
-            raise CacheError(f"{key} given twice in {option} {text!r}")
-        attrs[key] = value.strip()
-    return attrs
+    return {key: value.strip() for key, value in parse_spec_fields(text, f"{option} {text!r}", CacheError).items()}
 
 
 def _reference(attrs: dict[str, str], option: str, export: bool) -> str:

@@ -6,7 +6,6 @@ stdout, as with `docker buildx build -o`.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +14,7 @@ from builder.errors import OutputError
 from builder.image.reference import InvalidReference, parse_reference
 from builder.image.store import Store
 from builder.progress import EventCallback, Transfer
+from builder.specfields import parse_spec_fields
 
 OUTPUT_TYPES = ("oci", "docker", "tar", "local", "registry", "image")
 _KNOWN_KEYS = {
@@ -60,19 +60,7 @@ def parse_output_spec(spec: str) -> OutputSpec:
         if text == "-":
             return OutputSpec(type="tar", dest="-", attrs={"type": "tar", "dest": "-"})
         return OutputSpec(type="local", dest=text, attrs={"type": "local", "dest": text})
-    try:
-        fields = next(csv.reader([text]))
-    except csv.Error as exc:
-        raise OutputError(f"cannot parse output {spec!r}: {exc}") from exc
-    attrs: dict[str, str] = {}
-    for item in fields:
-        key, eq, value = item.partition("=")
-        key = key.strip().lower()
-        if not eq or not key:
-            raise OutputError(f"invalid field {item!r} in output {spec!r}", hint="fields are key=value, comma separated")
-        if key in attrs and key != "name":
-            raise OutputError(f"{key} given twice in output {spec!r}")
-        attrs[key] = f"{attrs[key]},{value}" if key in attrs else value
+    attrs = parse_spec_fields(text, f"output {spec!r}", OutputError, repeatable=frozenset({"name"}))
     kind = attrs.get("type")
     if kind is None:
         raise OutputError(f"output {spec!r} has no type",

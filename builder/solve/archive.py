@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from builder.errors import ArchiveError, Pos
+from builder.snapshot.view import split_path
 
 _COPY_BUFFER = 1 << 20
 _MAX_LINK_HOPS = 40
@@ -81,16 +82,7 @@ def entry_parts(raw: str) -> list[str]:
     """An entry name as Docker's untar, chrooted into the destination, sees it: cleaned, a
     leading `/` dropped, `..` stopping at the destination (`../x` and `/x` both name `dest/x`).
     Empty for the destination itself (`""`, `.`, `./`, `..`)."""
-    parts: list[str] = []
-    for part in raw.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return parts
+    return list(split_path(raw))
 
 
 class _Resolver:
