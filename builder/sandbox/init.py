@@ -16,6 +16,8 @@ Docker, since images do mknod) cannot be opened; /dev holds only null, zero, ful
 urandom, tty, ptmx and pts. The rootfs keeps setuid (no nosuid, no no_new_privs), as Docker.
 Host paths are bound only after opening them without following any symlink on the way.
 Secrets and the files the builder injects live on a tmpfs of this mount namespace only.
+Rootless (inside the builder's user namespace) the same holds; the kernel then refuses mknod
+outright, and with the host's network the host's /sys is bound, every mount below it read-only.
 """
 from __future__ import annotations
 

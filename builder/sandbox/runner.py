@@ -17,6 +17,11 @@ mount namespace only; `Tmpfs` mounts are real tmpfs mounts there.
 Nothing outlives the builder: `setpriv --pdeathsig KILL` kills init's supervisor if the builder
 dies (even by SIGKILL), pid 1 has the same death signal on the supervisor, and the kernel kills
 the rest of the PID namespace with its pid 1. Every mount lives only in the sandbox's mount namespace and goes with it.
+
+Rootless (builder.userns), the builder already is root of a user namespace, and all of the above
+happens inside it: ids the namespace does not map (USER, a secret's owner) are errors before
+anything starts, supplementary groups are left alone where the kernel forbids setting them (only
+the user's own ids mapped), and the default network needs a /dev/net/tun the user may open.
 """
 from __future__ import annotations
 
