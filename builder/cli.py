@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "builder.commands.run",
     "builder.commands.maintenance",
     "builder.commands.diff",
+    "builder.commands.unshare",
 )
 
 
@@ -293,6 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        if os.geteuid() != 0:
+            # Rootless: everything from here on runs as root of a user namespace (builder.userns).
+            from builder.userns import enter
+
+            enter()
         return int(args.handler(args) or 0)
     except BuildError as error:
         print(error.render(), file=sys.stderr)

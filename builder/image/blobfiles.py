@@ -20,6 +20,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 from builder.errors import StoreError
 from builder.image import oci
+from builder.userns import describe_owner, in_user_namespace
 
 CHUNK = 1 << 20
 
@@ -274,6 +275,11 @@ def prepare_root(root: Path) -> None:
     try:
         st = os.fstat(fd)
         euid = os.geteuid()
+        if st.st_uid != euid and in_user_namespace():
+            raise StoreError(
+                f"the store root {root} belongs to {describe_owner(st.st_uid)}, not to you",
+                hint="use a root of your own (--root or BUILDER_ROOT): a rootless builder can use neither root's "
+                     "store nor another user's")
         if st.st_uid != euid:
             raise StoreError(
                 f"the store root {root} belongs to uid {st.st_uid}, not to you (uid {euid})",
@@ -305,6 +311,9 @@ def check_store_entry(root: Path, relpath: str, *, directory: bool) -> bool:
             raise not_a_store_dir(root, relpath)
         raise StoreError(f"{path} is a symbolic link or not a regular file",
                          hint="someone may have tampered with the store: check it, then remove the entry")
+    if st.st_uid != os.geteuid() and in_user_namespace():
+        raise StoreError(f"{path} belongs to {describe_owner(st.st_uid)}, not to you",
+                         hint=f"check nothing foreign was put in the store, then: builder unshare chown -R 0:0 {root}")
     if st.st_uid != os.geteuid():
         raise StoreError(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
                          hint=f"check nothing foreign was put in the store, then chown -R {os.geteuid()} {root}")

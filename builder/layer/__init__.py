@@ -1,7 +1,8 @@
 """Layer tars: deterministic writing, compression, reading and safe extraction.
 
 Layer dirs on disk use the overlay-upper format: a deleted path is a 0/0 character device, an
-opaque directory carries the xattr trusted.overlay.opaque=y. See docs/ARCHITECTURE.md.
+opaque directory carries the xattr trusted.overlay.opaque=y (user.overlay.opaque=y in a rootless
+builder's store, see builder.userns). See docs/ARCHITECTURE.md.
 """
 from .applydir import apply_layer, apply_layer_dir
 from .decompress import detect_compression, open_layer_stream
@@ -18,7 +19,7 @@ from .media import (
     docker_media_type,
 )
 from .tarread import LayerEntry, iter_layer_entries
-from .tarwrite import OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, write_layer
+from .tarwrite import OPAQUE_MARKER, WHITEOUT_PREFIX, write_layer
 
 __all__ = [
     "DOCKER_MEDIA_TYPE_TAR",
@@ -29,7 +30,6 @@ __all__ = [
     "MEDIA_TYPE_TAR_GZIP",
     "MEDIA_TYPE_TAR_ZSTD",
     "OPAQUE_MARKER",
-    "OPAQUE_XATTR",
     "WHITEOUT_PREFIX",
     "LayerDigests",
     "LayerEntry",

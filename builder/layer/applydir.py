@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 from builder.errors import ArchiveError
+from builder.userns import in_user_namespace
 
 from .extract import EntryMeta, TreeWriter, apply_layer_stream
 from .tarwrite import decode_name, is_opaque_dir, is_whiteout, read_xattrs
@@ -54,8 +55,12 @@ def merge_tree(entries: Iterable[tuple[tuple[str, ...], Path | bytes, os.stat_re
                label: str) -> None:
     """Write a finished tree (no whiteouts; `entries` as (parts, host path, lstat), dirs before
     their contents) into `dest_dir`, which may hold files of its own: those stay, unless an entry
-    of the tree takes their path; a directory that holds something is never replaced."""
-    target = TreeWriter(Path(dest_dir), upper=False, keep_full_dirs=True)
+    of the tree takes their path; a directory that holds something is never replaced.
+
+    Owners are kept only by root: an ordinary user (rootless, in a user namespace) gets files of
+    their own, which they can change and delete, as buildx writes a local export for them."""
+    as_root = os.geteuid() == 0 and not in_user_namespace()
+    target = TreeWriter(Path(dest_dir), upper=False, keep_full_dirs=True, exact=as_root)
     try:
         _write_all(target, entries, label, changeset=False)
     except OSError as err:

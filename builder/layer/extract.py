@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import ArchiveError
+from builder.userns import in_user_namespace, is_overlay_xattr, opaque_xattr, owner_error
 
 from .decompress import ByteSource
 from .tarread import iter_tar, member_xattrs, split_member_name
-from .tarwrite import OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX
+from .tarwrite import BUILDER_XATTR_PREFIX, DEVICE_XATTR, OPAQUE_MARKER, WHITEOUT_PREFIX, device_marker
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
@@ -44,22 +45,26 @@ class TreeWriter:
     """Creates entries under one root directory, never following symlinks.
 
     upper=True writes the overlay-upper format (whiteouts become 0/0 char devices, opaque markers
-    the trusted.overlay.opaque xattr); upper=False applies onto a merged tree (whiteouts delete,
-    opaque markers empty the directory of what earlier layers put there). keep_full_dirs=True is
-    for a tree that is not ours (an export into a user's dir): an entry may replace a file, a link
-    or an empty dir at its path, but never a directory that holds something.
+    the overlay opaque xattr, see builder.userns); upper=False applies onto a merged tree
+    (whiteouts delete, opaque markers empty the directory of what earlier layers put there).
+    keep_full_dirs=True is for a tree that is not ours (an export into a user's dir): an entry may
+    replace a file, a link or an empty dir at its path, but never a directory that holds something.
+
+    exact=True (the store) gives every entry its owner and trusted.* xattrs or fails naming the
+    entry: a layer dir must be what the tar says. exact=False (an export into a user's dir) leaves
+    entries owned by whoever runs the builder, as `tar x` does for an ordinary user.
     """
 
-    def __init__(self, root: Path, *, upper: bool, keep_full_dirs: bool = False) -> None:
+    def __init__(self, root: Path, *, upper: bool, keep_full_dirs: bool = False, exact: bool = True) -> None:
         self._upper = upper
         self._keep_full_dirs = keep_full_dirs
+        self._exact = exact
         try:
             self._root_fd = os.open(root, _DIR_FLAGS)
         except OSError as err:
             raise ArchiveError(f"cannot open extraction target {root}: {err}") from err
         self._dir_meta: dict[tuple[str, ...], EntryMeta] = {}
         self._added: set[tuple[str, ...]] = set()  # paths this layer put in place
-        self._is_root = os.geteuid() == 0
 
     def close(self) -> None:
         os.close(self._root_fd)
@@ -121,43 +126,55 @@ class TreeWriter:
 
     # -- metadata -----------------------------------------------------------------------------
 
-    def _chown(self, fd_or_name: int | str, uid: int, gid: int, parent_fd: int | None = None) -> None:
+    def _chown(self, parts: tuple[str, ...], fd_or_name: int | str, uid: int, gid: int,
+               parent_fd: int | None = None) -> None:
+        if not self._exact:
+            return  # the caller's ownership, whoever the tar names
         try:
             if parent_fd is None:
                 os.chown(fd_or_name, uid, gid)
             else:
                 os.chown(fd_or_name, uid, gid, dir_fd=parent_fd, follow_symlinks=False)
-        except PermissionError:
-            if self._is_root:
-                raise  # rootless extraction keeps the caller's ownership; root must not fail
+        except OSError as err:
+            # EINVAL: an id the user namespace does not map; EPERM: not root at all. Either way
+            # the entry cannot have its owner, and a layer dir with another owner would be wrong.
+            if err.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            raise owner_error(f"layer entry {_display(parts)!r}", uid, gid, err) from err
 
-    def _set_xattrs(self, target: int | str, xattrs: dict[str, bytes]) -> None:
+    def _set_xattrs(self, parts: tuple[str, ...], target: int | str, xattrs: dict[str, bytes]) -> None:
         for key, value in xattrs.items():
-            if key.startswith(OVERLAY_XATTR_PREFIX):
-                continue  # overlay's own state comes only from whiteout/opaque entries
+            if is_overlay_xattr(key) or key.startswith(BUILDER_XATTR_PREFIX):
+                continue  # overlay's and the builder's own state never comes from a tar
             try:
                 if isinstance(target, int):
                     os.setxattr(target, key, value)
                 else:
                     os.setxattr(target, key, value, follow_symlinks=False)
             except OSError as err:
+                if err.errno == errno.EPERM and key.startswith("trusted.") and self._exact and in_user_namespace():
+                    raise ArchiveError(
+                        f"layer entry {_display(parts)!r} has the xattr {key}, which only root outside a user "
+                        "namespace may set: a rootless build cannot keep it",
+                        hint="build this image as root") from err
                 # As Docker does: file systems without (user) xattrs, and symlinks, which
                 # refuse user.* xattrs, lose them rather than failing the whole layer.
                 if err.errno not in (errno.ENOTSUP, errno.EPERM):
                     raise
 
-    def _meta_on_fd(self, fd: int, meta: EntryMeta) -> None:
+    def _meta_on_fd(self, parts: tuple[str, ...], fd: int, meta: EntryMeta) -> None:
         # chown clears setuid bits and security.capability: it goes first.
-        self._chown(fd, meta.uid, meta.gid)
-        self._set_xattrs(fd, meta.xattrs)
+        self._chown(parts, fd, meta.uid, meta.gid)
+        self._set_xattrs(parts, fd, meta.xattrs)
         os.chmod(fd, meta.mode & 0o7777)
         if meta.mtime_ns is not None:
             os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
 
-    def _meta_at(self, parent_fd: int, name: str, meta: EntryMeta, *, symlink: bool) -> None:
-        self._chown(name, meta.uid, meta.gid, parent_fd)
+    def _meta_at(self, parts: tuple[str, ...], parent_fd: int, meta: EntryMeta, *, symlink: bool) -> None:
+        name = parts[-1]
+        self._chown(parts, name, meta.uid, meta.gid, parent_fd)
         # /proc/self/fd/N resolves to the parent dir itself; the last component is not followed.
-        self._set_xattrs(f"/proc/self/fd/{parent_fd}/{name}", meta.xattrs)
+        self._set_xattrs(parts, f"/proc/self/fd/{parent_fd}/{name}", meta.xattrs)
         if not symlink:
             os.chmod(name, meta.mode & 0o7777, dir_fd=parent_fd)  # just made by us: not a link
         if meta.mtime_ns is not None:
@@ -193,8 +210,8 @@ class TreeWriter:
         finally:
             os.close(parent_fd)
         try:
-            self._chown(fd, meta.uid, meta.gid)
-            self._set_xattrs(fd, meta.xattrs)
+            self._chown(parts, fd, meta.uid, meta.gid)
+            self._set_xattrs(parts, fd, meta.xattrs)
         finally:
             os.close(fd)
         # Mode and mtime at the end: adding children would change the mtime again.
@@ -223,7 +240,7 @@ class TreeWriter:
                     _write_all(fd, chunk)
                 written += len(chunk)
             os.ftruncate(fd, size)
-            self._meta_on_fd(fd, meta)
+            self._meta_on_fd(parts, fd, meta)
         finally:
             os.close(fd)
 
@@ -231,7 +248,7 @@ class TreeWriter:
         parent_fd = self._prepare(parts)
         try:
             os.symlink(target, parts[-1], dir_fd=parent_fd)
-            self._meta_at(parent_fd, parts[-1], meta, symlink=True)
+            self._meta_at(parts, parent_fd, meta, symlink=True)
         finally:
             os.close(parent_fd)
 
@@ -242,8 +259,20 @@ class TreeWriter:
             if kind == stat.S_IFIFO:
                 os.mkfifo(parts[-1], 0o600, dir_fd=parent_fd)
             else:
-                os.mknod(parts[-1], kind | 0o600, device, dir_fd=parent_fd)
-            self._meta_at(parent_fd, parts[-1], meta, symlink=False)
+                try:
+                    os.mknod(parts[-1], kind | 0o600, device, dir_fd=parent_fd)
+                except PermissionError:
+                    if not (self._upper and in_user_namespace()):
+                        raise
+                    # Only whiteouts (0/0) may be made in a user namespace: a rootless store
+                    # keeps the node as a marked empty file (see DEVICE_XATTR).
+                    fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o600, dir_fd=parent_fd)
+                    try:
+                        os.setxattr(fd, DEVICE_XATTR, device_marker(kind, device))
+                    finally:
+                        os.close(fd)
+            self._meta_at(parts, parent_fd, meta, symlink=False)
         finally:
             os.close(parent_fd)
 
@@ -312,7 +341,7 @@ class TreeWriter:
         fd = self.open_dir(dir_parts, create=True)
         try:
             if self._upper:
-                os.setxattr(fd, OPAQUE_XATTR, b"y")
+                os.setxattr(fd, opaque_xattr(), b"y")
                 return
             for name in os.listdir(fd):
                 if dir_parts + (name,) not in self._added:
@@ -412,8 +441,8 @@ def _extract(stream: ByteSource, root: Path, *, upper: bool) -> None:
 def unpack_layer(stream: ByteSource, dest_dir: Path) -> None:
     """Extract a (possibly compressed) layer tar into `dest_dir` in the overlay-upper format.
 
-    `.wh.NAME` becomes a 0/0 char device NAME, `.wh..wh..opq` the trusted.overlay.opaque=y xattr
-    on its directory. Nothing is written outside dest_dir; hostile or corrupt input raises
+    `.wh.NAME` becomes a 0/0 char device NAME, `.wh..wh..opq` the overlay opaque xattr (=y) on
+    its directory. Nothing is written outside dest_dir; hostile or corrupt input raises
     ArchiveError (dest_dir may then hold a partial extraction: extract into a temp dir).
     """
     _extract(stream, dest_dir, upper=True)

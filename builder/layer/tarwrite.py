@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from builder.errors import ArchiveError
+from builder.userns import is_overlay_xattr, opaque_xattr
 
 from .compress import ByteSink, CountingSink, HandOver, HashingSink, OutputWriteError, open_compressor
 from .media import COMPRESSIONS, MEDIA_TYPE_BY_COMPRESSION, LayerDigests
@@ -22,8 +23,13 @@ from .tarheader import member_header
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
-OVERLAY_XATTR_PREFIX = "trusted.overlay."
+# The builder's own xattrs in layer dirs: never taken from a tar, never written into one.
+BUILDER_XATTR_PREFIX = "user.builder."
+# A device node in a rootless store. Only root of the initial user namespace may make one, so
+# unpacking in a user namespace leaves an empty regular file with this xattr ("c MAJOR MINOR" or
+# "b MAJOR MINOR") and the owner and mode of the node; the tar writer writes the node back, so
+# the layer's bytes are those a root build has.
+DEVICE_XATTR = BUILDER_XATTR_PREFIX + "device"
 # Labels the host's SELinux policy puts on every file: they describe the build machine, not the
 # image, and would make layers differ between hosts.
 _HOST_XATTRS = frozenset({"security.selinux"})
@@ -45,8 +51,8 @@ def is_whiteout(st: os.stat_result) -> bool:
 
 
 def read_xattrs(path: bytes | str, *, skip_overlay: bool = True) -> dict[str, bytes]:
-    """All xattrs of a path (not following symlinks), sorted by name; overlay's own and host
-    SELinux labels omitted."""
+    """All xattrs of a path (not following symlinks), sorted by name; overlay's own (trusted.overlay.*
+    and, for rootless overlay, user.overlay.*) and host SELinux labels omitted."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as err:
@@ -55,7 +61,7 @@ def read_xattrs(path: bytes | str, *, skip_overlay: bool = True) -> dict[str, by
         raise
     result: dict[str, bytes] = {}
     for name in sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape")):
-        if skip_overlay and (name.startswith(OVERLAY_XATTR_PREFIX) or name in _HOST_XATTRS):
+        if skip_overlay and (is_overlay_xattr(name) or name.startswith(BUILDER_XATTR_PREFIX) or name in _HOST_XATTRS):
             continue
         try:
             result[name] = os.getxattr(path, name, follow_symlinks=False)
@@ -66,9 +72,29 @@ def read_xattrs(path: bytes | str, *, skip_overlay: bool = True) -> dict[str, by
     return result
 
 
-def is_opaque_dir(path: bytes | str) -> bool:
+def device_marker(kind: int, device: int) -> bytes:
+    """The DEVICE_XATTR value standing for a char (S_IFCHR) or block (S_IFBLK) device."""
+    return f"{'c' if kind == stat.S_IFCHR else 'b'} {os.major(device)} {os.minor(device)}".encode()
+
+
+def read_device_marker(path: bytes | str) -> tuple[int, int] | None:
+    """(S_IFCHR or S_IFBLK, device number) of an empty file standing for a device node, else None."""
     try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+        value = os.getxattr(path, DEVICE_XATTR, follow_symlinks=False)
+    except OSError:
+        return None
+    fields = value.split()
+    if len(fields) != 3 or fields[0] not in (b"c", b"b") or not (fields[1].isdigit() and fields[2].isdigit()):
+        raise ArchiveError(f"{os.fsdecode(path)} has a malformed {DEVICE_XATTR} xattr {value!r}")
+    kind = stat.S_IFCHR if fields[0] == b"c" else stat.S_IFBLK
+    return kind, os.makedev(int(fields[1]), int(fields[2]))
+
+
+def is_opaque_dir(path: bytes | str) -> bool:
+    """Whether a layer dir's directory is opaque: its overlay opaque xattr (trusted.*, or user.*
+    in a user namespace, see builder.userns) is "y"."""
+    try:
+        return os.getxattr(path, opaque_xattr(), follow_symlinks=False) == b"y"
     except OSError:
         return False
 
@@ -201,6 +227,12 @@ class _TarMembers:
                 yield _Member(info)
                 return
             self._links[key] = name
+        device = read_device_marker(abs_path) if stat.S_ISREG(mode) and st.st_size == 0 else None
+        if device is not None:
+            mode = device[0] | stat.S_IMODE(mode)
+            st_rdev = device[1]
+        else:
+            st_rdev = st.st_rdev
         if stat.S_ISREG(mode):
             info.type = tarfile.REGTYPE
             info.size = st.st_size
@@ -214,8 +246,8 @@ class _TarMembers:
             yield _Member(info)
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-            info.devmajor = os.major(st.st_rdev)
-            info.devminor = os.minor(st.st_rdev)
+            info.devmajor = os.major(st_rdev)
+            info.devminor = os.minor(st_rdev)
             yield _Member(info)
 
 

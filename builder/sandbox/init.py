@@ -16,6 +16,8 @@ Docker, since images do mknod) cannot be opened; /dev holds only null, zero, ful
 urandom, tty, ptmx and pts. The rootfs keeps setuid (no nosuid, no no_new_privs), as Docker.
 Host paths are bound only after opening them without following any symlink on the way.
 Secrets and the files the builder injects live on a tmpfs of this mount namespace only.
+Rootless (inside the builder's user namespace) the same holds; the kernel then refuses mknod
+outright, and with the host's network the host's /sys is bound, every mount below it read-only.
 """
 from __future__ import annotations
 
@@ -231,7 +233,37 @@ def mount_sys(target: str) -> None:
     try:
         mount("sysfs", target, "sysfs", flags)
     except SetupError:
+        # No sysfs of our own (rootless with the host's network: that namespace is not ours):
+        # the host's /sys, whose submounts (cgroups, ...) must come along in a user namespace,
+        # all of them read-only.
         bind("/sys", target, readonly=True, recursive=True, flags=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        read_only_below(target)
+
+
+MOUNT_SETATTR_SYSCALL = 442  # the same number on every architecture (Linux 5.12)
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 0x1, 0x2, 0x4, 0x8
+
+
+def read_only_below(target: str) -> None:
+    """Make `target` and every mount below it read-only, nosuid, nodev and noexec."""
+    attr = struct.pack("=QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+                       0, 0, 0)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    rc = _libc.syscall(ctypes.c_long(MOUNT_SETATTR_SYSCALL), ctypes.c_int(AT_FDCWD), os.fsencode(target),
+                       ctypes.c_uint(AT_RECURSIVE), buf, ctypes.c_size_t(len(attr)))
+    if rc == 0:
+        return
+    if ctypes.get_errno() != errno.ENOSYS:
+        _check(rc, f"make {target} read-only")
+    # An older kernel: one mount at a time, as /proc/self/mountinfo lists them (parents first).
+    with open("/proc/self/mountinfo") as handle:
+        points = [line.split()[4] for line in handle]
+    for point in points:
+        point = point.encode().decode("unicode_escape")  # mountinfo escapes spaces as \040
+        if point == target or point.startswith(target.rstrip("/") + "/"):
+            mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
 def stage_files(staging: str, files: list[dict]) -> list[str]:
@@ -336,7 +368,8 @@ def enter(spec: dict, syscall_filter: "seccomp_filter.Filter") -> None:
         syscall_filter.load()
     except seccomp_filter.SeccompUnavailable as exc:
         raise SetupError(str(exc), kind="seccomp") from exc
-    os.setgroups(spec.get("groups", []))
+    if spec.get("set_groups", True):
+        os.setgroups(spec.get("groups", []))
     os.setgid(gid)
     os.setuid(uid)
     try:

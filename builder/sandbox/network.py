@@ -24,12 +24,21 @@ INSTALL_HINT = ("install slirp4netns (apt-get install slirp4netns), or choose --
                 "(the host's network, services on its loopback included) or --network=none")
 
 
+TUN_DEVICE = "/dev/net/tun"
+
+
 def slirp_tool() -> str:
     """The slirp4netns binary, or a clear error: without it RUN falls back to nothing silently."""
     path = shutil.which("slirp4netns")
     if path is None:
         raise SandboxError("RUN's default network needs slirp4netns, which is not installed",
                            hint=INSTALL_HINT)
+    if not os.access(TUN_DEVICE, os.R_OK | os.W_OK):
+        # Root can always open it; an ordinary user (rootless) only if its mode lets everyone.
+        raise SandboxError(f"RUN's default network needs {TUN_DEVICE}, which this user cannot open",
+                           hint=f"as root: chmod 0666 {TUN_DEVICE} (its usual mode, as udev sets it: the device "
+                                "gives nobody more than their own network namespace), or choose --network=host "
+                                "or --network=none")
     return path
 
 

@@ -17,6 +17,11 @@ mount namespace only; `Tmpfs` mounts are real tmpfs mounts there.
 Nothing outlives the builder: `setpriv --pdeathsig KILL` kills init's supervisor if the builder
 dies (even by SIGKILL), pid 1 has the same death signal on the supervisor, and the kernel kills
 the rest of the PID namespace with its pid 1. Every mount lives only in the sandbox's mount namespace and goes with it.
+
+Rootless (builder.userns), the builder already is root of a user namespace, and all of the above
+happens inside it: ids the namespace does not map (USER, a secret's owner) are errors before
+anything starts, supplementary groups are left alone where the kernel forbids setting them (only
+the user's own ids mapped), and the default network needs a /dev/net/tun the user may open.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from builder.errors import SandboxError
 from builder.sandbox import network as user_network
 from builder.sandbox.users import home_of_uid, resolve_user
 from builder.snapshot.base import ActiveSnapshot
+from builder.userns import check_owner, check_process_ids, in_user_namespace, setgroups_allowed
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETWORK_MODES = ("default", "host", "none")
@@ -166,11 +172,20 @@ def run(
                            hint="use --network=default, --network=host or --network=none")
     if not argv:
         raise SandboxError("no command to run", hint="give a command, or set CMD/ENTRYPOINT in the image")
+    if os.geteuid() != 0:
+        raise SandboxError("the sandbox needs root, or a user namespace in which the builder is root",
+                           hint="the builder command enters one by itself for an ordinary user; a program using "
+                                "the library calls builder.userns.enter() first, while it has one thread")
     if network == "default":
         user_network.slirp_tool()  # fail before any work if the private network cannot be had
     if not workdir.startswith("/"):
         workdir = "/" + workdir
     ids = resolve_user(user or "0", snapshot.view)
+    # Rootless, an id outside the namespace's map would fail deep in init with EINVAL: say which.
+    check_process_ids(f"running as user {user or '0'!r}", ids.uid, ids.gid, ids.additional_gids)
+    for mount in extra_binds:
+        if isinstance(mount, SecretFile):
+            check_owner(f"the secret mounted at {mount.target}", mount.uid, mount.gid)
 
     checked = {id(m): _check_bind_source(m) for m in extra_binds if isinstance(m, Bind)}
     file_targets = [m.target for m in extra_binds
@@ -227,6 +242,8 @@ def run(
             "gid": ids.gid,
             # The primary group is in the supplementary list too, as runc sets it.
             "groups": [ids.gid] + [g for g in ids.additional_gids if g != ids.gid],
+            # Not where only the user's own ids are mapped (rootless without subordinate ids).
+            "set_groups": setgroups_allowed(),
             "env": full_env,
             "argv": list(argv),
         }
@@ -343,8 +360,12 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
     for message in messages:
         if "exit" in message:
             return int(message["exit"])
-    raise SandboxError(f"the sandbox did not start (unshare exited with status {returncode})",
-                       hint="the builder needs root (or CAP_SYS_ADMIN), util-linux and namespaces")
+    if in_user_namespace():
+        hint = ("rootless RUN needs the kernel to allow mount, PID, network, UTS and IPC namespaces inside a "
+                "user namespace, and util-linux's unshare and setpriv")
+    else:
+        hint = "the builder needs root (or CAP_SYS_ADMIN), util-linux and namespaces"
+    raise SandboxError(f"the sandbox did not start (unshare exited with status {returncode})", hint=hint)
 
 
 class SandboxGroup:

@@ -17,6 +17,7 @@ from builder.snapshot.base import ActiveSnapshot, OverlayMount
 from builder.snapshot.copy import CopySnapshot
 from builder.snapshot.overlay import OverlaySnapshot, overlay_supported
 from builder.snapshot.view import LayeredView, flatten
+from builder.userns import in_user_namespace
 
 KINDS = ("overlay", "copy", "auto")
 MAX_OVERLAY_LAYERS = 500  # the kernel's OVL_MAX_STACK
@@ -36,6 +37,11 @@ def prepare(layer_dirs: Sequence[Path], work_dir: Path, kind: str = "auto") -> A
     if kind == "overlay" and len(layer_dirs) > MAX_OVERLAY_LAYERS:
         raise SandboxError(f"an overlay mount takes at most {MAX_OVERLAY_LAYERS} layers, the image has {len(layer_dirs)}",
                            hint="use --snapshotter=copy or squash the base image")
+    if kind == "overlay" and not overlay_supported(work_dir):
+        where = "in the builder's user namespace" if in_user_namespace() else "on this machine"
+        raise SandboxError(f"--snapshotter=overlay: overlayfs cannot be mounted over {work_dir} {where}",
+                           hint="use --snapshotter=copy (or auto, which falls back to it); a rootless overlay "
+                                "needs Linux 5.11 or later and a file system overlayfs takes as upper dir")
     if kind == "overlay":
         return OverlaySnapshot(layer_dirs, work_dir)
     return CopySnapshot(layer_dirs, work_dir)

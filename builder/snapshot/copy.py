@@ -31,7 +31,8 @@ from typing import Sequence
 from builder.errors import SandboxError
 from builder.snapshot.base import ActiveSnapshot, coarse_clock_after, prepare_dest
 from builder.snapshot.btime import birth_time_ns
-from builder.snapshot.view import OPAQUE_XATTR, LayeredView, copy_metadata, flatten
+from builder.snapshot.view import LayeredView, copy_metadata, flatten
+from builder.userns import opaque_xattr
 
 
 class CopySnapshot(ActiveSnapshot):
@@ -89,7 +90,7 @@ class _DiffWriter:
             source = self.root.joinpath(*parts)
             copy_metadata(source, target, os.lstat(source))
             if parts in self.opaque:
-                os.setxattr(target, OPAQUE_XATTR, b"y", follow_symlinks=False)
+                os.setxattr(target, opaque_xattr(), b"y", follow_symlinks=False)
 
     def _fresh_dir(self, parts: tuple[str, ...], st: os.stat_result) -> bool:
         """Was this dir made during the run (not the one the parent tree had here)?"""

@@ -3,6 +3,10 @@ sandbox's init inside its private mount namespace (so a killed builder leaves no
 
 The one-page limit on mount options is kept by naming every lower dir with a short symlink
 (`l/0`, `l/1`, ...) in the work dir and mounting from there with relative paths.
+
+In a user namespace (rootless, see builder.userns) overlay is mounted with `userxattr`: it then
+keeps its state in user.overlay.* xattrs (the kernel lets only the initial namespace's root write
+trusted.*), which also rules out following redirects, so those are turned off by `nofollow`.
 """
 from __future__ import annotations
 
@@ -14,11 +18,14 @@ from typing import Sequence
 
 from builder.errors import SandboxError
 from builder.snapshot.base import ActiveSnapshot, OverlayMount, prepare_dest, same_metadata
-from builder.snapshot.view import OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, copy_metadata, is_opaque, is_whiteout
+from builder.snapshot.view import copy_metadata, is_opaque, is_whiteout
+from builder.userns import in_user_namespace, is_overlay_xattr, opaque_xattr
 
 # index=off: copy-up never links to an index; metacopy=off: data is copied with metadata, so
 # the upper dir is complete; redirect_dir=off: a renamed lower dir is copied, not redirected.
 OVERLAY_OPTIONS = "index=off,metacopy=off,redirect_dir=off"
+# The same in a user namespace; redirect_dir=off would still follow redirects, which userxattr refuses.
+USERNS_OVERLAY_OPTIONS = "userxattr,index=off,metacopy=off,redirect_dir=nofollow"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 _probe_cache: dict[int, bool] = {}
@@ -27,7 +34,8 @@ _probe_cache: dict[int, bool] = {}
 def overlay_options(lower_names: Sequence[str], upper: str, work: str) -> str:
     """The option string; `lower_names` lowest first (overlay wants the topmost first)."""
     lowers = ":".join(reversed(list(lower_names)))
-    return f"lowerdir={lowers},upperdir={upper},workdir={work},{OVERLAY_OPTIONS}"
+    options = USERNS_OVERLAY_OPTIONS if in_user_namespace() else OVERLAY_OPTIONS
+    return f"lowerdir={lowers},upperdir={upper},workdir={work},{options}"
 
 
 def overlay_supported(work_dir: Path) -> bool:
@@ -145,7 +153,7 @@ def _remove_keeping_parent_time(path: Path) -> None:
 
 def normalise_upper(upper: Path) -> None:
     """Make an upper dir a plain layer dir: drop sockets and overlay's private xattrs (origin, impure, ...),
-    keep only opaque=y, and give each whiteout its own inode (overlay links them all to one
+    keep only opaque=y (in this namespace's xattr namespace), and give each whiteout its own inode (overlay links them all to one
     shared whiteout, which a tar writer would otherwise see as hardlinks)."""
     for root, dirnames, filenames in os.walk(upper):
         root_path = Path(root)
@@ -178,9 +186,9 @@ def _clean_xattrs(path: Path, *, is_dir: bool) -> None:
     except OSError:
         return
     for name in names:
-        if not name.startswith(OVERLAY_XATTR_PREFIX):
+        if not is_overlay_xattr(name):
             continue
-        if name == OPAQUE_XATTR and is_dir:
+        if name == opaque_xattr() and is_dir:
             value = os.getxattr(path, name, follow_symlinks=False)
             if value == b"y":
                 continue

@@ -1,7 +1,8 @@
 """A read-only merged view over a stack of layer dirs in the overlay-upper format, without mounting.
 
 Layer dirs are given lowest first. A deleted path is a character device 0/0; a directory with
-the xattr trusted.overlay.opaque=y hides everything below it in lower layers. Paths are absolute
+the overlay opaque xattr =y (trusted.overlay.opaque, or user.overlay.opaque when rootless: see
+builder.userns) hides everything below it in lower layers. Paths are absolute
 in-image paths; symlinks met on the way are resolved inside the view (an absolute target starts
 again at the image's root, `..` never climbs above it), never on the host.
 """
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-OPAQUE_XATTR = "trusted.overlay.opaque"
-OVERLAY_XATTR_PREFIX = "trusted.overlay."
+from builder.userns import is_overlay_xattr, opaque_xattr
+
 MAX_SYMLINK_HOPS = 40
 
 
@@ -25,9 +26,9 @@ def is_whiteout(st: os.stat_result) -> bool:
 
 
 def is_opaque(host_dir: Path | str) -> bool:
-    """True if the directory carries trusted.overlay.opaque=y."""
+    """True if the directory carries the overlay opaque xattr with the value y."""
     try:
-        return os.getxattr(host_dir, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+        return os.getxattr(host_dir, opaque_xattr(), follow_symlinks=False) == b"y"
     except OSError:
         return False
 
@@ -47,14 +48,14 @@ def split_path(path: str) -> tuple[str, ...]:
 
 
 def image_xattrs(host_path: Path | str) -> dict[str, bytes]:
-    """The xattrs of a file that belong to the image (overlay's own trusted.overlay.* left out)."""
+    """The xattrs of a file that belong to the image (overlay's own trusted/user.overlay.* left out)."""
     try:
         names = os.listxattr(host_path, follow_symlinks=False)
     except OSError:
         return {}
     result: dict[str, bytes] = {}
     for name in sorted(names):
-        if name.startswith(OVERLAY_XATTR_PREFIX):
+        if is_overlay_xattr(name):
             continue
         try:
             result[name] = os.getxattr(host_path, name, follow_symlinks=False)

@@ -22,10 +22,11 @@ from typing import BinaryIO, Protocol
 
 from builder.errors import ArchiveError, Pos
 from builder.snapshot.view import split_path
+from builder.userns import OVERLAY_XATTR_PREFIXES, check_owner
 
 _COPY_BUFFER = 1 << 20
 _MAX_LINK_HOPS = 40
-_SKIPPED_XATTR_PREFIXES = ("trusted.overlay.",)
+_SKIPPED_XATTR_PREFIXES = OVERLAY_XATTR_PREFIXES
 
 def open_decompressed(fileobj: BinaryIO) -> BinaryIO:
     """The uncompressed bytes of `fileobj`, whatever of the supported compressions it uses."""
@@ -188,6 +189,7 @@ def _extract_member(
         return  # the destination itself (`./`, an empty name): Docker skips it, whatever its type
     image_path = resolver.path(parts, member.name)
     uid, gid = chown if chown is not None else (member.uid, member.gid)
+    check_owner(image_path, uid, gid, pos=resolver.pos)  # rootless: an owner the namespace lacks is an error
     mode = member.mode & 0o7777
     mtime_ns = int(member.mtime) * 1_000_000_000
     staging.ensure_dir(posixpath.dirname(image_path))

@@ -23,6 +23,7 @@ from builder.solve.copy import (
 from builder.solve.sources import describe_source_for_key
 from builder.solve.state import LayerRef
 from builder.solve.step import Expand, PreparedStep, StepInput
+from builder.userns import check_owner
 
 LARGE_COPY_BYTES = 32 * 1024 * 1024
 
@@ -122,6 +123,13 @@ class CopyStep(PreparedStep):
         session, instruction = step.session, step.instruction
         view = LayeredView(session.lower_dirs(self.lower_layers))
         chown = self._resolve_chown(self.chown, view) if self.chown else None
+        if chown is not None:
+            # Rootless without enough subordinate ids, say so before copying anything.
+            try:
+                check_owner(self.dest, *chown, pos=instruction.pos)
+            except BuildError as error:
+                error.source_line = step.source_line
+                raise
         staging = work / "layer"
         staging.mkdir()
         # Bytes copied, shown once a COPY is large enough to take a while (the total is not known

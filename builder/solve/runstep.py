@@ -14,6 +14,7 @@ from builder.solve.metadata import command_argv, json_list
 from builder.solve.mounts import MountSetup, plan_mounts
 from builder.solve.state import LayerRef
 from builder.solve.step import PreparedStep, StepInput
+from builder.userns import run_failure_note
 
 OUTPUT_TAIL_LINES = 15
 OUTPUT_LINE_LIMIT = 8192
@@ -131,12 +132,14 @@ class RunStep(PreparedStep):
             emit([partial[0]])
         if outcome.status != 0:
             shown = "\n".join(tail)
+            hint = ("last output lines:\n" + shown) if shown else "the command printed nothing"
+            note = run_failure_note()
             raise RunError(
                 f"RUN failed with exit code {outcome.status}",
                 exit_status=outcome.status,
                 pos=instruction.pos,
                 source_line=step.source_line,
-                hint=("last output lines:\n" + shown) if shown else "the command printed nothing",
+                hint=hint + ("\n" + note if note else ""),
             )
         return session.commit_layer(outcome.diff_dir)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from builder.layer import apply_layer, apply_layer_dir, unpack_layer
+from builder.userns import opaque_xattr
 
 from .conftest import CAPABILITY, EPOCH, OLD_MTIME, layer_bytes, requires_root
 
@@ -56,7 +57,7 @@ def test_unpacked_dir_is_in_overlay_upper_format(tree: Path, tmp_path: Path) -> 
     removed = os.lstat(dest / "etc/removed")
     assert stat.S_ISCHR(removed.st_mode) and removed.st_rdev == 0
     assert not (dest / "etc/.wh.removed").exists()
-    assert os.getxattr(dest / "var/cache", "trusted.overlay.opaque") == b"y"
+    assert os.getxattr(dest / "var/cache", opaque_xattr()) == b"y"
     assert not (dest / "var/cache/.wh..wh..opq").exists()
     assert os.getxattr(dest / "var/cache", "user.cache") == b"1"
     ping = os.lstat(dest / "bin/ping")
@@ -115,7 +116,7 @@ def test_apply_layer_deletes_whiteouts_and_empties_opaque_dirs(tree: Path, tmp_p
     assert not os.path.lexists(merged / "etc/removed")
     assert (merged / "etc/passwd").read_text().startswith("root:")
     assert sorted(os.listdir(merged / "var/cache")) == ["keep"]
-    assert "trusted.overlay.opaque" not in os.listxattr(merged / "var/cache")
+    assert opaque_xattr() not in os.listxattr(merged / "var/cache")
     assert (merged / "bin/ping").read_bytes() == b"ping binary\n"
     assert (merged / "keep-me").read_text() == "untouched"
     assert os.lstat(merged / "a/data").st_ino == os.lstat(merged / "z/data-link").st_ino
@@ -157,7 +158,7 @@ def test_apply_layer_dir_matches_apply_layer(tree: Path, tmp_path: Path) -> None
     apply_layer_dir(layer_dir, via_dir)
     assert not os.path.lexists(via_dir / "etc/removed")
     assert sorted(os.listdir(via_dir / "var/cache")) == ["keep"]
-    assert "trusted.overlay.opaque" not in os.listxattr(via_dir / "var/cache")
+    assert opaque_xattr() not in os.listxattr(via_dir / "var/cache")
     assert os.getxattr(via_dir / "bin/ping", "security.capability") == CAPABILITY
     for root in (via_tar, via_dir):  # same mtimes on the base dirs, which the layer did not name
         for name in ("etc", "var", "."):

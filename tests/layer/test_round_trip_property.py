@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from builder.layer import unpack_layer, write_layer
+from builder.userns import opaque_xattr
 
 from .conftest import requires_root
 
@@ -63,7 +64,7 @@ def _make(root: Path, drawn: list) -> None:
                 os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             elif kind == "opaque":
                 path.mkdir()
-                os.setxattr(path, "trusted.overlay.opaque", b"y")
+                os.setxattr(path, opaque_xattr(), b"y")
             else:
                 continue
             os.lchown(path, owner, owner + 1)

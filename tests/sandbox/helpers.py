@@ -11,6 +11,7 @@ from typing import Sequence
 
 from builder.sandbox import run
 from builder.snapshot import prepare
+from builder.userns import opaque_xattr
 
 
 @dataclass
@@ -95,7 +96,7 @@ def make_layer(root: Path, entries: dict[str, object], *, mtime: int = 160000000
             path.mkdir(exist_ok=True)
             os.chmod(path, 0o755)
             if spec == "OPAQUE":
-                os.setxattr(path, "trusted.overlay.opaque", b"y")
+                os.setxattr(path, opaque_xattr(), b"y")
         elif spec == "WHITEOUT":
             os.mknod(path, stat.S_IFCHR | 0o000, 0)
         elif isinstance(spec, tuple) and spec[0] == "link":

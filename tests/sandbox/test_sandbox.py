@@ -191,6 +191,16 @@ def test_sys_is_read_only(busybox_layer, tmp_path):
     assert out.strip().endswith("1")
 
 
+@pytest.mark.parametrize("network", ["default", "none", "host"])
+def test_sys_and_every_mount_below_it_are_read_only(busybox_layer, tmp_path, network):
+    """With the host's network, rootless, no sysfs of its own can be mounted: the host's /sys is
+    bound with its submounts (cgroups, ...), which must be read-only too."""
+    status, out = run_in([busybox_layer], tmp_path / "w", sh("cat /proc/self/mountinfo"), network=network)
+    under_sys = [line.split() for line in out.splitlines()
+                 if line.split()[4] == "/sys" or line.split()[4].startswith("/sys/")]
+    assert under_sys and all("ro" in fields[5].split(",") for fields in under_sys), out
+
+
 def test_missing_program_is_a_clear_error(busybox_layer, tmp_path, kind):
     with pytest.raises(SandboxError) as caught:
         run_in([busybox_layer], tmp_path / "w", ["no-such-program", "x"], kind)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.userns import opaque_xattr
 from sandbox.helpers import listing, make_layer
 
 OLD_MTIME = 1600000000
@@ -75,13 +76,13 @@ def test_rm_of_a_lower_file_is_a_whiteout(runner, busybox_layer, data_layer):
 def test_dir_deleted_and_recreated_is_opaque(runner, busybox_layer, data_layer):
     script = "rm -rf /data/sub && mkdir /data/sub && touch /data/sub/x"
     for diff in run_both(runner, [busybox_layer, data_layer], script):
-        assert os.getxattr(diff / "data/sub", "trusted.overlay.opaque") == b"y"
+        assert os.getxattr(diff / "data/sub", opaque_xattr()) == b"y"
         assert names(diff) == {"data", "data/sub", "data/sub/x"}
 
 
 def test_new_dir_where_nothing_was_is_not_opaque(runner, busybox_layer, data_layer):
     for diff in run_both(runner, [busybox_layer, data_layer], "mkdir -p /data/fresh/a && touch /data/fresh/a/f"):
-        assert "trusted.overlay.opaque" not in os.listxattr(diff / "data/fresh")
+        assert opaque_xattr() not in os.listxattr(diff / "data/fresh")
         assert names(diff) == {"data", "data/fresh", "data/fresh/a", "data/fresh/a/f"}
 
 
@@ -137,7 +138,7 @@ def test_names_with_spaces_and_newlines(runner, busybox_layer, data_layer):
 def test_type_changes(runner, busybox_layer, data_layer):
     script = "rm /data/filedir && mkdir /data/filedir && rm -r /data/dirfile && echo f > /data/dirfile"
     for diff in run_both(runner, [busybox_layer, data_layer], script):
-        assert os.getxattr(diff / "data/filedir", "trusted.overlay.opaque") == b"y"
+        assert os.getxattr(diff / "data/filedir", opaque_xattr()) == b"y"
         assert (diff / "data/dirfile").read_text() == "f\n"
 
 
@@ -231,7 +232,7 @@ def test_diff_to_another_file_system(tmp_path, busybox_layer, data_layer):
             finally:
                 snap.cleanup()
         assert results["overlay"] == results["copy"]
-        assert os.getxattr(other / "overlay/data/sub", "trusted.overlay.opaque") == b"y"
+        assert os.getxattr(other / "overlay/data/sub", opaque_xattr()) == b"y"
         assert os.lstat(other / "copy/data/sub/a").st_ino == os.lstat(other / "copy/data/sub/b").st_ino
     finally:
         shutil.rmtree(other)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from builder.snapshot.view import LayeredView, flatten
+from builder.userns import opaque_xattr
 from sandbox.helpers import make_layer
 
 
@@ -89,7 +90,7 @@ def test_flatten_merges_and_links(stack, tmp_path):
     assert (dest / "etc/kept").read_text() == "k2"
     assert os.lstat(dest / "etc/kept").st_ino == os.lstat(stack[2] / "etc/kept").st_ino  # hardlinked
     assert os.readlink(dest / "abs") == "/real"
-    assert "trusted.overlay.opaque" not in os.listxattr(dest / "opt/old")
+    assert opaque_xattr() not in os.listxattr(dest / "opt/old")
     assert not [p for p in dest.rglob("*") if stat.S_ISCHR(os.lstat(p).st_mode)]
     assert os.lstat(dest / "etc").st_mtime_ns == os.lstat(stack[2] / "etc").st_mtime_ns
     after = {p: os.lstat(p).st_mtime_ns for layer in stack for p in layer.rglob("*")}

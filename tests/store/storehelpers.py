@@ -9,6 +9,7 @@ from typing import Sequence
 from builder.image import oci
 from builder.image.store import ImageRecord, Store
 from builder.layer import write_layer
+from builder.userns import opaque_xattr
 
 
 def whiteout(path: Path) -> None:
@@ -17,7 +18,7 @@ def whiteout(path: Path) -> None:
 
 
 def opaque(path: Path) -> None:
-    os.setxattr(path, "trusted.overlay.opaque", b"y")
+    os.setxattr(path, opaque_xattr(), b"y")
 
 
 def make_tree(root: Path, files: dict[str, str | None]) -> Path:

@@ -8,6 +8,7 @@ from storehelpers import build_image, make_tree, put_layer_blob, whiteout
 
 from builder.errors import StoreError
 from builder.image import oci
+from builder.userns import opaque_xattr
 
 
 def test_snapshot_dirs_hold_layers_in_upper_format(store, three_layer_image):
@@ -18,7 +19,7 @@ def test_snapshot_dirs_hold_layers_in_upper_format(store, three_layer_image):
     assert (l1 / "a").read_text() == "one\n" and (l1 / "dir/x").read_text() == "x\n"
     st = os.lstat(l2 / "gone")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
-    assert os.getxattr(l2 / "dir", "trusted.overlay.opaque") == b"y"
+    assert os.getxattr(l2 / "dir", opaque_xattr()) == b"y"
     assert sorted(os.listdir(l2 / "dir")) == ["z"]
     assert sorted(os.listdir(l3)) == ["a"] and (l3 / "a").read_text() == "three\n"
     # Unpacked once: asking again (or through the diff_id) gives the same dir.
