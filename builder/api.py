@@ -199,8 +199,6 @@ def build(
     if not context_dir.is_dir():
         raise ContextError(f"build context {str(context_dir)!r} is not a directory", hint="pass the context directory, e.g. .")
     effective_level(compression, compression_level)  # an unknown compression or level fails before any work
-    if snapshotter not in ("auto", "overlay", "copy"):
-        raise BuildError(f"unknown snapshotter {snapshotter!r}", hint="use auto, overlay or copy")
     if source_date_epoch is None and build_args and "SOURCE_DATE_EPOCH" in build_args:
         # As BuildKit (0.11+) takes it: the build arg sets the build's epoch, ahead of the environment.
         source_date_epoch = parse_source_date_epoch(build_args["SOURCE_DATE_EPOCH"], "--build-arg SOURCE_DATE_EPOCH")

@@ -26,3 +26,17 @@ def parse_spec_fields(text: str, shown: str, error: Callable[..., BuildError],
             raise error(f"{key} given twice in {shown}")
         attrs[key] = f"{attrs[key]},{value}" if key in attrs else value
     return attrs
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def parse_spec_bool(value: str, key: str, shown: str, error: Callable[..., BuildError]) -> bool:
+    """A boolean field of such a spec, as buildx takes them (true/false, 1/0, yes/no, on/off)."""
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise error(f"invalid value {value!r} for {key} in {shown}", hint=f"use {key}=true or {key}=false")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from builder.errors import CacheError
 from builder.image.reference import InvalidReference, parse_reference
-from builder.specfields import parse_spec_fields
+from builder.specfields import parse_spec_bool, parse_spec_fields
 
 CACHE_TYPES = ("registry", "local", "inline")
 MODES = ("min", "max")
@@ -32,8 +32,6 @@ _FROM_KEYS = {
     "registry": {"type", "ref", "insecure"},
     "local": {"type", "src", "tag"},
 }
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -175,9 +173,4 @@ def _export_options(attrs: dict[str, str], kind: str, option: str) -> dict:
 
 
 def _bool(value: str, key: str, option: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise CacheError(f"invalid value {value!r} for {key} in {option}", hint=f"use {key}=true or {key}=false")
+    return parse_spec_bool(value, key, option, CacheError)

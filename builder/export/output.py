@@ -14,7 +14,7 @@ from builder.errors import OutputError
 from builder.image.reference import InvalidReference, parse_reference
 from builder.image.store import Store
 from builder.progress import EventCallback, Transfer
-from builder.specfields import parse_spec_fields
+from builder.specfields import parse_spec_bool, parse_spec_fields
 
 OUTPUT_TYPES = ("oci", "docker", "tar", "local", "registry", "image")
 _KNOWN_KEYS = {
@@ -25,8 +25,6 @@ _KNOWN_KEYS = {
     "registry": {"type", "name", "push", "insecure", "compression", "compression-level", "force-compression"},
     "image": {"type", "name", "push", "insecure", "compression", "compression-level", "force-compression"},
 }
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -44,12 +42,7 @@ class OutputSpec:
 
 
 def _bool(key: str, value: str, spec: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise OutputError(f"invalid value {value!r} for {key} in output {spec!r}", hint=f"use {key}=true or {key}=false")
+    return parse_spec_bool(value, key, f"output {spec!r}", OutputError)
 
 
 def parse_output_spec(spec: str) -> OutputSpec:

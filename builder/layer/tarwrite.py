@@ -334,9 +334,8 @@ def write_layer(
     source_date_epoch: int | None = None,
     threads: int | None = None,
 ) -> LayerDigests:
-    """Stream the layer tar of `src_dir` into `out`, compressed; one pass, constant memory."""
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"unknown layer compression {compression!r} (want one of {COMPRESSIONS})")
+    """Stream the layer tar of `src_dir` into `out`, compressed; one pass, constant memory.
+    An unknown compression is refused by `stream_layer` before anything is written."""
     # Uncompressed, the blob is the tar: its digest is the diff_id, hashed once.
     hashed = None if compression == "uncompressed" else HashingSink(out)
     diff_id, size = stream_layer(src_dir, out if hashed is None else hashed, compression=compression, level=level,
