@@ -355,7 +355,8 @@ def _launch(spec: dict, network: str, on_output: Callable[[bytes], None] | None,
                 hint = "apt-get install libseccomp2: RUN steps never run without their syscall filter"
             error = SandboxError(message["error"], hint=hint)
             # What docker run exits with when the command cannot start (127 not found, 126 not runnable).
-            error.command_status = int(message.get("code") or 0) or None
+            code = message.get("code")
+            error.command_status = code if isinstance(code, int) and not isinstance(code, bool) and code else None
             raise error
     for message in messages:
         if "exit" in message:
