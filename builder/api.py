@@ -6,12 +6,11 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
+import builder.fetchers  # noqa: F401 - layers a build took from a registry cache can be fetched
 from builder.arguments import check_build_arguments
-from builder.cache import CacheSpec, export_cache, inline_annotation, parse_cache_from, parse_cache_to, select_steps
-from builder.cache.layout import LayoutError
-from builder.cache.record import INLINE_ANNOTATION
+from builder.cache.steplog import select_steps
 from builder.cancel import Cancellation
 from builder.context.inroot import read_limited, relative_to_context, resolve_in_context
 from builder.errors import BuildError, CacheError, ContextError, ParseError, Pos, StoreError
@@ -19,8 +18,7 @@ from builder.image.inuse import hold_store_for_build
 from builder.image.oci import check_source_date_epoch, format_time, parse_source_date_epoch, source_date_epoch_from_env
 from builder.image.store import Store
 from builder.image.variants import effective_level
-from builder.parse import parse_buildfile
-from builder.parse.grammar import set_cache_dir
+from builder.parse.cached import parse_cached
 from builder.parse.lines import MAX_BUILDFILE_BYTES, check_size, split_physical_lines
 from builder.plan.planner import Plan, make_plan
 from builder.plan.platforms import Platform
@@ -28,6 +26,10 @@ from builder.progress import Event, EventCallback, EventKind, GuardedCallback, e
 from builder.solve.assemble import assemble_image
 from builder.solve.options import BuildOptions, BuildResult, StepResult
 from builder.solve.solver import Solver, step_count
+
+if TYPE_CHECKING:
+    from builder.cache.spec import CacheSpec
+    from builder.export.output import OutputSpec
 
 __all__ = ["build", "plan", "BuildResult", "StepResult", "Cancellation", "find_buildfile", "source_date_epoch_from_env"]
 
@@ -124,7 +126,7 @@ def plan(
     """Parse and plan without building: what `build --print-plan` shows."""
     context_dir = Path(context)
     path, text, shown = read_buildfile(context_dir, file, buildfile_text)
-    buildfile = parse_buildfile(text, path=shown)
+    buildfile = parse_cached(text, shown, None)
     return make_plan(
         buildfile,
         build_args=build_args,
@@ -211,15 +213,10 @@ def build(
         if on_event is not None:
             on_event(Event(EventKind.MESSAGE, text="--reproducible without SOURCE_DATE_EPOCH: using timestamp 0 (1970-01-01)"))
 
-    from builder.export import parse_output_spec
-
-    output_specs = [parse_output_spec(spec) for spec in outputs]
-    cache_exports = [parse_cache_to(spec) for spec in cache_to]
-    cache_imports = tuple(parse_cache_from(spec) for spec in cache_from)
+    output_specs, cache_exports, cache_imports = _parse_specs(outputs, cache_to, cache_from)
     store = Store.open(root)
-    set_cache_dir(store.parser_cache_dir)
     path, text, shown = read_buildfile(context_dir, file, buildfile_text)
-    buildfile = parse_buildfile(text, path=shown)
+    buildfile = parse_cached(text, shown, store.parser_cache_dir)
     the_plan = make_plan(
         buildfile,
         build_args=build_args,
@@ -268,6 +265,9 @@ def build(
             final_stages = _final_stages(the_plan)
             annotations = {}
             if any(spec.type == "inline" for spec in cache_exports):
+                from builder.cache.exporter import inline_annotation
+                from builder.cache.record import INLINE_ANNOTATION
+
                 annotations[INLINE_ANNOTATION] = inline_annotation(select_steps(solver.cache_log, "min", final_stages))
             config_digest, config, manifest_digest, manifest = assemble_image(store, final_state, options, created,
                                                                               annotations)
@@ -309,6 +309,24 @@ def build(
     )
 
 
+def _parse_specs(outputs: Sequence[str], cache_to: Sequence[str],
+                 cache_from: Sequence[str]) -> tuple[list[OutputSpec], list[CacheSpec], tuple[CacheSpec, ...]]:
+    """-o, --cache-to and --cache-from read before any work (their modules load only when given)."""
+    output_specs: list[OutputSpec] = []
+    if outputs:
+        from builder.export.output import parse_output_spec
+
+        output_specs = [parse_output_spec(spec) for spec in outputs]
+    cache_exports: list[CacheSpec] = []
+    cache_imports: tuple[CacheSpec, ...] = ()
+    if cache_to or cache_from:
+        from builder.cache.spec import parse_cache_from, parse_cache_to
+
+        cache_exports = [parse_cache_to(spec) for spec in cache_to]
+        cache_imports = tuple(parse_cache_from(spec) for spec in cache_from)
+    return output_specs, cache_exports, cache_imports
+
+
 def _export(store: Store, manifest_digest: str, spec, tags: list[str], compression: str,
             compression_level: int | None, on_event: EventCallback | None, number: int) -> str | None:
     """One --output, as a numbered item of the build's progress."""
@@ -345,6 +363,9 @@ def _final_stages(the_plan: Plan) -> set[int]:
 def _export_cache(store: Store, spec: CacheSpec, steps: list, options: BuildOptions,
                   on_event: EventCallback | None) -> None:
     """One --cache-to; a failure is a warning unless the spec says ignore-error=false."""
+    from builder.cache.exporter import export_cache
+    from builder.cache.layout import LayoutError
+
     try:
         digest = export_cache(store, spec, steps, insecure=options.insecure_registries)
     except (BuildError, LayoutError, OSError) as error:

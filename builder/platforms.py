@@ -7,7 +7,7 @@ variant is the default one, so `linux/arm64` and `linux/arm64/v8` are the same p
 """
 from __future__ import annotations
 
-import platform as host_platform
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -47,7 +47,7 @@ class Platform:
 
     @classmethod
     def host(cls) -> "Platform":
-        return cls("linux", host_platform.machine())
+        return cls("linux", os.uname().machine)  # what platform.machine() reads, without loading it
 
     @classmethod
     def parse(cls, text: str, pos: Pos | None = None) -> "Platform":

@@ -22,16 +22,18 @@ which the kernel lets anyone make.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
 import shutil
-import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.errors import BuildError, Pos, SandboxError
+
+if TYPE_CHECKING:
+    import subprocess
 
 CLONE_NEWUSER = 0x10000000
 SUBUID_FILE = Path("/etc/subuid")
@@ -240,9 +242,6 @@ def _map_arguments(own: int, ranges: list[tuple[int, int]]) -> list[str]:
 
 # --- entering ----------------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def _read_sysctl(path: str) -> str | None:
     try:
         return Path(path).read_text().strip()
@@ -275,6 +274,8 @@ def _write(path: str, text: str) -> None:
 def _start_mapper(tool: str, arguments: list[str]) -> subprocess.Popen:
     """newuidmap/newgidmap, started now (outside the namespace, where its setuid bit counts) and
     waiting for a line on its stdin: the namespace to map does not exist yet."""
+    import subprocess
+
     return subprocess.Popen(["/bin/sh", "-c", 'read go && exec "$0" "$@"', tool, str(os.getpid()), *arguments],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -292,6 +293,8 @@ def enter() -> None:
     for root). Needs a single thread: call it before starting any."""
     if os.geteuid() == 0:
         return
+    import ctypes
+
     if threading.active_count() != 1:
         raise SandboxError("cannot enter a user namespace from a process with several threads",
                            hint="call builder.userns.enter() before starting threads")
@@ -316,7 +319,7 @@ def enter() -> None:
         mappers = [_start_mapper(_tool("newuidmap"), _map_arguments(uid, sub_uids)),
                    _start_mapper(_tool("newgidmap"), _map_arguments(gid, sub_gids))]
     try:
-        if _libc.unshare(CLONE_NEWUSER) != 0:
+        if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWUSER) != 0:
             raise _unshare_error(ctypes.get_errno())
         if mappers:
             _run_mappers(mappers, name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import io
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Iterable, Mapping, Sequence
 
 from builder.cache.layout import Layout, LayoutError, copy_stream
@@ -23,19 +23,6 @@ from builder.cache.record import ARTIFACT_TYPE, CacheRecord, RecordLayer, entrie
 from builder.cache.spec import CacheSpec
 from builder.image import oci
 from builder.image.store import Store
-
-
-@dataclass(frozen=True)
-class LoggedStep:
-    """A step as the build ended it (taken from a cache or run): what a record keeps of it."""
-
-    stage: int  # the stage's index in the plan
-    key: str
-    value: Mapping  # the solver's cache entry (solve.solver.CachedStep.to_json())
-
-
-def select_steps(log: Iterable[LoggedStep], mode: str, final_stages: set[int]) -> list[tuple[str, Mapping]]:
-    return [(step.key, step.value) for step in log if mode == "max" or step.stage in final_stages]
 
 
 def inline_annotation(steps: Sequence[tuple[str, Mapping]]) -> str:

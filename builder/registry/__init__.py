@@ -5,14 +5,10 @@
 """
 from __future__ import annotations
 
-from builder.image.lazy import register_fetcher
+import builder.fetchers  # noqa: F401 - lazy layers from a registry cache are fetched through this package
 
 from .client import RegistryClient
-from .pulling import fetch_lazy_blob
 from .pulling import pull_image as pull
 from .pushing import push_image as push
-
-# Lazy layers from a registry cache (--cache-from) are fetched through this package.
-register_fetcher("registry", fetch_lazy_blob)
 
 __all__ = ["RegistryClient", "pull", "push"]

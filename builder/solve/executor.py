@@ -5,12 +5,13 @@ that one seam, so the scheduler and the cache can be tested with a fake executor
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 if TYPE_CHECKING:
-    from builder.sandbox.runner import ExtraMount
+    from builder.sandbox.runner import ExtraMount, SandboxGroup
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,26 @@ class SandboxExecutor:
     files and hostname a RUN step gets under BuildKit."""
 
     def __init__(self, snapshotter: str = "auto") -> None:
-        from builder.sandbox.runner import SandboxGroup
-
         self.snapshotter = snapshotter
         # One per build: a failure or a cancel stops this build's sandboxes, never another's.
-        self.sandboxes = SandboxGroup()
+        # Made by the first RUN, so a build that runs nothing never loads the sandbox code.
+        self._sandboxes: SandboxGroup | None = None
+        self._sandboxes_lock = threading.Lock()
+
+    @property
+    def sandboxes(self) -> SandboxGroup:
+        with self._sandboxes_lock:
+            if self._sandboxes is None:
+                from builder.sandbox.runner import SandboxGroup
+
+                self._sandboxes = SandboxGroup()
+            return self._sandboxes
 
     def stop_all(self) -> None:
-        self.sandboxes.kill()
+        with self._sandboxes_lock:
+            started = self._sandboxes
+        if started is not None:
+            started.kill()
 
     def run(self, spec: RunSpec, work: Path, on_output: Callable[[bytes], None]) -> RunOutcome:
         from builder.sandbox import BUILDKIT_RUN_ETC

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from builder.cache.spec import CacheSpec
 from builder.cancel import Cancellation
 from builder.progress import EventCallback
+
+if TYPE_CHECKING:
+    from builder.cache.spec import CacheSpec
 
 
 @dataclass

@@ -8,8 +8,9 @@ import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from builder.cache import CacheImporter, LoggedStep
+from builder.cache.steplog import LoggedStep
 from builder.context.dockerignore import IgnoreMatcher
 from builder.context.statcache import StatCache
 from builder.image.inuse import hold_image
@@ -21,6 +22,9 @@ from builder.solve.executor import Executor
 from builder.solve.options import BuildOptions, StepResult
 from builder.solve.sources import SourceResolver
 from builder.solve.state import ImageState, LayerRef
+
+if TYPE_CHECKING:
+    from builder.cache.importer import CacheImporter
 
 
 @dataclass
@@ -53,6 +57,8 @@ class BuildSession:
         if self.step_counter < 0:
             self.step_counter = self.steps_total
         if self.options.cache_from:
+            from builder.cache.importer import CacheImporter
+
             self.remote_cache = CacheImporter(
                 self.store, self.options.cache_from, platform=str(self.plan.target_platform),
                 insecure=self.options.insecure_registries,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.cache import LoggedStep
+from builder.cache.steplog import LoggedStep
 from builder.errors import BuildCancelled, BuildError
 from builder.image.store import Store
 from builder.parse import ast
@@ -194,12 +194,12 @@ class Solver:
 
     def _onbuild_triggers(self, state: ImageState, stage: Stage) -> list[ast.Instruction]:
         """ONBUILD triggers of the base run right after FROM, then are cleared from the config."""
-        from builder.parse import parse_buildfile
+        from builder.parse.cached import parse_cached
 
         triggers = state.config.pop("OnBuild", None) or []
         found: list[ast.Instruction] = []
         for text in triggers:
-            parsed = parse_buildfile(f"FROM scratch\n{text}\n", path=f"{stage.base} (ONBUILD)")
+            parsed = parse_cached(f"FROM scratch\n{text}\n", f"{stage.base} (ONBUILD)", self.store.parser_cache_dir)
             found.extend(parsed.instructions[1:])
         return found
 
