@@ -99,7 +99,9 @@ class ImageRecords:
             if actual != claimed:
                 raise DiffIdMismatch(layer.digest, claimed, actual)
         self.blobs.put_blob(config_bytes, config_digest)
-        manifest_digest, _ = self.blobs.put_blob(manifest_bytes)
+        # With its digest named, a manifest the store already holds (a no-op rebuild) is not
+        # written, synced and thrown away again.
+        manifest_digest, _ = self.blobs.put_blob(manifest_bytes, oci.sha256_digest(manifest_bytes))
         with self.index.tx() as tx:
             for layer, diff_id in zip(layers, diff_ids, strict=True):  # each pair hashed above
                 if layer.digest in made_here or layer.digest in lazy:
