@@ -305,7 +305,8 @@ def main() -> int:
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "compare.json").write_text(json.dumps(results, indent=2))
-    if ratios:
+    # The chart in docs/ shows a whole run: a partial one (--only, --builders) leaves it alone.
+    if ratios and set(args.only.split(",")) == set(WORKLOADS) and len(ratios) == sum(map(len, CASES.values())):
         svg_chart(ratios, REPO / "docs" / "benchmarks.svg")
     return 0
 
