@@ -15,7 +15,8 @@ _SMALL_MAX = 8**7  # uid, gid, device numbers: 7 octal digits
 _LARGE_MAX = 8**11  # size, mtime: 11 octal digits
 _NO_DEVICE = b"\0" * 16
 _PREFIX_AND_PAD = b"\0" * (155 + 12)
-_CHECKSUM_AT = 148
+_CHECKSUM_SPACES = 8 * ord(" ")
+_MAGIC_SUM = sum(tarfile.POSIX_MAGIC)
 
 
 def _ascii(text: str, limit: int) -> bytes | None:
@@ -31,35 +32,43 @@ def member_header(info: tarfile.TarInfo) -> bytes:
     linkname = _ascii(info.linkname, _NAME_MAX)
     uname = _ascii(info.uname, _OWNER_NAME_MAX)
     gname = _ascii(info.gname, _OWNER_NAME_MAX)
-    numbers_fit = (
-        type(info.mtime) is int
-        and 0 <= info.uid < _SMALL_MAX
-        and 0 <= info.gid < _SMALL_MAX
-        and 0 <= info.size < _LARGE_MAX
-        and 0 <= info.mtime < _LARGE_MAX
-    )
-    device = info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE)
-    if device and not (0 <= info.devmajor < _SMALL_MAX and 0 <= info.devminor < _SMALL_MAX):
-        numbers_fit = False
-    if info.pax_headers or not numbers_fit or None in (encoded_name, linkname, uname, gname):
-        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    assert encoded_name is not None and linkname is not None and uname is not None and gname is not None
-    assert type(info.mtime) is int  # numbers_fit checked it; TarInfo types it as int | float
-    block = b"".join((
-        encoded_name.ljust(_NAME_MAX, b"\0"),
-        b"%07o\0" % (info.mode & 0o7777),
-        b"%07o\0" % info.uid,
-        b"%07o\0" % info.gid,
-        b"%011o\0" % info.size,
-        b"%011o\0" % info.mtime,
-        b"        ",  # the checksum counts its own field as spaces
-        info.type,
+    block = None
+    if not info.pax_headers and type(info.mtime) is int and None not in (encoded_name, linkname, uname, gname):
+        assert encoded_name is not None and linkname is not None and uname is not None and gname is not None
+        device = (info.devmajor, info.devminor) if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE) else None
+        block = ustar_header(encoded_name, info.mode, info.uid, info.gid, info.size, info.mtime, info.type,
+                             linkname, device, uname, gname)
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") if block is None else block
+
+
+def ustar_header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes,
+                 linkname: bytes = b"", device: tuple[int, int] | None = None, uname: bytes = b"",
+                 gname: bytes = b"") -> bytes | None:
+    """The one ustar block tarfile writes for a member needing no PAX record (a directory's name
+    ends with "/"); None when it needs one: a name or link target that is not ASCII or longer
+    than 100 bytes, or a number too large for its field. `uname` and `gname` must be ASCII of at
+    most 32 bytes (the caller checks)."""
+    if (len(name) > _NAME_MAX or len(linkname) > _NAME_MAX or not name.isascii() or not linkname.isascii()
+            or not (0 <= uid < _SMALL_MAX and 0 <= gid < _SMALL_MAX and 0 <= size < _LARGE_MAX
+                    and 0 <= mtime < _LARGE_MAX)):
+        return None
+    if device is not None and not (0 <= device[0] < _SMALL_MAX and 0 <= device[1] < _SMALL_MAX):
+        return None
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode & 0o7777, uid, gid, size, mtime)
+    devices = _NO_DEVICE if device is None else b"%07o\0%07o\0" % device
+    # The checksum is the sum of the block's bytes with its own field as spaces; zero padding adds
+    # nothing, so only the fields are summed (not 512 bytes).
+    checksum = (sum(name) + sum(numbers) + _CHECKSUM_SPACES + kind[0] + sum(linkname) + _MAGIC_SUM + sum(uname)
+                + sum(gname) + sum(devices))
+    return b"".join((
+        name.ljust(_NAME_MAX, b"\0"),
+        numbers,
+        b"%06o\0 " % checksum,
+        kind,
         linkname.ljust(_NAME_MAX, b"\0"),
         tarfile.POSIX_MAGIC,
         uname.ljust(_OWNER_NAME_MAX, b"\0"),
         gname.ljust(_OWNER_NAME_MAX, b"\0"),
-        b"%07o\0%07o\0" % (info.devmajor, info.devminor) if device else _NO_DEVICE,
+        devices,
         _PREFIX_AND_PAD,
     ))
-    checksum = b"%06o\0" % sum(block)
-    return block[:_CHECKSUM_AT] + checksum + block[_CHECKSUM_AT + len(checksum):]

@@ -19,7 +19,7 @@ from builder.userns import is_overlay_xattr, opaque_xattr
 
 from .compress import ByteSink, CountingSink, HandOver, HashingSink, OutputWriteError, open_compressor
 from .media import COMPRESSIONS, MEDIA_TYPE_BY_COMPRESSION, LayerDigests
-from .tarheader import member_header
+from .tarheader import member_header, ustar_header
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -133,9 +133,9 @@ class _LayerTarInfo(tarfile.TarInfo):
 
 @dataclass
 class _Member:
-    info: tarfile.TarInfo
+    header: bytes
     content_path: bytes | None = None  # regular file whose bytes follow the header
-
+    size: int = 0
 
 
 def layer_mtime(st: os.stat_result, source_date_epoch: int | None) -> int:
@@ -145,110 +145,122 @@ def layer_mtime(st: os.stat_result, source_date_epoch: int | None) -> int:
         return source_date_epoch
     return seconds
 
+
 class _TarMembers:
-    """Walks src_dir and yields the tar members in layer order, with hardlinks detected."""
+    """Walks src_dir and yields the tar members in layer order, with hardlinks detected.
+
+    One generator with an explicit stack (not one per directory level), and a member needing no
+    PAX record gets its ustar block straight from the stat result: this walk is the critical
+    path of an export whose tar need not be hashed."""
 
     def __init__(self, src_dir: Path, source_date_epoch: int | None) -> None:
         self._root = os.fsencode(src_dir)
         self._epoch = source_date_epoch
+        self._marker_mtime = source_date_epoch if source_date_epoch is not None else 0
         # (st_dev, st_ino) -> tar name of the first path seen with that inode.
-        self._links: dict[tuple[int, int], str] = {}
+        self._links: dict[tuple[int, int], bytes] = {}
 
-    def _mtime(self, st: os.stat_result) -> int:
-        return layer_mtime(st, self._epoch)
-
-    def _marker(self, name: str) -> tarfile.TarInfo:
-        info = _LayerTarInfo(name)
-        info.type = tarfile.REGTYPE
-        info.mode = _MARKER_MODE
-        info.mtime = self._epoch if self._epoch is not None else 0
-        return info
+    def _marker(self, name: bytes) -> _Member:
+        header = ustar_header(name, _MARKER_MODE, 0, 0, 0, self._marker_mtime, tarfile.REGTYPE)
+        if header is None:
+            info = _LayerTarInfo(decode_name(name))
+            info.type = tarfile.REGTYPE
+            info.mode = _MARKER_MODE
+            info.mtime = self._marker_mtime
+            header = member_header(info)
+        return _Member(header)
 
     def __iter__(self) -> Iterator[_Member]:
         root_st = os.lstat(self._root)
         if not stat.S_ISDIR(root_st.st_mode):
             raise ArchiveError(f"layer source {os.fsdecode(self._root)} is not a directory")
         if is_opaque_dir(self._root):
-            yield _Member(self._marker(OPAQUE_MARKER))
-        yield from self._walk_dir(b"")
+            yield self._marker(OPAQUE_MARKER.encode())
+        # Each level: the sorted children of one directory still to be written.
+        stack = [iter(self._children(b""))]
+        while stack:
+            for rel, st in stack[-1]:
+                member = self._member(rel, st)
+                if member is not None:
+                    yield member
+                if stat.S_ISDIR(st.st_mode):
+                    if is_opaque_dir(self._root + b"/" + rel):
+                        yield self._marker(rel + b"/" + OPAQUE_MARKER.encode())
+                    stack.append(iter(self._children(rel)))
+                    break  # its subtree first, then on with this level
+            else:
+                stack.pop()
 
-    def _walk_dir(self, rel_dir: bytes) -> Iterator[_Member]:
-        abs_dir = os.path.join(self._root, rel_dir) if rel_dir else self._root
+    def _children(self, rel_dir: bytes) -> list[tuple[bytes, os.stat_result]]:
+        """(path relative to the root, lstat) of a directory's entries, in tar order: sorted by
+        the name each gets in the tar (a whiteout is `.wh.NAME`)."""
         children: list[tuple[bytes, bytes, os.stat_result]] = []
-        with os.scandir(abs_dir) as it:
+        with os.scandir(self._root + b"/" + rel_dir if rel_dir else self._root) as it:
             for entry in it:
                 st = entry.stat(follow_symlinks=False)
-                # Sort by the name the entry gets in the tar (a whiteout is `.wh.NAME`).
-                key = b".wh." + entry.name if is_whiteout(st) else entry.name
-                children.append((key, entry.name, st))
+                children.append((b".wh." + entry.name if is_whiteout(st) else entry.name, entry.name, st))
         children.sort(key=lambda child: child[0])
-        for _, name, st in children:
-            rel = os.path.join(rel_dir, name) if rel_dir else name
-            yield from self._member(rel, os.path.join(self._root, rel), st)
+        prefix = rel_dir + b"/" if rel_dir else b""
+        return [(prefix + name, st) for _, name, st in children]
 
-    def _member(self, rel: bytes, abs_path: bytes, st: os.stat_result) -> Iterator[_Member]:
-        name = decode_name(rel)
-        base = os.path.basename(rel)
+    def _member(self, rel: bytes, st: os.stat_result) -> _Member | None:
+        """The member for one path; None for a socket (GNU tar skips them too). A directory's
+        children are the caller's business."""
+        parent, _, base = rel.rpartition(b"/")
         if is_whiteout(st):
-            parent = os.path.dirname(rel)
-            marker = os.path.join(parent, b".wh." + base) if parent else b".wh." + base
-            yield _Member(self._marker(decode_name(marker)))
-            return
+            return self._marker(parent + b"/.wh." + base if parent else b".wh." + base)
         if base.startswith(b".wh."):
             raise ArchiveError(
-                f"cannot put {name!r} in a layer: names starting with .wh. are reserved for whiteouts",
+                f"cannot put {decode_name(rel)!r} in a layer: names starting with .wh. are reserved for whiteouts",
                 hint="rename the file",
             )
         mode = st.st_mode
         if stat.S_ISSOCK(mode):
-            return  # sockets cannot be archived; GNU tar skips them too
-        info = _LayerTarInfo(name)
-        info.mode = stat.S_IMODE(mode)
-        info.uid = st.st_uid
-        info.gid = st.st_gid
-        info.mtime = self._mtime(st)
+            return None
+        abs_path = self._root + b"/" + rel
         xattrs = read_xattrs(abs_path)
-        info.pax_headers = {
-            "SCHILY.xattr." + key: decode_name(value) for key, value in xattrs.items()
-        }
         if stat.S_ISDIR(mode):
-            info.type = tarfile.DIRTYPE
-            yield _Member(info)
-            if is_opaque_dir(abs_path):
-                yield _Member(self._marker(name + "/" + OPAQUE_MARKER))
-            yield from self._walk_dir(rel)
-            return
+            return _Member(self._header(rel + b"/", st, tarfile.DIRTYPE, xattrs))
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             first = self._links.get(key)
             if first is not None:
-                info.type = tarfile.LNKTYPE
-                info.linkname = first
-                yield _Member(info)
-                return
-            self._links[key] = name
+                return _Member(self._header(rel, st, tarfile.LNKTYPE, xattrs, linkname=first))
+            self._links[key] = rel
         device = read_device_marker(abs_path) if stat.S_ISREG(mode) and st.st_size == 0 else None
         if device is not None:
             mode = device[0] | stat.S_IMODE(mode)
-            st_rdev = device[1]
-        else:
-            st_rdev = st.st_rdev
         if stat.S_ISREG(mode):
-            info.type = tarfile.REGTYPE
-            info.size = st.st_size
-            yield _Member(info, content_path=abs_path)
-        elif stat.S_ISLNK(mode):
-            info.type = tarfile.SYMTYPE
-            info.linkname = decode_name(os.readlink(abs_path))
-            yield _Member(info)
-        elif stat.S_ISFIFO(mode):
-            info.type = tarfile.FIFOTYPE
-            yield _Member(info)
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-            info.devmajor = os.major(st_rdev)
-            info.devminor = os.minor(st_rdev)
-            yield _Member(info)
+            return _Member(self._header(rel, st, tarfile.REGTYPE, xattrs, size=st.st_size), abs_path, st.st_size)
+        if stat.S_ISLNK(mode):
+            return _Member(self._header(rel, st, tarfile.SYMTYPE, xattrs, linkname=os.readlink(abs_path)))
+        if stat.S_ISFIFO(mode):
+            return _Member(self._header(rel, st, tarfile.FIFOTYPE, xattrs))
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            rdev = st.st_rdev if device is None else device[1]
+            return _Member(self._header(rel, st, tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE, xattrs,
+                                        device=(os.major(rdev), os.minor(rdev))))
+        return None  # no other kind of file exists; nothing to write for one if it did
+
+    def _header(self, name: bytes, st: os.stat_result, kind: bytes, xattrs: dict[str, bytes], *, size: int = 0,
+                linkname: bytes = b"", device: tuple[int, int] | None = None) -> bytes:
+        mtime = layer_mtime(st, self._epoch)
+        if not xattrs:
+            header = ustar_header(name, st.st_mode, st.st_uid, st.st_gid, size, mtime, kind, linkname, device)
+            if header is not None:
+                return header
+        info = _LayerTarInfo(decode_name(name.removesuffix(b"/") if kind == tarfile.DIRTYPE else name))
+        info.type = kind
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.uid = st.st_uid
+        info.gid = st.st_gid
+        info.mtime = mtime
+        info.size = size
+        info.linkname = decode_name(linkname)
+        if device is not None:
+            info.devmajor, info.devminor = device
+        info.pax_headers = {"SCHILY.xattr." + key: decode_name(value) for key, value in xattrs.items()}
+        return member_header(info)
 
 
 def _write_tar(members: Iterable[_Member], out: ByteSink) -> None:
@@ -258,12 +270,12 @@ def _write_tar(members: Iterable[_Member], out: ByteSink) -> None:
     offset = 0
     buffer = bytearray(_COPY_BUFSIZE)
     for member in members:
-        header = member_header(member.info)
+        header = member.header
         if member.content_path is None:
             out.write(header)
             offset += len(header)
             continue
-        size = member.info.size
+        size = member.size
         padding = -size % tarfile.BLOCKSIZE
         fd = _open_content(member.content_path, size)
         try:
