@@ -203,9 +203,16 @@ class BlobStore:
                 tx.execute("INSERT OR IGNORE INTO diffs(diff_id, size, from_dir, epoch) VALUES (?,?,0,NULL)",
                            (diff_id, size))
 
+    def record_signature(self, diff_id: str, signature: str) -> None:
+        """The signature (builder.layer.treesig) the snapshot dir of a layer made here had when
+        the builder hashed its tar to `diff_id`."""
+        with self.index.tx() as tx:
+            tx.execute("UPDATE diffs SET signature=? WHERE diff_id=? AND from_dir=1", (signature, diff_id))
+
     def diff(self, diff_id: str) -> DiffInfo | None:
-        row = self.index.db().execute("SELECT size, from_dir, epoch FROM diffs WHERE diff_id=?", (diff_id,)).fetchone()
-        return None if row is None else DiffInfo(int(row[0]), bool(row[1]), row[2])
+        row = self.index.db().execute("SELECT size, from_dir, epoch, signature FROM diffs WHERE diff_id=?",
+                                      (diff_id,)).fetchone()
+        return None if row is None else DiffInfo(int(row[0]), bool(row[1]), row[2], row[3])
 
     def record_variant(self, diff_id: str, compression: str, level: int, blob_digest: str, size: int) -> None:
         with self.index.tx() as tx:
@@ -227,6 +234,7 @@ class DiffInfo:
     size: int  # bytes of the uncompressed tar
     from_dir: bool  # written by the builder from its snapshot dir (which is then its only copy)
     epoch: int | None  # the SOURCE_DATE_EPOCH that writing used
+    signature: str | None = None  # from_dir: the dir's signature when its tar hashed to diff_id
 
 
 class Staging:

@@ -15,7 +15,8 @@ from builder.errors import StoreError
 # 3: `diffs` (what the builder knows of each uncompressed layer) and `variants` (compressed forms
 #    made on demand); a layer the builder wrote needs no blob, its snapshot dir is its content.
 # 4: `lazy_layers`, blobs a build took from a shared cache and will fetch when read (lazy.py).
-SCHEMA_VERSION = 4
+# 5: `diffs.signature`, the snapshot dir's signature when its tar was hashed (builder.layer.treesig).
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS diffs (
     diff_id  TEXT PRIMARY KEY,
     size     INTEGER NOT NULL,   -- bytes of the uncompressed tar
     from_dir INTEGER NOT NULL,   -- 1: the builder wrote this tar from the snapshot dir, and can again
-    epoch    INTEGER             -- the SOURCE_DATE_EPOCH it was written with (NULL: none)
+    epoch    INTEGER,            -- the SOURCE_DATE_EPOCH it was written with (NULL: none)
+    signature TEXT               -- from_dir: the dir's signature when its tar hashed to diff_id
 );
 CREATE TABLE IF NOT EXISTS variants (
     diff_id     TEXT NOT NULL,
@@ -136,6 +138,9 @@ class StoreIndex:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             tx.execute(statement)
+                    columns = {row[1] for row in tx.execute("PRAGMA table_info(diffs)")}
+                    if "signature" not in columns:  # a diffs table of schema 3 or 4
+                        tx.execute("ALTER TABLE diffs ADD COLUMN signature TEXT")
                     if version == 1:
                         # v1 recorded the blob -> diff_id pairs configs claimed, unchecked: forget
                         # them; each is learnt again by hashing its blob when it is next needed.

@@ -230,13 +230,19 @@ class Store:
         from builder.layer.media import MEDIA_TYPE_TAR, LayerDigests
         from builder.layer.tarwrite import write_layer
         from builder.layer.times import match_layer_times
+        from builder.layer.treesig import TreeSignature
 
         layer_dir = Path(layer_dir)
         # The dir's times become what the tar records, so writing it again later gives the same bytes.
         match_layer_times(layer_dir, source_date_epoch)
-        digests = write_layer(layer_dir, NullSink(), compression="uncompressed", source_date_epoch=source_date_epoch)
+        signature = TreeSignature(source_date_epoch)
+        digests = write_layer(layer_dir, NullSink(), compression="uncompressed", source_date_epoch=source_date_epoch,
+                              signature=signature)
         self.blobs.record_diff(digests.diff_id, digests.size, from_dir=True, epoch=source_date_epoch)
-        self.snapshots.adopt_snapshot(digests.diff_id, layer_dir)
+        if self.snapshots.adopt_snapshot(digests.diff_id, layer_dir):
+            # Only this dir, now the snapshot, has that signature (a rename leaves inodes and
+            # ctimes of what is inside as they were); an export then need not hash its tar again.
+            self.blobs.record_signature(digests.diff_id, signature.value())
         return LayerDigests(diff_id=digests.diff_id, digest=digests.diff_id, size=digests.size,
                             media_type=MEDIA_TYPE_TAR)
 

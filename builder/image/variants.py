@@ -114,35 +114,63 @@ class Variants:
         return oci.Descriptor(oci.OCI_TO_DOCKER_LAYER[media_type] if docker else media_type, found[0], found[1])
 
     def _make_variant(self, layer: oci.Descriptor, diff_id: str, compression: str, level: int) -> tuple[str, int]:
+        if self.blobs.has_blob(layer.digest):
+            digest, size = self._recompress(layer, diff_id, compression, level)
+        else:
+            digest, size = self._compress_dir(diff_id, compression, level)
+        self.blobs.record_layer(diff_id, digest, oci.oci_layer_media_type(compression), size)
+        self.blobs.record_variant(diff_id, compression, level, digest, size)
+        return digest, size
+
+    def _recompress(self, layer: oci.Descriptor, diff_id: str, compression: str, level: int) -> tuple[str, int]:
+        """Recompress what the blob holds, checking it is the layer the config names."""
         from builder.layer.compress import open_compressor
         from builder.layer.decompress import open_layer_stream
-        from builder.layer.tarwrite import stream_layer
 
         with self.blobs.blob_writer() as writer:
-            if self.blobs.has_blob(layer.digest):
-                # Recompress what the blob holds, checking it is the layer the config names.
-                with self.blobs.open_blob(layer.digest) as raw:
-                    source = HashingReader(open_layer_stream(raw))
-                    compressor = open_compressor(compression, writer, level=level)
-                    try:
-                        while chunk := source.read(CHUNK):
-                            compressor.write(chunk)
-                    except BaseException:
-                        compressor.abort()
-                        raise
-                    compressor.close()
-                made = source.digest()
-            else:
-                info = self._made_here(diff_id)
-                # The writer hashes the blob itself: stream_layer does not hash it a second time.
-                made, _ = stream_layer(self.snapshots.snapshot_dir(diff_id), writer, compression=compression,
-                                       level=level, source_date_epoch=info.epoch)
-            if made != diff_id:
-                raise StoreError(f"layer {diff_id} now reads as {made}: its content changed in the store",
-                                 hint="run fsck; remove the image and build or pull it again")
+            with self.blobs.open_blob(layer.digest) as raw:
+                source = HashingReader(open_layer_stream(raw))
+                compressor = open_compressor(compression, writer, level=level)
+                try:
+                    while chunk := source.read(CHUNK):
+                        compressor.write(chunk)
+                except BaseException:
+                    compressor.abort()
+                    raise
+                compressor.close()
+            _check_diff_id(diff_id, source.digest())
         assert writer.digest is not None
-        self.blobs.record_layer(diff_id, writer.digest, oci.oci_layer_media_type(compression), writer.size)
-        self.blobs.record_variant(diff_id, compression, level, writer.digest, writer.size)
+        return writer.digest, writer.size
+
+    def _compress_dir(self, diff_id: str, compression: str, level: int) -> tuple[str, int]:
+        """The layer written from its snapshot dir. Its tar is not hashed again when the dir's
+        signature is the one it had when its tar was hashed to the diff_id (builder.layer.treesig);
+        otherwise it is, and a tar that still hashes to the diff_id gives the dir its signature."""
+        from builder.layer.tarwrite import stream_layer
+        from builder.layer.treesig import TreeChanged, TreeSignature, Trusted
+
+        info = self._made_here(diff_id)
+        snapshot = self.snapshots.snapshot_dir(diff_id)
+        # Uncompressed, the blob is the tar: the writer's own hash checks it whatever the signature says.
+        expected = diff_id if compression == "uncompressed" else None
+        if info.signature is not None:
+            try:
+                with self.blobs.blob_writer(expected) as writer:
+                    stream_layer(snapshot, writer, compression=compression, level=level, source_date_epoch=info.epoch,
+                                 trusted=Trusted(diff_id, info.signature))
+            except TreeChanged:
+                pass  # nothing published: written again below, hashed
+            else:
+                assert writer.digest is not None
+                return writer.digest, writer.size
+        signature = TreeSignature(info.epoch)
+        with self.blobs.blob_writer(expected) as writer:
+            # The writer hashes the blob itself: stream_layer does not hash it a second time.
+            made, _ = stream_layer(snapshot, writer, compression=compression, level=level,
+                                   source_date_epoch=info.epoch, signature=signature)
+            _check_diff_id(diff_id, made)
+        self.blobs.record_signature(diff_id, signature.value())
+        assert writer.digest is not None
         return writer.digest, writer.size
 
     def _made_here(self, diff_id: str) -> DiffInfo:
@@ -193,3 +221,9 @@ class Variants:
             raise StoreError(f"layer {diff_id} could not be read back from its snapshot "
                              f"({outcome.get('error') or outcome.get('diff_id')})",
                              hint="run fsck; remove the image and build it again")
+
+
+def _check_diff_id(diff_id: str, made: str) -> None:
+    if made != diff_id:
+        raise StoreError(f"layer {diff_id} now reads as {made}: its content changed in the store",
+                         hint="run fsck; remove the image and build or pull it again")

@@ -20,6 +20,7 @@ from builder.userns import is_overlay_xattr, opaque_xattr
 from .compress import ByteSink, CountingSink, HandOver, HashingSink, OutputWriteError, open_compressor
 from .media import COMPRESSIONS, MEDIA_TYPE_BY_COMPRESSION, LayerDigests
 from .tarheader import member_header, ustar_header
+from .treesig import TreeChanged, TreeSignature, Trusted
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -263,28 +264,37 @@ class _TarMembers:
         return member_header(info)
 
 
-def _write_tar(members: Iterable[_Member], out: ByteSink) -> None:
+def _write_tar(members: Iterable[_Member], out: ByteSink, signature: TreeSignature | None = None) -> None:
     """The members as a tar stream, the bytes tarfile would write (PAX format, 512-byte blocks,
     two zero blocks at the end, padded to a 10 KiB record), with less work per member: a small
-    file goes out as one write of header, content and padding."""
+    file goes out as one write of header, content and padding. `signature` is fed every header
+    and the inode each file's bytes come from."""
     offset = 0
     buffer = bytearray(_COPY_BUFSIZE)
     for member in members:
         header = member.header
+        if signature is not None:
+            signature.header(header)
         if member.content_path is None:
             out.write(header)
             offset += len(header)
             continue
         size = member.size
         padding = -size % tarfile.BLOCKSIZE
-        fd = _open_content(member.content_path, size)
+        fd, st = _open_content(member.content_path, size)
         try:
+            if signature is not None:
+                signature.content(st)
             if size <= _SMALL_FILE:
                 data = _read_small(fd, size, member.content_path)
                 out.write(header + data + tarfile.NUL * padding)
             else:
                 out.write(header)
                 _copy_content(fd, size, buffer, out, member.content_path)
+                if signature is not None:
+                    # Its bytes took many reads: a write meanwhile must not pass for the inode
+                    # the signature names (one read of a small file leaves no such window).
+                    _check_unchanged(fd, st, member.content_path)
                 out.write(tarfile.NUL * padding)
         finally:
             os.close(fd)
@@ -319,13 +329,19 @@ def _changed(path: bytes) -> ArchiveError:
     return ArchiveError(f"{os.fsdecode(path)} changed while the layer was being written")
 
 
-def _open_content(path: bytes, expected_size: int) -> int:
+def _open_content(path: bytes, expected_size: int) -> tuple[int, os.stat_result]:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_size != expected_size:
         os.close(fd)
         raise _changed(path)
-    return fd
+    return fd, st
+
+
+def _check_unchanged(fd: int, before: os.stat_result, path: bytes) -> None:
+    after = os.fstat(fd)
+    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (before.st_size, before.st_mtime_ns, before.st_ctime_ns):
+        raise _changed(path)
 
 
 def _stop(hand_over: HandOver | None) -> None:
@@ -345,13 +361,14 @@ def write_layer(
     level: int | None = None,
     source_date_epoch: int | None = None,
     threads: int | None = None,
+    signature: TreeSignature | None = None,
 ) -> LayerDigests:
     """Stream the layer tar of `src_dir` into `out`, compressed; one pass, constant memory.
     An unknown compression is refused by `stream_layer` before anything is written."""
     # Uncompressed, the blob is the tar: its digest is the diff_id, hashed once.
     hashed = None if compression == "uncompressed" else HashingSink(out)
     diff_id, size = stream_layer(src_dir, out if hashed is None else hashed, compression=compression, level=level,
-                                 source_date_epoch=source_date_epoch, threads=threads)
+                                 source_date_epoch=source_date_epoch, threads=threads, signature=signature)
     digest = diff_id if hashed is None else hashed.digest()
     return LayerDigests(diff_id=diff_id, digest=digest, size=size,
                         media_type=MEDIA_TYPE_BY_COMPRESSION[compression])
@@ -365,11 +382,21 @@ def stream_layer(
     level: int | None = None,
     source_date_epoch: int | None = None,
     threads: int | None = None,
+    signature: TreeSignature | None = None,
+    trusted: Trusted | None = None,
 ) -> tuple[str, int]:
     """Like `write_layer`, for an `out` that hashes what it is given itself (a store blob
-    writer): the blob is not hashed here a second time. Returns (diff_id, blob size)."""
+    writer): the blob is not hashed here a second time. Returns (diff_id, blob size).
+
+    `signature`, when given, is fed the dir's signature (builder.layer.treesig) as the tar is
+    written. With `trusted`, the tar is not hashed at all: when the dir's signature is
+    `trusted.signature`, the dir is as it was when its tar hashed to `trusted.diff_id`, which is
+    returned; otherwise TreeChanged is raised once everything was written (`out` then holds a
+    tar nobody checked: the caller drops it)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown layer compression {compression!r} (want one of {COMPRESSIONS})")
+    if trusted is not None and signature is None:
+        signature = TreeSignature(source_date_epoch)
     blob = CountingSink(out, is_output=True)
     try:
         compressor = open_compressor(compression, blob, level=level, threads=threads)
@@ -379,9 +406,10 @@ def stream_layer(
     # writing and its hashing: hashlib, zlib, zstd and file writes release the GIL. (A third
     # thread for the output alone measured slower on two cores.)
     hand_over = None if compression == "uncompressed" else HandOver(compressor)
-    tar_stream = HashingSink(blob if hand_over is None else hand_over)
+    target: ByteSink = blob if hand_over is None else hand_over
+    tar_stream = HashingSink(target) if trusted is None else None
     try:
-        _write_tar(_TarMembers(Path(src_dir), source_date_epoch), tar_stream)
+        _write_tar(_TarMembers(Path(src_dir), source_date_epoch), tar_stream or target, signature)
         if hand_over is not None:
             hand_over.finish()
         compressor.close()
@@ -397,4 +425,9 @@ def stream_layer(
         _stop(hand_over)
         compressor.abort()
         raise
-    return tar_stream.digest(), blob.size
+    if tar_stream is not None:
+        return tar_stream.digest(), blob.size
+    assert trusted is not None and signature is not None
+    if signature.value() != trusted.signature:
+        raise TreeChanged(f"{src_dir} changed since its tar was hashed to {trusted.diff_id}")
+    return trusted.diff_id, blob.size

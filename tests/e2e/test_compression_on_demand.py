@@ -110,3 +110,28 @@ def test_docker_archive_and_save_write_layers_made_here(tmp_path: Path, context:
     record = fresh.load_image(loaded[0][1])
     assert record.config_digest == result.image_id
     assert json.loads(fresh.read_blob(record.config_digest))["rootfs"] == result.config["rootfs"]
+
+
+def test_a_layer_changed_in_its_store_dir_is_refused_by_the_cli(tmp_path: Path, store_root: Path, capsys) -> None:
+    """The export does not hash an unchanged layer's tar again, so a write into a snapshot after
+    the build (same size, mtime put back) must still stop it: exit 1, a message, no output."""
+    from builder.cli import main as cli_main
+
+    context = write_context(tmp_path / "ctx", {"Buildfile": "FROM scratch\nCOPY app.conf /etc/app.conf\n",
+                                                "app.conf": "mode=safe\n"})
+    first = tmp_path / "first.tar"
+    args = ["--root", str(store_root), "build", "--progress", "quiet", "-t", "app:1", str(context)]
+    assert cli_main([*args, "-o", f"type=oci,dest={first},compression=zstd"]) == 0
+    store = Store.open(store_root)
+    diff_id = store.load_image("app:1").config["rootfs"]["diff_ids"][0]
+    target = store.snapshot_dir(diff_id) / "etc/app.conf"
+    before = os.lstat(target)
+    target.write_text("mode=evil\n")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    capsys.readouterr()
+    out = tmp_path / "out.tar"
+    assert cli_main([*args, "-o", f"type=oci,dest={out},compression=gzip"]) == 1
+    err = capsys.readouterr().err
+    assert f"layer {diff_id} now reads as" in err and "changed in the store" in err and "hint: run fsck" in err
+    assert not out.exists() and not list(tmp_path.glob(".out.tar.*"))
+    assert Store.open(store_root).blobs.variant(diff_id, "gzip", 6) is None
