@@ -102,12 +102,13 @@ class HashingSink(CountingSink):
 
 
 class HandOver:
-    """Writes go to `target` from a second thread, through a small queue: the tar stream's own
-    hashing and the compressor (and what it writes to) then run side by side (hashlib, zlib and
-    zstd release the GIL), instead of one after the other on one core. Small writes (tar headers,
-    small files) are gathered into pieces of `piece` bytes first: one hand-over per 512-byte
-    header would cost more in thread switches than the work it moves. `finish()` sends what is
-    left, waits for the last write and raises what the thread raised; the order of the bytes is kept."""
+    """Writes go to `target` from a second thread, through a small queue: the tar writing and
+    compressing on one side and what the compressed bytes go to (a store blob writer hashing and
+    writing them) on the other then run side by side (hashlib, zlib, zstd and file writes release
+    the GIL), instead of one after the other on one core. Small writes are gathered into pieces
+    of `piece` bytes first: a hand-over per small piece would cost more in thread switches than
+    the work it moves. `finish()` sends what is left, waits for the last write and raises what
+    the thread raised; the order of the bytes is kept."""
 
     def __init__(self, target: ByteSink, depth: int = 8, piece: int = 1 << 20) -> None:
         import queue

@@ -398,32 +398,39 @@ def stream_layer(
     if trusted is not None and signature is None:
         signature = TreeSignature(source_date_epoch)
     blob = CountingSink(out, is_output=True)
+    # The compressed output is written (and hashed, by a store blob writer) in a thread of its
+    # own, beside the tar writing and compressing: hashlib, zlib, zstd and file writes release
+    # the GIL. The compressor runs in the tar's thread: its input never crosses threads, only
+    # its smaller output does, and the two threads' shares of the work come out about even (the
+    # tar thread walks and reads, the other hashes and writes). A third thread, or the
+    # compressor on the output's side, measured slower on two cores.
+    hand_over = None if compression == "uncompressed" else HandOver(blob)
     try:
-        compressor = open_compressor(compression, blob, level=level, threads=threads)
+        compressor = open_compressor(compression, blob if hand_over is None else hand_over, level=level,
+                                     threads=threads)
     except OutputWriteError as err:  # the gzip header already goes out
+        _stop(hand_over)
         raise err.error from None
-    # The compressor (and the writing of its output) runs in a thread of its own, beside the tar
-    # writing and its hashing: hashlib, zlib, zstd and file writes release the GIL. (A third
-    # thread for the output alone measured slower on two cores.)
-    hand_over = None if compression == "uncompressed" else HandOver(compressor)
-    target: ByteSink = blob if hand_over is None else hand_over
-    tar_stream = HashingSink(target) if trusted is None else None
-    try:
-        _write_tar(_TarMembers(Path(src_dir), source_date_epoch), tar_stream or target, signature)
-        if hand_over is not None:
-            hand_over.finish()
-        compressor.close()
-    except OutputWriteError as err:
-        _stop(hand_over)
-        compressor.abort()
-        raise err.error from None  # the caller's own output failed (disk full...): its error
-    except OSError as err:
-        _stop(hand_over)
-        compressor.abort()
-        raise ArchiveError(f"cannot write layer from {src_dir}: {err}") from err
     except BaseException:
         _stop(hand_over)
+        raise
+    tar_stream = HashingSink(compressor) if trusted is None else None
+    try:
+        _write_tar(_TarMembers(Path(src_dir), source_date_epoch), tar_stream or compressor, signature)
+        compressor.close()
+        if hand_over is not None:
+            hand_over.finish()
+    except OutputWriteError as err:
         compressor.abort()
+        _stop(hand_over)
+        raise err.error from None  # the caller's own output failed (disk full...): its error
+    except OSError as err:
+        compressor.abort()
+        _stop(hand_over)
+        raise ArchiveError(f"cannot write layer from {src_dir}: {err}") from err
+    except BaseException:
+        compressor.abort()
+        _stop(hand_over)
         raise
     if tar_stream is not None:
         return tar_stream.digest(), blob.size
