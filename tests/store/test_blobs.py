@@ -152,3 +152,44 @@ def test_full_disk_is_a_store_error_and_leaves_no_blob(tmp_path):
         assert store.fsck() == []
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_a_large_blob_is_written_back_while_it_is_written(store, monkeypatch):
+    """The disk gets a big blob's bytes as they come (so the fsync before publication has little
+    left to wait for): every step of them, from the start, with nothing skipped."""
+    from builder.image import blobfiles
+
+    asked: list[tuple[int, int, bool]] = []
+    real = blobfiles.start_writeback
+
+    def recorded(fd: int, offset: int, length: int) -> bool:
+        taken = real(fd, offset, length)
+        asked.append((offset, length, taken))
+        return taken
+
+    monkeypatch.setattr(blobfiles, "start_writeback", recorded)
+    data = os.urandom(1 << 20) * (2 * blobfiles.WRITEBACK_STEP // (1 << 20) + 3)
+    with store.blob_writer() as writer:
+        for start in range(0, len(data), 1 << 20):
+            writer.write(data[start:start + (1 << 20)])
+    assert writer.digest == sha(data) and store.read_blob(sha(data)) == data
+    assert [(offset, length) for offset, length, _ in asked] == [
+        (0, blobfiles.WRITEBACK_STEP), (blobfiles.WRITEBACK_STEP, blobfiles.WRITEBACK_STEP)]
+    assert all(taken for _, _, taken in asked), "the kernel took every request"
+    small = b"small" * 1000
+    asked.clear()
+    store.put_blob(small)
+    assert asked == [], "a small blob is left to the fsync alone"
+
+
+def test_early_writeback_is_only_a_hint(store, monkeypatch, tmp_path):
+    """A libc without sync_file_range, or a kernel refusing it, changes nothing but the timing."""
+    from builder.image import blobfiles
+
+    monkeypatch.setattr(blobfiles, "_libc", object())  # no sync_file_range in it
+    with open(tmp_path / "f", "wb") as f:
+        f.write(b"x" * 4096)
+        assert blobfiles.start_writeback(f.fileno(), 0, 4096) is False
+    data = os.urandom(blobfiles.WRITEBACK_STEP + 1)
+    assert store.put_blob(data) == (sha(data), len(data))
+    assert store.read_blob(sha(data)) == data
