@@ -389,14 +389,16 @@ def stream_layer(
     writer): the blob is not hashed here a second time. Returns (diff_id, blob size).
 
     `signature`, when given, is fed the dir's signature (builder.layer.treesig) as the tar is
-    written. With `trusted`, the tar is not hashed at all: when the dir's signature is
+    written. With `trusted` instead, the tar is not hashed at all: when the dir's signature is
     `trusted.signature`, the dir is as it was when its tar hashed to `trusted.diff_id`, which is
-    returned; otherwise TreeChanged is raised once everything was written (`out` then holds a
-    tar nobody checked: the caller drops it)."""
+    returned; otherwise TreeChanged is raised, at the first checkpoint of the signature that
+    differs or at the end (`out` then holds part of a tar nobody checked: the caller drops it)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown layer compression {compression!r} (want one of {COMPRESSIONS})")
-    if trusted is not None and signature is None:
-        signature = TreeSignature(source_date_epoch)
+    if trusted is not None:
+        if signature is not None:
+            raise ValueError("a trusted layer's signature is checked, not taken")
+        signature = TreeSignature(source_date_epoch, expected=trusted.signature)
     blob = CountingSink(out, is_output=True)
     # The compressed output is written (and hashed, by a store blob writer) in a thread of its
     # own, beside the tar writing and compressing: hashlib, zlib, zstd and file writes release

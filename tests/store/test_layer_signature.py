@@ -21,7 +21,7 @@ from builder.image import oci
 from builder.image.store import Store
 from builder.layer.compress import NullSink
 from builder.layer.tarwrite import stream_layer
-from builder.layer.treesig import TreeSignature, Trusted
+from builder.layer.treesig import TreeChanged, TreeSignature, Trusted
 
 BIG = 300 << 10  # read in several pieces (the tar writer reads files above 64 KiB in chunks)
 
@@ -133,6 +133,24 @@ def test_a_big_file_written_while_it_is_read_is_caught(tmp_path) -> None:
 
     with pytest.raises(ArchiveError, match="changed while the layer was being written"):
         stream_layer(layer, Meddler(), compression="uncompressed", trusted=trusted)
+
+
+def test_a_changed_dir_is_given_up_on_early(tmp_path) -> None:
+    """An export stops writing an unhashed tar at the first checkpoint of the signature that
+    differs (here: every file was linked and unlinked, as a rootfs export does), not at the end."""
+    layer = make_tree(tmp_path / "layer", {f"d/f{i:04}": f"{i}\n" for i in range(1500)})
+    signature = TreeSignature(None)
+    diff_id, size = stream_layer(layer, NullSink(), compression="uncompressed", signature=signature)
+    for path in sorted((layer / "d").iterdir()):
+        os.link(path, tmp_path / "extra-link")  # the file's ctime moves, its content does not
+        os.unlink(tmp_path / "extra-link")
+    written = compress.CountingSink(NullSink())
+    with pytest.raises(TreeChanged):
+        stream_layer(layer, written, compression="uncompressed", trusted=Trusted(diff_id, signature.value()))
+    assert 0 < written.size < size // 4
+    again = TreeSignature(None)
+    assert stream_layer(layer, NullSink(), compression="uncompressed", signature=again) == (diff_id, size)
+    assert again.value() != signature.value()
 
 
 def test_a_harmless_change_is_hashed_once_then_trusted_again(store, tmp_path, tar_hashings) -> None:
