@@ -186,7 +186,16 @@ class Entry:
         return kind_of(self.st.st_mode)
 
 
-def hash_file(path: Path) -> str:
+def _entry_name(entry: os.DirEntry) -> str:
+    return entry.name
+
+
+def _dir_prefix(host_dir: str) -> str:
+    """`host_dir` ending in one `/`, for joining names onto it (the root "/" stays "/")."""
+    return host_dir if host_dir.endswith("/") else host_dir + "/"
+
+
+def hash_file(path: Path | str) -> str:
     """sha256 hex of a regular file's bytes, streamed; never follows a symlink."""
     digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -196,7 +205,7 @@ def hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_xattrs(path: Path) -> list[tuple[str, bytes]]:
+def read_xattrs(path: Path | str) -> list[tuple[str, bytes]]:
     """Sorted extended attributes of `path` itself (overlay bookkeeping left out)."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -552,16 +561,18 @@ class BuildContext:
         st = os.lstat(selected.path)
         yield Entry(".", selected.relpath, selected.path, st)
         if stat.S_ISDIR(st.st_mode):
-            yield from self._walk_dir(selected.path, selected.relpath, "")
+            yield from self._walk_dir(str(selected.path), selected.relpath, "")
 
-    def _list_dir(self, host_dir: Path, ctx_rel: str) -> list[tuple[str, Path, str, os.stat_result]]:
-        """Visible direct children of a dir: (name, host path, root-relative path, lstat), sorted.
+    def list_dir(self, host_dir: str, ctx_rel: str) -> list[tuple[str, os.stat_result]]:
+        """Visible direct children of a dir as (name, lstat), sorted by name; `ctx_rel` is the
+        dir's path relative to the root ("" or "." for the root).
 
-        An ignored dir is listed only while it still holds a re-included path (Docker keeps it to
-        hold that path)."""
+        One scandir pass: names and stat results only, no path objects (a big context has tens of
+        thousands of entries, and both the key and the copy list every dir). An ignored dir is
+        listed only while it still holds a re-included path (Docker keeps it to hold that path)."""
         try:
             with os.scandir(host_dir) as listing:
-                entries = sorted(listing, key=lambda entry: entry.name)
+                entries = sorted(listing, key=_entry_name)
         except OSError as exc:
             raise ContextError(
                 f'cannot read directory "{ctx_rel}" in the {self.label}: {exc.strerror}',
@@ -569,23 +580,26 @@ class BuildContext:
             ) from None
         children = []
         prefix = "" if ctx_rel in ("", ".") else ctx_rel + "/"
+        ignore = self.ignore
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            child_ctx = prefix + entry.name
-            if self.ignore and not self._visible_here(child_ctx, st):
+            if ignore and not self._visible_here(prefix + entry.name, st):
                 continue
-            children.append((entry.name, host_dir / entry.name, child_ctx, st))
+            children.append((entry.name, st))
         return children
 
-    def _walk_dir(self, host_dir: Path, ctx_rel: str, sel_rel: str) -> Iterator[Entry]:
-        for name, host, child_ctx, st in self._list_dir(host_dir, ctx_rel):
+    def _walk_dir(self, host_dir: str, ctx_rel: str, sel_rel: str) -> Iterator[Entry]:
+        prefix = "" if ctx_rel in ("", ".") else ctx_rel + "/"
+        base = _dir_prefix(host_dir)
+        for name, st in self.list_dir(host_dir, ctx_rel):
             child_sel = name if not sel_rel else f"{sel_rel}/{name}"
-            yield Entry(child_sel, child_ctx, host, st)
+            host = base + name
+            yield Entry(child_sel, prefix + name, Path(host), st)
             if stat.S_ISDIR(st.st_mode):
-                yield from self._walk_dir(host, child_ctx, child_sel)
+                yield from self._walk_dir(host, prefix + name, child_sel)
 
     # digest -----------------------------------------------------------------------------------
 
@@ -610,7 +624,7 @@ class BuildContext:
             stat_cache.flush()
         return "sha256:" + top.hexdigest()
 
-    def _file_sha(self, path: Path, st: os.stat_result, stat_cache: "StatCache | None",
+    def _file_sha(self, path: Path | str, st: os.stat_result, stat_cache: "StatCache | None",
                   known: dict[tuple[int, int], str] | None = None) -> str:
         if known is not None:
             found = known.get((st.st_dev, st.st_ino))
@@ -632,7 +646,7 @@ class BuildContext:
             stat_cache.remember(st, digest)
         return digest
 
-    def _node_digest(self, path: Path, ctx_rel: str, stat_cache: "StatCache | None",
+    def _node_digest(self, path: Path | str, ctx_rel: str, stat_cache: "StatCache | None",
                      st: os.stat_result | None = None, known: dict[tuple[int, int], str] | None = None) -> str:
         if st is None:
             st = os.lstat(path)
@@ -649,12 +663,14 @@ class BuildContext:
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             h.update(f"d\0{os.major(st.st_rdev)}\0{os.minor(st.st_rdev)}".encode())
         elif stat.S_ISDIR(mode):
-            children = self._list_dir(path, ctx_rel)
+            children = self.list_dir(str(path), ctx_rel)
             # The stat cache is asked once for the whole directory, not once per file.
-            files = [child_st for _, _, _, child_st in children if stat.S_ISREG(child_st.st_mode)]
+            files = [child_st for _, child_st in children if stat.S_ISREG(child_st.st_mode)]
             known_here = stat_cache.lookup_many(files) if stat_cache is not None and files else {}
-            for name, host, child_ctx, child_st in children:
-                child = self._node_digest(host, child_ctx, stat_cache, child_st, known_here)
+            prefix = "" if ctx_rel in ("", ".") else ctx_rel + "/"
+            base = _dir_prefix(str(path))
+            for name, child_st in children:
+                child = self._node_digest(base + name, prefix + name, stat_cache, child_st, known_here)
                 h.update(b"e\0" + os.fsencode(name) + b"\0" + child.encode() + b"\n")
         return h.hexdigest()
 

@@ -167,7 +167,7 @@ class StagingTree:
     ) -> None:
         self.root = Path(root)
         self.image_node = image_node
-        self._root_text = str(self.root)
+        self.root_text = str(self.root)
         self.created_owner = created_owner
         self.created_mtime_ns = created_mtime_ns
         self.image_dir_meta = image_dir_meta
@@ -188,14 +188,14 @@ class StagingTree:
 
     def _host(self, clean: str) -> str:
         if posixpath.dirname(clean) in self._dirs:
-            return self._root_text + clean
+            return self.root_text + clean
         parts = [p for p in clean.split("/") if p]
         for index in range(len(parts) - 1):
             sub = "/" + "/".join(parts[: index + 1])
             if sub in self._dirs:
                 continue
             try:
-                st = os.lstat(self._root_text + sub)
+                st = os.lstat(self.root_text + sub)
             except FileNotFoundError:
                 continue
             if stat.S_ISLNK(st.st_mode):
@@ -203,7 +203,7 @@ class StagingTree:
             if not stat.S_ISDIR(st.st_mode):
                 raise ValueError(f'path "{clean}" needs "{sub}" to be a directory')
             self._dirs.add(sub)
-        return self._root_text + clean
+        return self.root_text + clean
 
     def is_dir(self, image_path: str) -> bool:
         """Whether `image_path` is a real directory in the staging tree (links not followed)."""
@@ -238,7 +238,7 @@ class StagingTree:
         """Create `image_path` and its missing parents (0755, created owner, or image metadata)."""
         clean = self.clean(image_path)
         if clean in self._dirs:
-            return Path(self._root_text + clean) if clean != "/" else self.root
+            return Path(self.root_text + clean) if clean != "/" else self.root
         parts = [p for p in clean.split("/") if p]
         current = self.root
         for index in range(len(parts)):
@@ -320,6 +320,19 @@ class StagingTree:
 # the copy itself ---------------------------------------------------------------------------------
 
 
+def process_umask() -> int | None:
+    """This process's umask, read without changing it (os.umask would, for every thread), or None
+    where /proc does not say."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 @dataclass
 class _Options:
     context: BuildContext
@@ -330,6 +343,7 @@ class _Options:
     pos: Pos | None
     hardlinks: dict[tuple[int, int], Path] = field(default_factory=dict)
     on_copied: Callable[[int], None] | None = None  # bytes of each regular file copied, for progress
+    umask: int | None = field(default_factory=process_umask)
 
 
 def _owner(opts: _Options, st: os.stat_result) -> tuple[int, int]:
@@ -338,7 +352,7 @@ def _owner(opts: _Options, st: os.stat_result) -> tuple[int, int]:
     return opts.context.owner_of(st)
 
 
-def _copy_xattrs(src: Path, dst: Path) -> None:
+def _copy_xattrs(src: Path | str, dst: Path) -> None:
     for name, value in read_xattrs(src):
         try:
             os.setxattr(dst, name, value, follow_symlinks=False)
@@ -397,22 +411,26 @@ def _copy_file(src: Path, host: Path, st: os.stat_result, uid: int, gid: int, mo
             copy_fd_data(src_fd, dst_fd)
             os.fchown(dst_fd, uid, gid)
             os.fchmod(dst_fd, mode)  # after chown, which clears setuid/setgid
-            try:
-                names = os.listxattr(src_fd)
-            except OSError:
-                names = []  # a file system without xattrs
-            for name in names:
-                if name.startswith(_SKIPPED_XATTRS):
-                    continue
-                try:
-                    os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
-                except OSError:
-                    pass  # e.g. trusted.* without the capability: the content still lands
+            _copy_fd_xattrs(src_fd, dst_fd)
             os.utime(dst_fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
         finally:
             os.close(dst_fd)
     finally:
         os.close(src_fd)
+
+
+def _copy_fd_xattrs(src_fd: int, dst_fd: int) -> None:
+    try:
+        names = os.listxattr(src_fd)
+    except OSError:
+        return  # a file system without xattrs
+    for name in names:
+        if name.startswith(_SKIPPED_XATTRS):
+            continue
+        try:
+            os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
+        except OSError:
+            pass  # e.g. trusted.* without the capability: the content still lands
 
 
 def copy_fd_data(src_fd: int, dst_fd: int) -> None:
@@ -430,7 +448,7 @@ def copy_fd_data(src_fd: int, dst_fd: int) -> None:
             view = view[os.write(dst_fd, view):]
 
 
-def _copy_dir_meta(opts: _Options, src: Path, st: os.stat_result, image_path: str) -> None:
+def _copy_dir_meta(opts: _Options, src: Path | str, st: os.stat_result, image_path: str) -> None:
     """Create (or update) a directory copied from the source with the source's metadata."""
     staging = opts.staging
     host = staging.ensure_dir(image_path)
@@ -448,24 +466,69 @@ def _excluded(opts: _Options, relpath: str, is_dir: bool) -> bool:
     return opts.exclude.ignored(relpath, is_dir=is_dir)
 
 
+_ACL_DEFAULT = "system.posix_acl_default"
+
+
+@dataclass(frozen=True)
+class _CreateRules:
+    """How a new regular file in one staging dir gets its owner and mode in the fewest syscalls.
+
+    A new file belongs to the creator (the dir's group instead when the dir is setgid), so the
+    fchown is left out when that is already the owner wanted; it gets the mode asked for less the
+    umask (a default ACL on the dir replaces the umask), so a mode the umask keeps whole and
+    without setuid/setgid/sticky (which chown would clear) is given at creation, not by fchmod."""
+
+    creator: tuple[int, int] | None  # owner a new file gets without fchown; None: always fchown
+    umask: int | None  # None: the mode is always set by fchmod
+
+    @classmethod
+    def for_dir(cls, host_dir: str, umask: int | None) -> "_CreateRules":
+        st = os.lstat(host_dir)
+        creator = None if st.st_mode & stat.S_ISGID else (os.geteuid(), os.getegid())
+        if umask is not None:
+            try:
+                if _ACL_DEFAULT in os.listxattr(host_dir, follow_symlinks=False):
+                    umask = None
+            except OSError:
+                pass  # no xattrs here, so no ACL either
+        return cls(creator, umask)
+
+    def job(self, opts: _Options, src: str, host: str, st: os.stat_result) -> "_FileJob":
+        owner = opts.chown if opts.chown is not None else opts.context.owner_of(st)
+        mode = stat.S_IMODE(st.st_mode)
+        if opts.chmod is not None:
+            mode = opts.chmod(mode, False)
+        if self.umask is not None and not mode & (0o7000 | self.umask):
+            create_mode, final_mode = mode, None
+        else:
+            create_mode, final_mode = 0o600, mode
+        return (src, host, st.st_mtime_ns, create_mode, None if owner == self.creator else owner, final_mode)
+
+
 class _ParallelCopies:
     """Regular files copied by a few threads while the walk goes on: creating a file is kernel
-    work that two cores do at twice the pace of one. The walk makes each parent dir before it
-    hands over a file; a bounded queue keeps memory flat; the first error is raised."""
+    work that two cores do at twice the pace of one. Work goes out as batches of one directory's
+    files, so the threads mostly create files in different directories at once (file creation in
+    one directory is serialised by the kernel's lock on it) and the per-file cost in Python stays
+    a tuple. The walk makes each dir before it hands over its files; a bounded number of batches
+    in flight keeps memory flat; the first error is raised."""
 
     WORKERS = 4
-    QUEUE = 512
+    IN_FLIGHT = 16  # batches queued or running
+    BATCH_FILES = 128
+    BATCH_BYTES = 8 << 20  # a big file goes alone, so several threads share a dir of big files
 
-    def __init__(self) -> None:
+    def __init__(self, on_copied: Callable[[int], None] | None = None) -> None:
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(max_workers=self.WORKERS, thread_name_prefix="copy")
         self._pending: deque = deque()
+        self._on_copied = on_copied
 
-    def submit(self, fn: Callable[..., None], *args: object) -> None:
-        self._pending.append(self._pool.submit(fn, *args))
-        if len(self._pending) >= self.QUEUE:
+    def submit(self, batch: "list[_FileJob]", nbytes: int) -> None:
+        self._pending.append(self._pool.submit(_copy_batch, batch, nbytes, self._on_copied))
+        if len(self._pending) >= self.IN_FLIGHT:
             self._pending.popleft().result()
 
     def finish(self) -> None:
@@ -478,40 +541,114 @@ class _ParallelCopies:
             self._pool.shutdown(wait=True)
 
 
+# One regular file for a copy thread: (source host path, staging host path, source mtime_ns,
+# mode to create with, owner to set or None, mode to set after the data or None).
+_FileJob = tuple[str, str, int, int, "tuple[int, int] | None", "int | None"]
+
+
+def _copy_batch(batch: "list[_FileJob]", nbytes: int, on_copied: Callable[[int], None] | None) -> None:
+    for src, host, mtime_ns, create_mode, owner, final_mode in batch:
+        _copy_new_file(src, host, mtime_ns, create_mode, owner, final_mode)
+    if on_copied is not None:
+        on_copied(nbytes)
+
+
+def _copy_new_file(src: str, host: str, mtime_ns: int, create_mode: int, owner: tuple[int, int] | None,
+                   final_mode: int | None) -> None:
+    """`_copy_file` with the syscalls a new file does not need left out: the owner when it is
+    already the creator's, the mode when the file could be created with it."""
+    src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        dst_fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, create_mode)
+        try:
+            copy_fd_data(src_fd, dst_fd)
+            if owner is not None:
+                os.fchown(dst_fd, *owner)
+            if final_mode is not None:
+                os.fchmod(dst_fd, final_mode)  # after chown, which clears setuid/setgid
+            _copy_fd_xattrs(src_fd, dst_fd)
+            os.utime(dst_fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+
+
+class _FileBatches:
+    """Collects one directory's regular files into batches for `_ParallelCopies`."""
+
+    def __init__(self, copies: _ParallelCopies) -> None:
+        self.copies = copies
+        self.jobs: list[_FileJob] = []
+        self.nbytes = 0
+
+    def add(self, job: _FileJob, size: int) -> None:
+        self.jobs.append(job)
+        self.nbytes += size
+        if len(self.jobs) >= _ParallelCopies.BATCH_FILES or self.nbytes >= _ParallelCopies.BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.jobs:
+            self.copies.submit(self.jobs, self.nbytes)
+            self.jobs, self.nbytes = [], 0
+
+
 def _copy_dir_contents(opts: _Options, selected: Selected, dest_dir: str) -> None:
     """A directory source: its contents (not itself) go into `dest_dir`."""
-    copies = _ParallelCopies()
+    copies = _ParallelCopies(opts.on_copied)
     try:
-        _walk_and_copy(opts, selected, dest_dir, copies)
+        opts.staging.ensure_dir(dest_dir)
+        _walk_and_copy(opts, selected, str(selected.path), selected.relpath, "", opts.staging.clean(dest_dir),
+                       copies, made=True)
     finally:
         copies.finish()  # every file of this source is in place before anything else runs
 
 
-def _walk_and_copy(opts: _Options, selected: Selected, dest_dir: str, copies: _ParallelCopies) -> None:
-    opts.staging.ensure_dir(dest_dir)
-    skipped: list[str] = []
-    for entry in opts.context.walk(selected):
-        if entry.relpath == ".":
+def _walk_and_copy(opts: _Options, selected: Selected, host_dir: str, ctx_rel: str, sel_rel: str,
+                   dest_root: str, copies: _ParallelCopies, *, made: bool) -> None:
+    """Copy the visible children of `host_dir` (at `sel_rel` below the selected dir) into
+    `dest_root/sel_rel`, in sorted order, dirs before what they hold. `made`: whether that
+    destination dir exists yet (an excluded dir that may hold an exception is made only when a
+    kept path needs it)."""
+    staging = opts.staging
+    dest_dir = posixpath.join(dest_root, sel_rel) if sel_rel else dest_root
+    dest_prefix = dest_dir if dest_dir.endswith("/") else dest_dir + "/"
+    src_prefix = host_dir if host_dir.endswith("/") else host_dir + "/"
+    ctx_prefix = "" if ctx_rel in ("", ".") else ctx_rel + "/"
+    sel_prefix = sel_rel + "/" if sel_rel else ""
+    exclude = opts.exclude
+    files = _FileBatches(copies)
+    create: _CreateRules | None = None
+    for name, st in opts.context.list_dir(host_dir, ctx_rel):
+        relpath = sel_prefix + name
+        mode = st.st_mode
+        is_dir = stat.S_ISDIR(mode)
+        if exclude and exclude.ignored(relpath, is_dir=is_dir):
+            if is_dir and exclude.may_contain_exceptions(relpath):
+                files.flush()
+                _walk_and_copy(opts, selected, src_prefix + name, ctx_prefix + name, relpath, dest_root, copies,
+                               made=False)
             continue
-        if any(entry.relpath.startswith(prefix) for prefix in skipped):
-            continue
-        is_dir = stat.S_ISDIR(entry.st.st_mode)
-        if _excluded(opts, entry.relpath, is_dir):
-            if is_dir and not opts.exclude.may_contain_exceptions(entry.relpath):
-                skipped.append(entry.relpath + "/")
-            # an excluded dir that may hold an exception is made only when a kept path needs it
-            continue
-        target = posixpath.join(dest_dir, entry.relpath)
-        parent = posixpath.dirname(entry.relpath)
-        if parent and not opts.staging.is_dir(posixpath.join(dest_dir, parent)):
-            _make_parents_like_source(opts, selected, parent, dest_dir)
+        if not made:
+            _make_parents_like_source(opts, selected, sel_rel, dest_root)
+            made = True
+        target = dest_prefix + name
         if is_dir:
-            _copy_dir_meta(opts, entry.path, entry.st, target)
-        elif stat.S_ISREG(entry.st.st_mode) and entry.st.st_nlink == 1:
-            opts.staging.ensure_dir(posixpath.dirname(opts.staging.clean(target)))
-            copies.submit(_copy_entry, opts, entry.path, entry.st, target)
+            _copy_dir_meta(opts, src_prefix + name, st, target)
+            files.flush()  # this dir's files so far go out before the walk goes down
+            _walk_and_copy(opts, selected, src_prefix + name, ctx_prefix + name, relpath, dest_root, copies,
+                           made=True)
+        elif stat.S_ISREG(mode) and st.st_nlink == 1:
+            if create is None:
+                create = _CreateRules.for_dir(staging.root_text + dest_dir, opts.umask)
+            if target in staging.written:  # an earlier source of this instruction wrote it
+                staging.prepare_target(target, replace_dir=True)
+            files.add(create.job(opts, src_prefix + name, staging.root_text + target, st), st.st_size)
+            staging.written.add(target)
         else:  # links, devices, and files with hardlinks (their first copy must come first)
-            _copy_entry(opts, entry.path, entry.st, target)
+            _copy_entry(opts, Path(src_prefix + name), st, target)
+    files.flush()
 
 
 def _make_parents_like_source(opts: _Options, selected: Selected, parent_rel: str, dest_dir: str) -> None:
