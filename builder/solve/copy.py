@@ -164,8 +164,11 @@ class StagingTree:
         created_mtime_ns: int,
         image_dir_meta: Callable[[str], DirMeta | None] | None,
         image_node: Callable[[str], tuple[str, str | None] | None] | None = None,
+        time_of: Callable[[int], int] | None = None,
     ) -> None:
         self.root = Path(root)
+        # The mtime (ns) to write for a source mtime: the same, or the layer's (see layer_time_of).
+        self.time_of = time_of or _same_time
         self.image_node = image_node
         self.root_text = str(self.root)
         self.created_owner = created_owner
@@ -313,8 +316,26 @@ class StagingTree:
         for sub in sorted(self._dir_times, key=lambda p: p.count("/"), reverse=True):
             host = self.root / sub.lstrip("/")
             if host.is_dir() and not host.is_symlink():
-                ns = self._dir_times[sub]
+                ns = self.time_of(self._dir_times[sub])
                 os.utime(host, ns=(ns, ns), follow_symlinks=False)
+
+
+def _same_time(ns: int) -> int:
+    return ns
+
+
+def layer_time_of(source_date_epoch: int | None) -> Callable[[int], int]:
+    """A source mtime (ns) -> the one a layer records: whole seconds (floored), clamped to the
+    epoch when one is set (builder.layer.tarwrite.layer_mtime, which the store applies to a
+    committed layer dir)."""
+
+    def time_of(ns: int) -> int:
+        seconds = ns // 1_000_000_000
+        if source_date_epoch is not None and seconds > source_date_epoch:
+            seconds = source_date_epoch
+        return seconds * 1_000_000_000
+
+    return time_of
 
 
 # the copy itself ---------------------------------------------------------------------------------
@@ -376,7 +397,7 @@ def _copy_entry(opts: _Options, src: Path, st: os.stat_result, image_path: str) 
             os.link(first, host, follow_symlinks=False)
             staging.record(image_path)
             return
-        _copy_file(src, host, st, uid, gid, mode)
+        _copy_file(src, host, st, uid, gid, mode, staging.time_of(st.st_mtime_ns))
         if opts.on_copied is not None:
             opts.on_copied(st.st_size)
         if st.st_nlink > 1:
@@ -397,11 +418,12 @@ def _copy_entry(opts: _Options, src: Path, st: os.stat_result, image_path: str) 
     else:
         return  # sockets cannot be stored in a layer; Docker skips them too
     _copy_xattrs(src, host)
-    os.utime(host, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+    mtime_ns = staging.time_of(st.st_mtime_ns)
+    os.utime(host, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
     staging.record(image_path)
 
 
-def _copy_file(src: Path, host: Path, st: os.stat_result, uid: int, gid: int, mode: int) -> None:
+def _copy_file(src: Path, host: Path, st: os.stat_result, uid: int, gid: int, mode: int, mtime_ns: int) -> None:
     """A regular file's bytes, owner, mode, xattrs and mtime, through fds (no link followed);
     the bytes move inside the kernel (copy_file_range), never through Python buffers."""
     src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -412,7 +434,7 @@ def _copy_file(src: Path, host: Path, st: os.stat_result, uid: int, gid: int, mo
             os.fchown(dst_fd, uid, gid)
             os.fchmod(dst_fd, mode)  # after chown, which clears setuid/setgid
             _copy_fd_xattrs(src_fd, dst_fd)
-            os.utime(dst_fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
+            os.utime(dst_fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(dst_fd)
     finally:
@@ -502,7 +524,8 @@ class _CreateRules:
             create_mode, final_mode = mode, None
         else:
             create_mode, final_mode = 0o600, mode
-        return (src, host, st.st_mtime_ns, create_mode, None if owner == self.creator else owner, final_mode)
+        return (src, host, opts.staging.time_of(st.st_mtime_ns), create_mode,
+                None if owner == self.creator else owner, final_mode)
 
 
 class _ParallelCopies:
@@ -717,6 +740,7 @@ def _write_heredoc(opts: _Options, image_path: str, text: str, mtime_ns: int) ->
         out.write(text.encode("utf-8", "surrogateescape"))
         os.fchown(out.fileno(), uid, gid)
         os.fchmod(out.fileno(), mode)
+    mtime_ns = staging.time_of(mtime_ns)
     os.utime(host, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
     staging.record(image_path)
 
@@ -807,6 +831,7 @@ def stage_copy(
     downloads: Mapping[str, "Download"] | None = None,
     image_node: Callable[[str], tuple[str, str | None] | None] | None = None,
     on_copied: Callable[[int], None] | None = None,
+    layer_times: bool = False,
 ) -> CopyResult:
     """Write what one COPY/ADD adds into the empty `staging_dir`; see the module docstring.
 
@@ -823,7 +848,11 @@ def stage_copy(
     an ADD archive's entries follow the image's links below the destination (`view_node(view)`).
 
     `downloads` holds URL sources already fetched (the bytes the step's cache key was made
-    from); they are moved into place. Other URLs are fetched into `download_dir`."""
+    from); they are moved into place. Other URLs are fetched into `download_dir`.
+
+    `layer_times`: write every mtime as the layer will record it (whole seconds, clamped to
+    `source_date_epoch`), for a staging dir that becomes a layer: the store then finds the times
+    already right instead of setting each file's again."""
     heredocs = heredocs or {}
     if not sources:
         raise ContextError("COPY/ADD needs at least one source and a destination", pos=pos)
@@ -834,6 +863,7 @@ def stage_copy(
         created_mtime_ns=invented_ns,
         image_dir_meta=image_dir_meta,
         image_node=image_node,
+        time_of=layer_time_of(source_date_epoch) if layer_times else None,
     )
     opts = _Options(
         context=context,
@@ -1000,7 +1030,7 @@ def _stage_url(
         mode = opts.chmod(0o600, False) if opts.chmod else 0o600
         os.chown(host, uid, gid)
         os.chmod(host, mode)
-        mtime = got.mtime_ns if got.mtime_ns is not None else invented_ns
+        mtime = staging.time_of(got.mtime_ns if got.mtime_ns is not None else invented_ns)
         os.utime(host, ns=(mtime, mtime))
         staging.record(target)
 

@@ -160,6 +160,7 @@ class CopyStep(PreparedStep):
             download_dir=work,
             downloads=self.downloads,
             on_copied=copied.advance,
+            layer_times=True,  # the staging dir becomes the layer: its times as the layer keeps them
         )
         copied.finish()
         return session.commit_layer(staging)

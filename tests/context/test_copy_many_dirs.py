@@ -176,3 +176,40 @@ def test_a_later_dir_source_replaces_the_files_of_an_earlier_one(tmp_path):
         assert listing[f"/out/d{d}/same"][4] == f"two{d}".encode()
         assert listing[f"/out/d{d}/only-one"][4] == b"one"
         assert listing[f"/out/d{d}/only-two"][4] == b"two"
+
+
+@pytest.mark.parametrize("epoch", [None, MTIME + 5])
+def test_layer_times_are_the_ones_the_store_would_give_the_layer(tmp_path, monkeypatch, epoch):
+    """With layer_times the copy writes each mtime as the layer records it, so the store's pass
+    over a committed dir (match_layer_times) finds nothing to change, and the dir is the same as
+    a copy with the source's times that the store then fixed."""
+    from builder.layer import times as times_module
+
+    source = tmp_path / "src"
+    (source / "sub/deeper").mkdir(parents=True)
+    stamps = {"sub/a": MTIME * 10**9 + 999_999_999, "sub/deeper/b": (MTIME + 60) * 10**9 + 1,
+              "old": -1_500_000_000, "sub/link": MTIME * 10**9 + 7}
+    for name in ("sub/a", "sub/deeper/b", "old"):
+        (source / name).write_text(name)
+    os.link(source / "sub/a", source / "sub/a-again")
+    os.symlink("a", source / "sub/link")
+    for name, ns in stamps.items():
+        os.utime(source / name, ns=(ns, ns), follow_symlinks=False)
+    for name, ns in (("sub/deeper", (MTIME + 9) * 10**9 + 5), ("sub", MTIME * 10**9 + 3)):
+        os.utime(source / name, ns=(ns, ns))
+    context = BuildContext(source, IgnoreMatcher.empty())
+    fixed, direct = tmp_path / "fixed", tmp_path / "direct"
+    for staging, layer_times in ((fixed, False), (direct, True)):
+        staging.mkdir()
+        stage_copy(context, [".", "<<EOF"], "/app/", workdir="/", staging_dir=staging, dest_is_dir=lambda _p: False,
+                   chown=None, chmod=None, source_date_epoch=epoch, heredocs={"EOF": "doc"}, layer_times=layer_times)
+    times_module.match_layer_times(fixed, epoch)
+    assert _times(fixed) != {}
+
+    def no_change_expected(*args, **kwargs):
+        raise AssertionError(f"match_layer_times had to set a time: {args}")
+
+    monkeypatch.setattr(times_module.os, "utime", no_change_expected)
+    times_module.match_layer_times(direct, epoch)
+    assert _times(direct) == _times(fixed)
+    assert tree_listing(direct) == tree_listing(fixed)
