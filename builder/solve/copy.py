@@ -455,6 +455,9 @@ def _copy_fd_xattrs(src_fd: int, dst_fd: int) -> None:
             pass  # e.g. trusted.* without the capability: the content still lands
 
 
+_KERNEL_COPY_REFUSED = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
+
+
 def copy_fd_data(src_fd: int, dst_fd: int) -> None:
     """All of src's bytes from its current offset to dst: in the kernel where it can."""
     try:
@@ -462,9 +465,19 @@ def copy_fd_data(src_fd: int, dst_fd: int) -> None:
             pass
         return
     except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+        if exc.errno not in _KERNEL_COPY_REFUSED:
             raise
-    while chunk := os.read(src_fd, _COPY_BUFFER):  # another file system that refuses it
+    # The context and the store on two file systems (copy_file_range refuses to cross them since
+    # Linux 5.19): sendfile still moves the bytes inside the kernel, several times faster than
+    # reading them into Python. Both calls move the offsets, so a partial copy carries on below.
+    try:
+        while os.sendfile(dst_fd, src_fd, None, _COPY_BUFFER * 64):
+            pass
+        return
+    except OSError as exc:
+        if exc.errno not in _KERNEL_COPY_REFUSED:
+            raise
+    while chunk := os.read(src_fd, _COPY_BUFFER):  # a file system that refuses both
         view = memoryview(chunk)
         while view:
             view = view[os.write(dst_fd, view):]

@@ -213,3 +213,35 @@ def test_layer_times_are_the_ones_the_store_would_give_the_layer(tmp_path, monke
     times_module.match_layer_times(direct, epoch)
     assert _times(direct) == _times(fixed)
     assert tree_listing(direct) == tree_listing(fixed)
+
+
+def _refuse(*_args, **_kwargs):
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+
+@pytest.mark.parametrize("sendfile_works", [True, False])
+def test_bytes_cross_file_systems_when_copy_file_range_refuses(tmp_path, monkeypatch, sendfile_works):
+    """Context and store on two file systems: copy_file_range says EXDEV, sendfile carries the
+    bytes (still in the kernel), and where that is refused too, read/write does."""
+    source = tmp_path / "src"
+    (source / "d").mkdir(parents=True)
+    blobs = {"big": os.urandom((3 << 20) + 123), "small": b"small\n", "empty": b""}
+    for name, data in blobs.items():
+        (source / "d" / name).write_bytes(data)
+    sent: list[int] = []
+    real_sendfile = os.sendfile
+
+    def sendfile(out_fd, in_fd, offset, count):
+        if not sendfile_works:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        done = real_sendfile(out_fd, in_fd, offset, count)
+        sent.append(done)
+        return done
+
+    monkeypatch.setattr(copy_module.os, "copy_file_range", _refuse)
+    monkeypatch.setattr(copy_module.os, "sendfile", sendfile)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    _copy(BuildContext(source, IgnoreMatcher.empty()), staging)
+    assert {name: (staging / "ctx/d" / name).read_bytes() for name in blobs} == blobs
+    assert (sum(sent) == sum(map(len, blobs.values()))) if sendfile_works else sent == []
