@@ -5,6 +5,9 @@ Hashing a large context on every build is the slow part of cache-key computation
 looked up instead of re-read. ctime is part of the key because it moves on every write *and* on
 chmod/chown/rename, which an mtime-restoring tool cannot fake.
 
+The file's extended attributes are kept beside its digest (setting or removing one moves ctime
+too), so a build with a warm cache makes no listxattr call per file either.
+
 The cache is an optimisation only: a corrupt, locked or unwritable database makes every call a
 miss (and `remember` a no-op); it never fails a build. SQLite in WAL mode with a busy timeout lets
 several builder processes share one file.
@@ -15,15 +18,20 @@ nanosecond timestamps, so the window is a few milliseconds.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 from pathlib import Path
 
 StatKey = tuple[int, int, int, int, int, int]
+Xattrs = list[tuple[str, bytes]]
+# (content sha256, xattrs as read with the stat signature, or None when not recorded)
+Known = tuple[str, "Xattrs | None"]
 
+# v1 (`content_digest`, without xattrs) is left behind: its rows are hashed again once.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS content_digest (
+CREATE TABLE IF NOT EXISTS file_digest (
     dev INTEGER NOT NULL,
     ino INTEGER NOT NULL,
     size INTEGER NOT NULL,
@@ -31,9 +39,25 @@ CREATE TABLE IF NOT EXISTS content_digest (
     ctime_ns INTEGER NOT NULL,
     mode INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
+    xattrs TEXT,
     PRIMARY KEY (dev, ino)
 )
 """
+
+
+def encode_xattrs(xattrs: Xattrs) -> str:
+    return json.dumps([[name, value.hex()] for name, value in xattrs]) if xattrs else ""
+
+
+def decode_xattrs(text: str | None) -> Xattrs | None:
+    if text is None:
+        return None
+    if not text:
+        return []
+    try:
+        return [(str(name), bytes.fromhex(value)) for name, value in json.loads(text)]
+    except (ValueError, TypeError):
+        return None  # unreadable: read from the file again
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -59,8 +83,9 @@ class StatCache:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(_SCHEMA)
+        db.execute("DROP TABLE IF EXISTS content_digest")
         db.commit()
-        db.execute("SELECT count(*) FROM content_digest LIMIT 1").fetchone()
+        db.execute("SELECT count(*) FROM file_digest LIMIT 1").fetchone()
         return db
 
     def _open(self) -> None:
@@ -97,7 +122,7 @@ class StatCache:
         try:
             with self._lock:
                 row = self._db.execute(
-                    "SELECT size, mtime_ns, ctime_ns, mode, sha256 FROM content_digest"
+                    "SELECT size, mtime_ns, ctime_ns, mode, sha256 FROM file_digest"
                     " WHERE dev = ? AND ino = ?",
                     (dev, ino),
                 ).fetchone()
@@ -107,38 +132,39 @@ class StatCache:
             return None
         return row[4]
 
-    def lookup_many(self, stats: list[os.stat_result]) -> dict[tuple[int, int], str]:
+    def lookup_many(self, stats: list[os.stat_result]) -> dict[tuple[int, int], Known]:
         """`lookup` for many files in a few queries (a directory's files at once):
-        (dev, ino) -> sha256 for those whose signature still matches."""
+        (dev, ino) -> (sha256, xattrs or None) for those whose signature still matches."""
         if self._db is None or not stats:
             return {}
         wanted = {(st.st_dev, st.st_ino): stat_key(st) for st in stats}
         by_dev: dict[int, list[int]] = {}
         for dev, ino in wanted:
             by_dev.setdefault(dev, []).append(ino)
-        found: dict[tuple[int, int], str] = {}
+        found: dict[tuple[int, int], Known] = {}
         try:
             with self._lock:
                 for dev, inodes in by_dev.items():
                     for start in range(0, len(inodes), 500):  # SQLite's limit on bound values
                         chunk = inodes[start : start + 500]
                         rows = self._db.execute(
-                            "SELECT ino, size, mtime_ns, ctime_ns, mode, sha256 FROM content_digest"
+                            "SELECT ino, size, mtime_ns, ctime_ns, mode, sha256, xattrs FROM file_digest"
                             f" WHERE dev = ? AND ino IN ({','.join('?' * len(chunk))})",
                             (dev, *chunk),
                         ).fetchall()
-                        for ino, size, mtime_ns, ctime_ns, mode, sha256 in rows:
+                        for ino, size, mtime_ns, ctime_ns, mode, sha256, xattrs in rows:
                             if wanted[(dev, ino)][2:] == (size, mtime_ns, ctime_ns, mode):
-                                found[(dev, ino)] = sha256
+                                found[(dev, ino)] = (sha256, decode_xattrs(xattrs))
         except sqlite3.Error:
             return {}
         return found
 
-    def remember(self, st: os.stat_result, sha256: str) -> None:
-        """Queue an entry; written in batches (and on `flush`/`close`) to keep commits few."""
+    def remember(self, st: os.stat_result, sha256: str, xattrs: Xattrs | None = None) -> None:
+        """Queue an entry (`xattrs`: read after `st` was taken, or None); written in batches
+        (and on `flush`/`close`) to keep commits few."""
         if self._db is None:
             return
-        self._pending.append((*stat_key(st), sha256))
+        self._pending.append((*stat_key(st), sha256, None if xattrs is None else encode_xattrs(xattrs)))
         if len(self._pending) >= 500:
             self.flush()
 
@@ -150,8 +176,8 @@ class StatCache:
         try:
             with self._lock:
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO content_digest"
-                    " (dev, ino, size, mtime_ns, ctime_ns, mode, sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO file_digest"
+                    " (dev, ino, size, mtime_ns, ctime_ns, mode, sha256, xattrs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 self._db.commit()

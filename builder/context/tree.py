@@ -39,7 +39,7 @@ from builder.errors import ContextError, Pos
 from builder.parse.wildcard import NOT_SLASH, Char, CharTest, Matcher, Seq, Star, check_pattern_length
 
 if TYPE_CHECKING:
-    from builder.context.statcache import StatCache
+    from builder.context.statcache import Known, StatCache
 
 _MAX_LINK_HOPS = 40
 _CHUNK = 1 << 20
@@ -625,15 +625,16 @@ class BuildContext:
         return "sha256:" + top.hexdigest()
 
     def _file_sha(self, path: Path | str, st: os.stat_result, stat_cache: "StatCache | None",
-                  known: dict[tuple[int, int], str] | None = None) -> str:
+                  known: "dict[tuple[int, int], Known] | None" = None,
+                  xattrs: list[tuple[str, bytes]] | None = None) -> str:
         if known is not None:
             found = known.get((st.st_dev, st.st_ino))
             if found is not None:
-                return found
+                return found[0]
         elif stat_cache is not None:
-            found = stat_cache.lookup(st)
-            if found is not None:
-                return found
+            cached = stat_cache.lookup(st)
+            if cached is not None:
+                return cached
         try:
             # Looked up through the module so tests can count real reads.
             digest = globals()["hash_file"](path)
@@ -643,21 +644,28 @@ class BuildContext:
                 hint="make the file readable or exclude it in .dockerignore",
             ) from None
         if stat_cache is not None:
-            stat_cache.remember(st, digest)
+            stat_cache.remember(st, digest, xattrs)
         return digest
 
     def _node_digest(self, path: Path | str, ctx_rel: str, stat_cache: "StatCache | None",
-                     st: os.stat_result | None = None, known: dict[tuple[int, int], str] | None = None) -> str:
+                     st: os.stat_result | None = None, known: "dict[tuple[int, int], Known] | None" = None) -> str:
         if st is None:
             st = os.lstat(path)
         mode = st.st_mode
         uid, gid = self.owner_of(st)
         h = hashlib.sha256()
         h.update(f"{kind_of(mode)}\0{stat.S_IFMT(mode):o}\0{stat.S_IMODE(mode):o}\0{uid}\0{gid}\0".encode())
-        for name, value in read_xattrs(path):
+        # A file the stat cache knows comes with its xattrs: no listxattr call for it.
+        cached = known.get((st.st_dev, st.st_ino)) if known is not None and stat.S_ISREG(mode) else None
+        xattrs = cached[1] if cached is not None and cached[1] is not None else read_xattrs(path)
+        for name, value in xattrs:
             h.update(b"x\0" + name.encode() + b"\0" + value.hex().encode() + b"\0")
         if stat.S_ISREG(mode):
-            h.update(b"c\0" + self._file_sha(path, st, stat_cache, known).encode())
+            if cached is not None and cached[1] is None:
+                # Known from a cache entry without xattrs: record them now, with the same digest.
+                if stat_cache is not None:
+                    stat_cache.remember(st, cached[0], xattrs)
+            h.update(b"c\0" + self._file_sha(path, st, stat_cache, known, xattrs).encode())
         elif stat.S_ISLNK(mode):
             h.update(b"l\0" + os.fsencode(os.readlink(path)))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):

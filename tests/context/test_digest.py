@@ -259,3 +259,40 @@ def test_a_followed_source_links_digest_is_its_targets_content_and_its_name(tmp_
     assert changed != first
     os.rename(root / "w-link", root / "w-other")
     assert digest_of(ctx, ["w*"]) != changed
+
+
+def test_a_warm_stat_cache_spares_each_file_its_listxattr_and_still_sees_xattr_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = tmp_path / "ctx"
+    for i in range(300):
+        sub = root / f"d{i % 6}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:03d}.txt").write_text(f"file {i}\n")
+    tagged = root / "d1" / "f001.txt"
+    os.setxattr(tagged, "user.origin", b"first")
+    ctx = BuildContext(root, IgnoreMatcher.empty())
+    uncached = digest_of(ctx)
+    listed: list[str] = []
+    real_listxattr = os.listxattr
+
+    def counting_listxattr(path, *args, **kwargs):
+        listed.append(str(path))
+        return real_listxattr(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "listxattr", counting_listxattr)
+    db = tmp_path / "statcache.db"
+    with StatCache(db) as cache:
+        assert digest_of(ctx, cache=cache) == uncached
+    assert len([p for p in listed if p.endswith(".txt")]) == 300
+
+    listed.clear()
+    with StatCache(db) as cache:
+        assert digest_of(ctx, cache=cache) == uncached  # the cached xattrs count as read ones
+    assert [p for p in listed if p.endswith(".txt")] == []  # only the dirs were asked
+
+    os.setxattr(tagged, "user.origin", b"second")  # moves the file's ctime
+    listed.clear()
+    with StatCache(db) as cache:
+        changed = digest_of(ctx, cache=cache)
+    assert [p for p in listed if p.endswith(".txt")] == [str(tagged)]
+    assert changed != uncached and changed == digest_of(ctx)
