@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS file_digest (
     sha256 TEXT NOT NULL,
     xattrs TEXT,
     PRIMARY KEY (dev, ino)
+);
+CREATE TABLE IF NOT EXISTS dir_digest (
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    signature TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (dev, ino)
 )
 """
 
@@ -73,6 +80,7 @@ class StatCache:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._pending: list[tuple] = []
+        self._pending_dirs: list[tuple[int, int, str, str]] = []
         self._open()
 
     # opening and recovery ------------------------------------------------------------------
@@ -82,7 +90,7 @@ class StatCache:
         db = sqlite3.connect(self.path, timeout=self._timeout, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_SCHEMA)
+        db.executescript(_SCHEMA)
         db.execute("DROP TABLE IF EXISTS content_digest")
         db.commit()
         db.execute("SELECT count(*) FROM file_digest LIMIT 1").fetchone()
@@ -168,11 +176,32 @@ class StatCache:
         if len(self._pending) >= 500:
             self.flush()
 
+    def lookup_dir(self, st: os.stat_result, signature: str) -> str | None:
+        """The digest recorded for this dir with this signature (see BuildContext._dir_digest)."""
+        if self._db is None:
+            return None
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT signature, digest FROM dir_digest WHERE dev = ? AND ino = ?",
+                                       (st.st_dev, st.st_ino)).fetchone()
+        except sqlite3.Error:
+            return None
+        return row[1] if row is not None and row[0] == signature else None
+
+    def remember_dir(self, st: os.stat_result, signature: str, digest: str) -> None:
+        if self._db is None:
+            return
+        self._pending_dirs.append((st.st_dev, st.st_ino, signature, digest))
+        if len(self._pending_dirs) >= 500:
+            self.flush()
+
     def flush(self) -> None:
-        if self._db is None or not self._pending:
+        if self._db is None or not (self._pending or self._pending_dirs):
             self._pending.clear()
+            self._pending_dirs.clear()
             return
         rows, self._pending = self._pending, []
+        dirs, self._pending_dirs = self._pending_dirs, []
         try:
             with self._lock:
                 self._db.executemany(
@@ -180,6 +209,8 @@ class StatCache:
                     " (dev, ino, size, mtime_ns, ctime_ns, mode, sha256, xattrs) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO dir_digest (dev, ino, signature, digest) VALUES (?, ?, ?, ?)", dirs)
                 self._db.commit()
         except sqlite3.Error:
             # Locked past the timeout or broken: these digests are just recomputed next time.

@@ -652,35 +652,84 @@ class BuildContext:
         if st is None:
             st = os.lstat(path)
         mode = st.st_mode
-        uid, gid = self.owner_of(st)
-        h = hashlib.sha256()
-        h.update(f"{kind_of(mode)}\0{stat.S_IFMT(mode):o}\0{stat.S_IMODE(mode):o}\0{uid}\0{gid}\0".encode())
-        # A file the stat cache knows comes with its xattrs: no listxattr call for it.
+        if stat.S_ISDIR(mode):
+            return self._dir_digest(str(path), ctx_rel, stat_cache, st)
+        h = self._node_head(st)
         cached = known.get((st.st_dev, st.st_ino)) if known is not None and stat.S_ISREG(mode) else None
+        # A file the stat cache knows comes with its xattrs: no listxattr call for it.
         xattrs = cached[1] if cached is not None and cached[1] is not None else read_xattrs(path)
-        for name, value in xattrs:
-            h.update(b"x\0" + name.encode() + b"\0" + value.hex().encode() + b"\0")
+        _hash_xattrs(h, xattrs)
         if stat.S_ISREG(mode):
-            if cached is not None and cached[1] is None:
+            if cached is not None and cached[1] is None and stat_cache is not None:
                 # Known from a cache entry without xattrs: record them now, with the same digest.
-                if stat_cache is not None:
-                    stat_cache.remember(st, cached[0], xattrs)
+                stat_cache.remember(st, cached[0], xattrs)
             h.update(b"c\0" + self._file_sha(path, st, stat_cache, known, xattrs).encode())
         elif stat.S_ISLNK(mode):
             h.update(b"l\0" + os.fsencode(os.readlink(path)))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             h.update(f"d\0{os.major(st.st_rdev)}\0{os.minor(st.st_rdev)}".encode())
-        elif stat.S_ISDIR(mode):
-            children = self.list_dir(str(path), ctx_rel)
-            # The stat cache is asked once for the whole directory, not once per file.
-            files = [child_st for _, child_st in children if stat.S_ISREG(child_st.st_mode)]
-            known_here = stat_cache.lookup_many(files) if stat_cache is not None and files else {}
-            prefix = "" if ctx_rel in ("", ".") else ctx_rel + "/"
-            base = _dir_prefix(str(path))
-            for name, child_st in children:
-                child = self._node_digest(base + name, prefix + name, stat_cache, child_st, known_here)
-                h.update(b"e\0" + os.fsencode(name) + b"\0" + child.encode() + b"\n")
         return h.hexdigest()
+
+    def _node_head(self, st: os.stat_result) -> "hashlib._Hash":
+        """A node's digest so far: its kind, permission bits and the owner a COPY gives it."""
+        mode = st.st_mode
+        uid, gid = self.owner_of(st)
+        h = hashlib.sha256()
+        h.update(f"{kind_of(mode)}\0{stat.S_IFMT(mode):o}\0{stat.S_IMODE(mode):o}\0{uid}\0{gid}\0".encode())
+        return h
+
+    def _dir_digest(self, path: str, ctx_rel: str, stat_cache: "StatCache | None", st: os.stat_result) -> str:
+        """A dir's digest; with a stat cache, taken whole from it while nothing in the dir moved.
+
+        Subdirectories are digested first (a change deep inside does not show in this dir's
+        stats); then the dir's own stat, its visible children's stats and the subdirectories'
+        digests make a signature. While it matches the one recorded with the digest (ctime moves
+        on every write, chmod, chown, xattr change and rename), the files are not looked at one
+        by one: a warm build of a big context costs a scandir per dir."""
+        children = self.list_dir(path, ctx_rel)
+        prefix = "" if ctx_rel in ("", ".") else ctx_rel + "/"
+        base = _dir_prefix(path)
+        subdirs = {name: self._dir_digest(base + name, prefix + name, stat_cache, child_st)
+                   for name, child_st in children if stat.S_ISDIR(child_st.st_mode)}
+        signature = None
+        if stat_cache is not None:
+            signature = _dir_signature(st, children, subdirs, self.preserves_owner)
+            found = stat_cache.lookup_dir(st, signature)
+            if found is not None:
+                return found
+        h = self._node_head(st)
+        _hash_xattrs(h, read_xattrs(path))
+        # The stat cache is asked once for the whole directory, not once per file.
+        files = [child_st for _, child_st in children if stat.S_ISREG(child_st.st_mode)]
+        known_here = stat_cache.lookup_many(files) if stat_cache is not None and files else {}
+        for name, child_st in children:
+            child = subdirs.get(name) or self._node_digest(base + name, prefix + name, stat_cache, child_st,
+                                                           known_here)
+            h.update(b"e\0" + os.fsencode(name) + b"\0" + child.encode() + b"\n")
+        digest = h.hexdigest()
+        if stat_cache is not None and signature is not None:
+            stat_cache.remember_dir(st, signature, digest)
+        return digest
+
+
+def _hash_xattrs(h: "hashlib._Hash", xattrs: list[tuple[str, bytes]]) -> None:
+    for name, value in xattrs:
+        h.update(b"x\0" + name.encode() + b"\0" + value.hex().encode() + b"\0")
+
+
+def _dir_signature(st: os.stat_result, children: list[tuple[str, os.stat_result]], subdirs: dict[str, str],
+                   preserves_owner: bool) -> str:
+    """What a dir's digest depends on, as stats: its own, each visible child's (a subdirectory by
+    its digest), and whether owners count."""
+    parts = [f"v1\0{int(preserves_owner)}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"]
+    for name, child in children:
+        sub = subdirs.get(name)
+        if sub is not None:
+            parts.append(f"{name}\0d\0{sub}")
+        else:
+            parts.append(f"{name}\0{child.st_ino}\0{child.st_mode}\0{child.st_size}\0{child.st_mtime_ns}"
+                         f"\0{child.st_ctime_ns}\0{child.st_uid}\0{child.st_gid}\0{child.st_rdev}")
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def content_digest(selected: Sequence[Selected], stat_cache: "StatCache | None" = None) -> str:

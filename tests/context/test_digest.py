@@ -296,3 +296,54 @@ def test_a_warm_stat_cache_spares_each_file_its_listxattr_and_still_sees_xattr_c
         changed = digest_of(ctx, cache=cache)
     assert [p for p in listed if p.endswith(".txt")] == [str(tagged)]
     assert changed != uncached and changed == digest_of(ctx)
+
+
+def test_a_warm_dir_is_taken_whole_from_the_stat_cache_and_every_change_inside_is_seen(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = make_tree(tmp_path / "ctx", {f"top/mid{m}/f{f}.txt": f"{m}-{f}\n" for m in range(3) for f in range(20)})
+    make_tree(root, {"top/link": ("link", "mid0/f0.txt"), "top/mid1/deep/x": "x\n", "notes": "n\n"})
+    db = tmp_path / "statcache.db"
+
+    def set_ignore(text: str) -> None:
+        ignore_file = root / ".dockerignore"
+        if not ignore_file.exists() or ignore_file.read_text() != text:
+            ignore_file.write_text(text)
+
+    def cached_digest(ignore: str = "") -> str:
+        set_ignore(ignore)
+        ctx = BuildContext(root, IgnoreMatcher.load(root, None))
+        with StatCache(db) as cache:
+            return digest_of(ctx, cache=cache)
+
+    def fresh_digest(ignore: str = "") -> str:
+        set_ignore(ignore)
+        return digest_of(BuildContext(root, IgnoreMatcher.load(root, None)))
+
+    cached_digest()
+    looked_up: list[int] = []
+    real_lookup_many = StatCache.lookup_many
+    monkeypatch.setattr(StatCache, "lookup_many",
+                        lambda self, stats: looked_up.append(len(stats)) or real_lookup_many(self, stats))
+    assert cached_digest() == fresh_digest()
+    assert looked_up == []  # nothing changed: no dir was looked at file by file
+
+    time.sleep(0.01)
+    changes = [
+        lambda: (root / "top/mid1/deep/x").write_text("y\n"),  # same size, two levels down
+        lambda: os.chmod(root / "top/mid2/f3.txt", 0o600),
+        lambda: os.rename(root / "top/mid0/f1.txt", root / "top/mid0/f1-renamed.txt"),
+        lambda: (root / "top/mid2/new.txt").write_text("new\n"),
+        lambda: os.chmod(root / "top/mid1", 0o700),
+        lambda: os.setxattr(root / "top/mid0", "user.note", b"v"),
+        lambda: (root / "top/link").unlink() or (root / "top/link").symlink_to("mid1/f0.txt"),
+        lambda: (root / "top/mid2/f0.txt").unlink(),
+    ]
+    previous = cached_digest()
+    for change in changes:
+        change()
+        now = cached_digest()
+        assert now == fresh_digest() and now != previous
+        previous = now
+    # Which files are visible is part of a dir's signature too.
+    assert cached_digest("top/mid0/f2.txt\n") == fresh_digest("top/mid0/f2.txt\n") != previous
+    assert cached_digest() == previous
