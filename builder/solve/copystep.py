@@ -5,25 +5,21 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.errors import BuildError
 from builder.parse import ast
 from builder.progress import Transfer
 from builder.solve import cache as cache_keys
-from builder.solve.copy import (
-    Download,
-    download_url,
-    git_source_error,
-    is_git_source,
-    stage_copy,
-    view_dir_meta,
-    view_node,
-    view_resolver,
-)
 from builder.solve.sources import describe_source_for_key
 from builder.solve.state import LayerRef
 from builder.solve.step import Expand, PreparedStep, StepInput
 from builder.userns import check_owner
+
+if TYPE_CHECKING:
+    # The copying code (archives, downloads, the staging tree) loads when a COPY runs, not when
+    # a cached one is only keyed.
+    from builder.solve.copy import Download
 
 LARGE_COPY_BYTES = 32 * 1024 * 1024
 
@@ -53,6 +49,8 @@ class CopyStep(PreparedStep):
         from_value = expand(instruction.from_) if isinstance(instruction, ast.Copy) and instruction.from_ else None
         file_sources = [word for word in self.sources if not _is_heredoc_word(word, heredoc_names)]
         if self.is_add:
+            from builder.solve.copy import git_source_error, is_git_source
+
             for word in file_sources:
                 if is_git_source(word):  # before a URL is fetched for the key, or a path is looked up
                     raise git_source_error(word, instruction.pos)
@@ -93,6 +91,8 @@ class CopyStep(PreparedStep):
             self._download_dir = self.step.session.scratch_dir("url-")
         into = Path(self._download_dir) / str(len(self.downloads))
         into.mkdir()
+        from builder.solve.copy import download_url
+
         got = download_url(url, into, checksum=None, pos=self.step.instruction.pos)
         self.downloads[url] = got
         digest = hashlib.sha256()
@@ -118,6 +118,7 @@ class CopyStep(PreparedStep):
 
     def _execute(self, work: Path) -> LayerRef | None:
         from builder.snapshot.view import LayeredView
+        from builder.solve.copy import stage_copy, view_dir_meta, view_node, view_resolver
 
         step = self.step
         session, instruction = step.session, step.instruction

@@ -25,7 +25,8 @@ print(json.dumps({"image": result.image_id, "cached": [step.cached for step in r
 NEVER_ON_A_NOOP = (
     "lark", "builder.parse.parser", "builder.parse.grammar", "builder.registry", "builder.registry.client",
     "builder.export", "builder.export.oci_layout", "builder.cache.exporter", "builder.cache.importer",
-    "builder.sandbox", "builder.sandbox.runner", "builder.layer.tarwrite", "urllib.request", "ssl",
+    "builder.sandbox", "builder.sandbox.runner", "builder.layer.tarwrite", "builder.solve.copy", "builder.snapshot",
+    "tarfile", "ctypes", "urllib.request", "ssl",
 )
 
 
