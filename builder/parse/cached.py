@@ -16,10 +16,10 @@ import io
 import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 
 from builder.parse import ast
+from builder.parse.privatefile import read_private, write_private
 
 # Bumped when what is pickled changes shape in a way file stats would not show.
 FORMAT = 1
@@ -103,13 +103,11 @@ class _AstUnpickler(pickle.Unpickler):
 
 
 def _load(entry: Path, path: str) -> ast.Buildfile | None:
-    try:
-        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    data = read_private(entry)
+    if data is None:
         return None
     try:
-        with os.fdopen(fd, "rb") as handle:
-            found = _AstUnpickler(io.BytesIO(handle.read())).load()
+        found = _AstUnpickler(io.BytesIO(data)).load()
     except Exception:  # noqa: BLE001 - a damaged entry is parsed again, never trusted
         return None
     if not isinstance(found, ast.Buildfile) or found.path != path:
@@ -119,15 +117,7 @@ def _load(entry: Path, path: str) -> ast.Buildfile | None:
 
 def _save(parsed: ast.Buildfile, entry: Path) -> None:
     try:
-        entry.parent.mkdir(mode=0o700, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=entry.parent, prefix=".ast-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                pickle.dump(parsed, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            os.rename(temp, entry)  # whole or not at all, for a concurrent build reading it
-        except BaseException:
-            os.unlink(temp)
-            raise
+        write_private(entry, lambda handle: pickle.dump(parsed, handle, protocol=pickle.HIGHEST_PROTOCOL))
         _trim(entry.parent)
     except (OSError, pickle.PicklingError, RecursionError):
         pass  # not kept this time: the next build parses again

@@ -135,32 +135,23 @@ def _cache_file(text: str) -> Path | None:
 
 
 def _load_cached(path: Path) -> Lark | None:
-    import os
+    import io
 
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    from builder.parse.privatefile import read_private
+
+    data = read_private(path)
+    if data is None:
         return None
     try:
-        with os.fdopen(fd, "rb") as handle:
-            return Lark.load(handle)
+        return Lark.load(io.BytesIO(data))
     except Exception:  # noqa: BLE001 - a damaged cache file is compiled again, never trusted
         return None
 
 
 def _save_cached(parser: Lark, path: Path) -> None:
-    import os
-    import tempfile
+    from builder.parse.privatefile import write_private
 
     try:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".parser-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                parser.save(handle)
-            os.rename(temp, path)  # whole or not at all, for a concurrent build reading it
-        except BaseException:
-            os.unlink(temp)
-            raise
+        write_private(path, parser.save)
     except OSError:
         pass  # no cache this time: the next build compiles again

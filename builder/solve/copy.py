@@ -397,7 +397,7 @@ def _copy_entry(opts: _Options, src: Path, st: os.stat_result, image_path: str) 
             os.link(first, host, follow_symlinks=False)
             staging.record(image_path)
             return
-        _copy_file(src, host, st, uid, gid, mode, staging.time_of(st.st_mtime_ns))
+        _copy_file(src, host, uid, gid, mode, staging.time_of(st.st_mtime_ns))
         if opts.on_copied is not None:
             opts.on_copied(st.st_size)
         if st.st_nlink > 1:
@@ -423,22 +423,10 @@ def _copy_entry(opts: _Options, src: Path, st: os.stat_result, image_path: str) 
     staging.record(image_path)
 
 
-def _copy_file(src: Path, host: Path, st: os.stat_result, uid: int, gid: int, mode: int, mtime_ns: int) -> None:
+def _copy_file(src: Path, host: Path, uid: int, gid: int, mode: int, mtime_ns: int) -> None:
     """A regular file's bytes, owner, mode, xattrs and mtime, through fds (no link followed);
     the bytes move inside the kernel (copy_file_range), never through Python buffers."""
-    src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        dst_fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            copy_fd_data(src_fd, dst_fd)
-            os.fchown(dst_fd, uid, gid)
-            os.fchmod(dst_fd, mode)  # after chown, which clears setuid/setgid
-            _copy_fd_xattrs(src_fd, dst_fd)
-            os.utime(dst_fd, ns=(mtime_ns, mtime_ns))
-        finally:
-            os.close(dst_fd)
-    finally:
-        os.close(src_fd)
+    _copy_new_file(str(src), str(host), mtime_ns, 0o600, (uid, gid), mode)
 
 
 def _copy_fd_xattrs(src_fd: int, dst_fd: int) -> None:
