@@ -115,7 +115,7 @@ def test_a_rerun_step_with_new_output_invalidates_what_follows(tmp_path: Path, b
 
 
 def test_copy_link_layer_is_reused_on_a_changed_base(tmp_path: Path, busybox_store, monkeypatch) -> None:
-    import builder.solve.copystep as copy_module
+    import builder.solve.copy as copy_module  # copystep takes stage_copy from there when a COPY runs
 
     calls = []
     real = copy_module.stage_copy

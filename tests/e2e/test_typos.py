@@ -47,12 +47,12 @@ def test_an_unused_build_arg_is_warned_about(tmp_path):
 @pytest.mark.parametrize("source", ["https://example.invalid/repo.git#v1", "https://example.invalid/repo.git",
                                     "git@example.invalid:team/repo.git", "git://example.invalid/repo"])
 def test_add_of_a_git_repository_is_refused_before_any_fetch(tmp_path, monkeypatch, source):
-    import builder.solve.copystep
+    import builder.solve.copy
 
     def no_fetch(*args, **kwargs):
         raise AssertionError("a git source must not be downloaded as a file")
 
-    monkeypatch.setattr(builder.solve.copystep, "download_url", no_fetch)
+    monkeypatch.setattr(builder.solve.copy, "download_url", no_fetch)  # copystep takes it from there
     context = write_context(tmp_path / "ctx", {"a": "a"})
     with pytest.raises(builder.BuildError) as caught:
         builder.build(context, buildfile_text=f"FROM scratch\nADD {source} /src\n", root=tmp_path / "store")
