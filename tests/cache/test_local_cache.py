@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
+from fixtures.concurrency import run_at_once
 
 import builder
 from builder.cli import main as cli_main
@@ -196,21 +196,8 @@ def test_two_builds_exporting_to_one_dir_at_once_leave_one_whole_record(tmp_path
     cache = tmp_path / "cache"
     contexts = [_context(tmp_path / "ctx1", "one\n"), _context(tmp_path / "ctx2", "two\n")]
     stores = [_store(tmp_path / f"A{n}", busybox_tar) for n in (1, 2)]
-    results: dict[int, object] = {}
-    errors: list[BaseException] = []
-
-    def export(n: int) -> None:
-        try:
-            results[n] = builder.build(contexts[n], root=stores[n].root,
-                                       cache_to=[f"type=local,dest={cache},mode=max"])
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=export, args=(n,)) for n in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results, errors = run_at_once(lambda n: builder.build(contexts[n], root=stores[n].root,
+                                                         cache_to=[f"type=local,dest={cache},mode=max"]), (0, 1))
     assert errors == []
     assert len(json.loads((cache / "index.json").read_text())["manifests"]) == 1
     fresh = [_store(tmp_path / f"B{n}", busybox_tar) for n in (0, 1)]

@@ -6,11 +6,11 @@ import io
 import json
 import os
 import re
-import threading
 import urllib.parse
 from pathlib import Path
 
 import pytest
+from fixtures.concurrency import run_at_once
 from registry_helpers import PASSWORD, USERNAME, free_port
 
 import builder
@@ -272,20 +272,8 @@ def test_two_builds_exporting_to_one_ref_at_once_leave_one_whole_record(
     cache = f"{registry.host}/{tmp_path.name.lower()}/cache:shared"
     contexts = [_context(tmp_path / f"ctx{n}", CHAINED.format(base="busybox"), f"{n}\n") for n in (0, 1)]
     stores = [_store(tmp_path / f"A{n}", busybox_tar) for n in (0, 1)]
-    results: dict[int, object] = {}
-    errors: list[BaseException] = []
-
-    def export(n: int) -> None:
-        try:
-            results[n] = builder.build(contexts[n], root=stores[n].root, cache_to=[f"type=registry,ref={cache},mode=max"])
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=export, args=(n,)) for n in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results, errors = run_at_once(lambda n: builder.build(contexts[n], root=stores[n].root,
+                                                         cache_to=[f"type=registry,ref={cache},mode=max"]), (0, 1))
     assert errors == []
     warm = [builder.build(contexts[n], root=_store(tmp_path / f"B{n}", busybox_tar).root, cache_from=[cache],
                           outputs=[f"type=local,dest={tmp_path / f'out{n}'}"]) for n in (0, 1)]
