@@ -10,29 +10,28 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
 from builder.errors import OutputError
-from builder.export.tarout import TarPlan, atomic_output_file
+from builder.export.tarout import TarWriter, atomic_output_file
 from builder.image import oci
 from builder.image.blobfiles import fsync_dir
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
 from builder.image.store import Store
-from builder.image.variants import Shipment
+from builder.image.variants import Shipment, ShipPlan
 from builder.platforms import Platform
 from builder.progress import Transfer
 
 
 def index_descriptors(store: Store, shipment: Shipment, tags: Sequence[str]) -> list[oci.Descriptor]:
-    manifest = shipment.manifest
-    media_type = manifest.get("mediaType") or oci.OCI_MANIFEST
-    size = len(shipment.manifest_bytes)
-    config = store.read_json(oci.manifest_config(manifest).digest)
-    platform = Platform.from_json(config)
-    digest = shipment.manifest_digest
-    if not tags:
-        return [oci.Descriptor(media_type, digest, size, platform=platform)]
+    return _descriptors(store, shipment, tag_annotations(tags))
+
+
+def tag_annotations(tags: Sequence[str]) -> list[dict[str, str]]:
+    """The annotations of each tag's index entry; an invalid name is an OutputError (checked
+    before anything is written)."""
     parsed_tags = []
     for tag in dict.fromkeys(tags):
         try:
@@ -43,15 +42,21 @@ def index_descriptors(store: Store, shipment: Shipment, tags: Sequence[str]) -> 
     # then each gets its full name so every entry stays addressable.
     tag_parts = [p.tag_or_latest() for p in parsed_tags]
     unique = len(set(tag_parts)) == len(tag_parts)
-    descriptors = []
-    for parsed in parsed_tags:
-        annotations = {
-            oci.ANNOTATION_REF_NAME: parsed.tag_or_latest() if unique else parsed.familiar(),
-            oci.ANNOTATION_CONTAINERD_NAME: str(parsed.with_tag(parsed.tag_or_latest())),
-        }
-        descriptors.append(oci.Descriptor(media_type, digest, size, annotations=annotations,
-                                          platform=platform))
-    return descriptors
+    return [{oci.ANNOTATION_REF_NAME: parsed.tag_or_latest() if unique else parsed.familiar(),
+             oci.ANNOTATION_CONTAINERD_NAME: str(parsed.with_tag(parsed.tag_or_latest()))}
+            for parsed in parsed_tags]
+
+
+def _descriptors(store: Store, shipment: Shipment, annotations: list[dict[str, str]]) -> list[oci.Descriptor]:
+    manifest = shipment.manifest
+    media_type = manifest.get("mediaType") or oci.OCI_MANIFEST
+    size = len(shipment.manifest_bytes)
+    config = store.read_json(oci.manifest_config(manifest).digest)
+    platform = Platform.from_json(config)
+    digest = shipment.manifest_digest
+    if not annotations:
+        return [oci.Descriptor(media_type, digest, size, platform=platform)]
+    return [oci.Descriptor(media_type, digest, size, annotations=entry, platform=platform) for entry in annotations]
 
 
 def _layout_json() -> bytes:
@@ -65,20 +70,73 @@ def export_oci(store: Store, manifest_digest: str, dest: Path | str, *, tar: boo
     its layers in `compression` (made now where the store has no such blob yet; see
     builder.image.variants). Returns what was shipped (the manifest digest in the layout).
     `transfer` is told the bytes of the tar as it is written."""
-    shipment = store.ship(manifest_digest, compression=compression, level=level, force=force_compression)
-    blobs = shipment.blobs
-    descriptors = index_descriptors(store, shipment, tags)
-    if tar:
-        plan = TarPlan(mtime=mtime)
-        plan.add_bytes("oci-layout", _layout_json())
-        plan.add_bytes("index.json", oci.canonical_json(oci.make_index(descriptors)))
-        for digest, _size in blobs:
-            plan.add_path(f"blobs/sha256/{digest.removeprefix('sha256:')}", store.blob_path(digest))
-        with atomic_output_file(dest) as out:
-            plan.write(out, transfer)
+    if not tar:
+        shipment = store.ship(manifest_digest, compression=compression, level=level, force=force_compression)
+        _export_oci_dir(store, Path(dest), shipment.blobs, index_descriptors(store, shipment, tags))
         return shipment
-    _export_oci_dir(store, Path(dest), blobs, descriptors)
+    annotations = tag_annotations(tags)
+    plan = store.plan_ship(manifest_digest, compression=compression, level=level, force=force_compression)
+    with atomic_output_file(dest) as out:
+        return _write_oci_tar(store, plan, TarWriter(out, mtime=mtime, transfer=transfer), annotations,
+                              stream=str(dest) != "-")
+
+
+def _write_oci_tar(store: Store, plan: ShipPlan, tar: TarWriter, annotations: list[dict[str, str]], *,
+                   stream: bool) -> Shipment:
+    """The layout as a tar, its members in an order that depends on the image alone: the blobs
+    dirs, the layers in manifest order, the config, the manifest, index.json, oci-layout.
+
+    Layers are made (compressed) in parallel where the store has no blob for them yet. With
+    `stream`, the largest of those goes into the tar as it is made (the same bytes also become
+    the store's blob), so the biggest blob is written once and never copied afterwards; the
+    others are copied from the store when their turn comes."""
+    pending = plan.pending()
+    streamed = max(pending, key=lambda index: (plan.uncompressed_size(index), -index)) if stream and pending else None
+    made: dict[int, oci.Descriptor] = {}
+    written: set[str] = set()
+    tar.add_dir("blobs")
+    tar.add_dir("blobs/sha256")
+
+    def add_blob(digest: str, size: int) -> None:
+        if digest not in written:
+            written.add(digest)
+            tar.add_path(_blob_name(digest), store.blob_path(digest), size)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(pending)))) as pool:
+        making = {index: pool.submit(plan.make, index) for index in pending if index != streamed}
+        first_of: dict[str, int] = {}
+        for index, diff_id in enumerate(plan.diff_ids):
+            first_of.setdefault(diff_id, index)
+        for index, ready in enumerate(plan.ready):
+            if ready is not None:
+                add_blob(ready.digest, ready.size)
+                continue
+            first = first_of[plan.diff_ids[index]]
+            if first != index:
+                continue  # the same layer again: its blob is in the tar already
+            if index == streamed:
+                member = tar.begin_streamed()
+                made[index] = blob = plan.make(index, tee=member)
+                if member.finish(_blob_name(blob.digest)):
+                    written.add(blob.digest)
+                    continue
+            else:
+                made[index] = blob = making[index].result()
+            add_blob(blob.digest, blob.size)
+    shipment = plan.finish(made)
+    config = oci.manifest_config(shipment.manifest)
+    add_blob(config.digest, config.size)
+    if shipment.manifest_digest not in written:
+        written.add(shipment.manifest_digest)
+        tar.add_bytes(_blob_name(shipment.manifest_digest), shipment.manifest_bytes)
+    tar.add_bytes("index.json", oci.canonical_json(oci.make_index(_descriptors(store, shipment, annotations))))
+    tar.add_bytes("oci-layout", _layout_json())
+    tar.close()
     return shipment
+
+
+def _blob_name(digest: str) -> str:
+    return f"blobs/sha256/{digest.removeprefix('sha256:')}"
 
 
 def _export_oci_dir(store: Store, dest: Path, blobs: list[tuple[str, int]],

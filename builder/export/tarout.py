@@ -94,48 +94,146 @@ class TarPlan:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
-    def _header(self, entry: _Entry) -> bytes:
-        info = tarfile.TarInfo(entry.name)
+    def write(self, out: BinaryIO, transfer: Transfer | None = None) -> None:
+        """The archive, byte for byte what tarfile writes (PAX headers, 512-byte blocks, two zero
+        blocks, padded to a 10 KiB record), but file data from disk is copied by the kernel.
+        `transfer` learns the archive's size first, then the bytes as they are written."""
+        entries = [self._entries[name] for name in sorted(self._entries)]
+        tar = TarWriter(out, mtime=self.mtime, transfer=transfer)
+        if transfer is not None:
+            size = sum(len(tar.header(entry.name, entry.kind, entry.size)) + entry.size + -entry.size % BLOCK
+                       for entry in entries)
+            size += BLOCK * 2
+            transfer.total = size + -size % tarfile.RECORDSIZE
+        for entry in entries:
+            if entry.kind == "dir":
+                tar.add_dir(entry.name)
+            elif entry.data is not None:
+                tar.add_bytes(entry.name, entry.data)
+            elif entry.path is not None:
+                tar.add_path(entry.name, entry.path, entry.size)
+            else:
+                assert entry.opener is not None
+                with entry.opener() as stream:
+                    tar.add_stream(entry.name, entry.size, stream)
+        tar.close()
+
+
+BLOCK = tarfile.BLOCKSIZE
+
+
+class TarWriter:
+    """Writes an archive's entries in the order they are given, each as tarfile would write it
+    (PAX format, root owner, fixed mtime); `close()` ends it with two zero blocks and pads it to
+    a 10 KiB record. File data on disk is copied by the kernel where the output allows."""
+
+    def __init__(self, out: BinaryIO, *, mtime: int = 0, transfer: Transfer | None = None) -> None:
+        self._out = out
+        self.mtime = mtime
+        self.sink = CountingWriter(out, transfer)
+
+    def header(self, name: str, kind: str, size: int = 0) -> bytes:
+        info = tarfile.TarInfo(name)
         info.mtime = self.mtime
         info.uid = info.gid = 0
         info.uname = info.gname = ""
-        if entry.kind == "dir":
+        if kind == "dir":
             info.type = tarfile.DIRTYPE
             info.mode = 0o755
         else:
             info.type = tarfile.REGTYPE
             info.mode = 0o644
-            info.size = entry.size
+            info.size = size
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
-    def write(self, out: BinaryIO, transfer: Transfer | None = None) -> None:
-        """The archive, byte for byte what tarfile writes (PAX headers, 512-byte blocks, two zero
-        blocks, padded to a 10 KiB record), but file data from disk is copied by the kernel.
-        `transfer` learns the archive's size first, then the bytes as they are written."""
-        headers = [(self._entries[name], self._header(self._entries[name])) for name in sorted(self._entries)]
-        if transfer is not None:
-            size = sum(len(header) + entry.size + -entry.size % tarfile.BLOCKSIZE for entry, header in headers)
-            size += tarfile.BLOCKSIZE * 2
-            transfer.total = size + -size % tarfile.RECORDSIZE
-        sink = CountingWriter(out, transfer)
-        for entry, header in headers:
-            name = entry.name
-            sink.write(header)
-            if entry.kind == "dir":
-                continue
-            if entry.data is not None:
-                sink.write(entry.data)
-            elif entry.path is not None:
-                sink.flush()
-                _copy_path(entry.path, entry.size, out, sink)
-            else:
-                assert entry.opener is not None
-                with entry.opener() as stream:
-                    _copy_stream(stream, entry.size, sink, name)
-            sink.write(tarfile.NUL * (-entry.size % tarfile.BLOCKSIZE))
-        sink.write(tarfile.NUL * (tarfile.BLOCKSIZE * 2))
-        sink.write(tarfile.NUL * (-sink.count % tarfile.RECORDSIZE))
-        sink.flush()
+    def add_dir(self, name: str) -> None:
+        self.sink.write(self.header(name, "dir"))
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self.sink.write(self.header(name, "file", len(data)) + data + tarfile.NUL * (-len(data) % BLOCK))
+
+    def add_path(self, name: str, path: Path, size: int) -> None:
+        """`size` bytes of the file at `path` (a store blob)."""
+        self.sink.write(self.header(name, "file", size))
+        self.sink.flush()
+        _copy_path(path, size, self._out, self.sink)
+        self.sink.write(tarfile.NUL * (-size % BLOCK))
+
+    def add_stream(self, name: str, size: int, stream: BinaryIO) -> None:
+        self.sink.write(self.header(name, "file", size))
+        _copy_stream(stream, size, self.sink, name)
+        self.sink.write(tarfile.NUL * (-size % BLOCK))
+
+    def begin_streamed(self) -> StreamedMember:
+        """A file member whose name and size are known only once its bytes are written (see
+        StreamedMember). The output must be a regular file."""
+        return StreamedMember(self)
+
+    def close(self) -> None:
+        self.sink.write(tarfile.NUL * (BLOCK * 2))
+        self.sink.write(tarfile.NUL * (-self.sink.count % tarfile.RECORDSIZE))
+        self.sink.flush()
+
+
+class StreamedMember:
+    """A member written before its name and size are known (a blob, named by its digest, while
+    it is made): a placeholder block first, then the bytes straight into the output file as they
+    come, then its header written over the placeholder by `finish`. So the bytes reach the output
+    once, with no copy from elsewhere afterwards.
+
+    `write` may be called from another thread while the writer is otherwise idle."""
+
+    def __init__(self, tar: TarWriter) -> None:
+        self._tar = tar
+        tar.sink.flush()
+        try:
+            self._fd = tar._out.fileno()
+            self._header_at = os.lseek(self._fd, 0, os.SEEK_CUR)
+        except (AttributeError, OSError, io.UnsupportedOperation) as exc:
+            raise ValueError("a streamed member needs a regular file as the output") from exc
+        tar.sink.write(tarfile.NUL * BLOCK)
+        tar.sink.flush()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            with memoryview(data) as view:
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+        except OSError as exc:
+            raise OutputError(f"cannot write the output: {exc.strerror or exc}") from exc
+        self.size += len(data)
+        self._tar.sink.counted(len(data))
+
+    def restart(self) -> None:
+        """Drop what was written since the placeholder: the bytes come again from the start."""
+        self._cut(self._header_at + BLOCK)
+        self.size = 0
+
+    def finish(self, name: str) -> bool:
+        """Write the header over the placeholder and pad the data. False, with the member cut
+        off (the output as it was before it), when its header needs more than one block (a blob
+        of 8 GiB or more): the caller then writes it as a plain member."""
+        header = self._tar.header(name, "file", self.size)
+        if len(header) != BLOCK:
+            self._cut(self._header_at)
+            return False
+        try:
+            os.pwrite(self._fd, header, self._header_at)
+        except OSError as exc:
+            raise OutputError(f"cannot write the output: {exc.strerror or exc}") from exc
+        self._tar.sink.write(tarfile.NUL * (-self.size % BLOCK))
+        return True
+
+    def _cut(self, offset: int) -> None:
+        end = os.lseek(self._fd, 0, os.SEEK_CUR)
+        os.ftruncate(self._fd, offset)
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        sink = self._tar.sink
+        sink.count -= end - offset
+        if sink.transfer is not None:
+            sink.transfer.restart(sink.count)
 
 
 def _copy_stream(stream: BinaryIO, size: int, sink: "CountingWriter", name: str) -> None:

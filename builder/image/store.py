@@ -62,7 +62,7 @@ from builder.image.records import ImageRecord, ImageRecords
 from builder.image.snapshots import SnapshotStore
 from builder.image.stepcache import StepCache
 from builder.image.upkeep import GCResult, Upkeep
-from builder.image.variants import Shipment, Variants
+from builder.image.variants import Shipment, ShipPlan, Variants
 
 if TYPE_CHECKING:
     from builder.image.lazy import LazyLayer
@@ -269,6 +269,12 @@ class Store:
         if fetch:
             self.fetch_image_layers(manifest_digest)
         return self.variants.ship(manifest_digest, compression=compression, level=level, force=force)
+
+    def plan_ship(self, manifest_digest: str, *, compression: str = "gzip", level: int | None = None,
+                  force: bool = False) -> ShipPlan:
+        """What `ship` does, in steps the caller runs (an export writing a layer as it is made)."""
+        self.fetch_image_layers(manifest_digest)
+        return self.variants.plan(manifest_digest, compression=compression, level=level, force=force)
 
     def ship_layer(self, layer: oci.Descriptor, diff_id: str, *, compression: str = "gzip",
                    level: int | None = None, force: bool = False) -> oci.Descriptor:

@@ -15,15 +15,18 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Protocol
 
 from builder.errors import BuildError, StoreError
 from builder.image import oci
-from builder.image.blobfiles import CHUNK, HashingReader
+from builder.image.blobfiles import CHUNK, BlobWriter, HashingReader
 from builder.image.content import BlobStore, DiffInfo
 from builder.image.lazy import LazyLayers
 from builder.image.records import ImageRecords
 from builder.image.snapshots import SnapshotStore
+
+if TYPE_CHECKING:
+    from builder.layer.compress import ByteSink, BytesLike
 
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")
 DEFAULT_LEVELS = {"gzip": 6, "zstd": 3, "uncompressed": 0}
@@ -65,10 +68,21 @@ class Variants:
 
     def ship(self, manifest_digest: str, *, compression: str = "gzip", level: int | None = None,
              force: bool = False) -> Shipment:
-        """The image `manifest_digest` with its layers in `compression` (made now where missing).
+        """The image `manifest_digest` with its layers in `compression` (made now where missing,
+        in parallel across layers).
 
         When no layer changes, the manifest is the stored one, byte for byte; otherwise a new
         manifest (same config, so the same image ID) is stored as a blob and named here."""
+        plan = self.plan(manifest_digest, compression=compression, level=level, force=force)
+        pending = plan.pending()
+        with ThreadPoolExecutor(max_workers=max(1, min(4, len(pending)))) as pool:
+            made = dict(zip(pending, pool.map(plan.make, pending), strict=True))
+        return plan.finish(made)
+
+    def plan(self, manifest_digest: str, *, compression: str = "gzip", level: int | None = None,
+             force: bool = False) -> ShipPlan:
+        """What shipping the image takes: the layers whose blob is ready, and those to be made
+        (ShipPlan.make, in any order or in parallel; ShipPlan.finish gives the Shipment)."""
         lvl = effective_level(compression, level)
         record = self.records.load_image(manifest_digest)
         layers = oci.manifest_layers(record.manifest)
@@ -76,29 +90,22 @@ class Variants:
         if len(layers) != len(diff_ids):
             raise StoreError(f"image {manifest_digest} has {len(layers)} layers but {len(diff_ids)} diff_ids")
         docker = record.manifest.get("mediaType") == oci.DOCKER_MANIFEST
-        jobs = list(zip(layers, diff_ids, strict=True))
-        with ThreadPoolExecutor(max_workers=max(1, min(4, len(jobs)))) as pool:
-            shipped = list(pool.map(
-                lambda job: self.layer_blob(job[0], job[1], compression, lvl, force=force, docker=docker), jobs))
-        if shipped == layers:
-            manifest_bytes = self.blobs.read_blob(manifest_digest)
-            digest = manifest_digest
-            manifest = record.manifest
-        else:
-            manifest = dict(record.manifest)
-            manifest["layers"] = [layer.to_json() for layer in shipped]
-            manifest_bytes = oci.canonical_json(manifest)
-            digest, _ = self.blobs.put_blob(manifest_bytes)
-        config = oci.manifest_config(manifest)
-        blobs: dict[str, int] = {digest: len(manifest_bytes), config.digest: config.size}
-        for layer in shipped:
-            blobs.setdefault(layer.digest, layer.size)
-        return Shipment(digest, manifest_bytes, manifest, list(blobs.items()))
+        ready = [self._ready_blob(layer, diff_id, compression, lvl, force=force, docker=docker)
+                 for layer, diff_id in zip(layers, diff_ids, strict=True)]
+        return ShipPlan(self, manifest_digest, record.manifest, layers, diff_ids, ready, compression, lvl, docker)
 
     def layer_blob(self, layer: oci.Descriptor, diff_id: str, compression: str, level: int, *,
                    force: bool = False, docker: bool = False) -> oci.Descriptor:
         """The blob to ship for one layer: a base image's own blob unless `force` asks for another
         compression; else (a layer made here, or forced) the cached or new blob in `compression`."""
+        ready = self._ready_blob(layer, diff_id, compression, level, force=force, docker=docker)
+        if ready is not None:
+            return ready
+        return self.make_blob(layer, diff_id, compression, level, docker=docker)
+
+    def _ready_blob(self, layer: oci.Descriptor, diff_id: str, compression: str, level: int, *,
+                    force: bool, docker: bool) -> oci.Descriptor | None:
+        """The layer's blob as it is to ship when the store has it already; None when it is to be made."""
         info = self.blobs.diff(diff_id)
         made_here = info is not None and info.from_dir and layer.digest == diff_id
         if not made_here and self.lazy is not None and self.lazy.is_lazy(layer.digest):
@@ -108,21 +115,25 @@ class Variants:
             if not force or oci.layer_compression(layer.media_type) == compression:
                 return layer  # a base image's blob stays as it is unless forced, as in BuildKit
         found = self.blobs.variant(diff_id, compression, level)
-        if found is None:
-            found = self._make_variant(layer, diff_id, compression, level)
-        media_type = oci.oci_layer_media_type(compression)
-        return oci.Descriptor(oci.OCI_TO_DOCKER_LAYER[media_type] if docker else media_type, found[0], found[1])
+        return None if found is None else _descriptor(found, compression, docker)
 
-    def _make_variant(self, layer: oci.Descriptor, diff_id: str, compression: str, level: int) -> tuple[str, int]:
+    def make_blob(self, layer: oci.Descriptor, diff_id: str, compression: str, level: int, *,
+                  docker: bool = False, tee: BlobTee | None = None) -> oci.Descriptor:
+        """The layer compressed now into a blob that is kept; `tee` also gets its bytes as they are made."""
+        return _descriptor(self._make_variant(layer, diff_id, compression, level, tee), compression, docker)
+
+    def _make_variant(self, layer: oci.Descriptor, diff_id: str, compression: str, level: int,
+                      tee: BlobTee | None) -> tuple[str, int]:
         if self.blobs.has_blob(layer.digest):
-            digest, size = self._recompress(layer, diff_id, compression, level)
+            digest, size = self._recompress(layer, diff_id, compression, level, tee)
         else:
-            digest, size = self._compress_dir(diff_id, compression, level)
+            digest, size = self._compress_dir(diff_id, compression, level, tee)
         self.blobs.record_layer(diff_id, digest, oci.oci_layer_media_type(compression), size)
         self.blobs.record_variant(diff_id, compression, level, digest, size)
         return digest, size
 
-    def _recompress(self, layer: oci.Descriptor, diff_id: str, compression: str, level: int) -> tuple[str, int]:
+    def _recompress(self, layer: oci.Descriptor, diff_id: str, compression: str, level: int,
+                    tee: BlobTee | None) -> tuple[str, int]:
         """Recompress what the blob holds, checking it is the layer the config names."""
         from builder.layer.compress import open_compressor
         from builder.layer.decompress import open_layer_stream
@@ -130,7 +141,7 @@ class Variants:
         with self.blobs.blob_writer() as writer:
             with self.blobs.open_blob(layer.digest) as raw:
                 source = HashingReader(open_layer_stream(raw))
-                compressor = open_compressor(compression, writer, level=level)
+                compressor = open_compressor(compression, _teed(writer, tee), level=level)
                 try:
                     while chunk := source.read(CHUNK):
                         compressor.write(chunk)
@@ -142,7 +153,7 @@ class Variants:
         assert writer.digest is not None
         return writer.digest, writer.size
 
-    def _compress_dir(self, diff_id: str, compression: str, level: int) -> tuple[str, int]:
+    def _compress_dir(self, diff_id: str, compression: str, level: int, tee: BlobTee | None) -> tuple[str, int]:
         """The layer written from its snapshot dir. Its tar is not hashed again when the dir's
         signature is the one it had when its tar was hashed to the diff_id (builder.layer.treesig);
         otherwise it is, and a tar that still hashes to the diff_id gives the dir its signature."""
@@ -156,17 +167,19 @@ class Variants:
         if info.signature is not None:
             try:
                 with self.blobs.blob_writer(expected) as writer:
-                    stream_layer(snapshot, writer, compression=compression, level=level, source_date_epoch=info.epoch,
-                                 trusted=Trusted(diff_id, info.signature))
+                    stream_layer(snapshot, _teed(writer, tee), compression=compression, level=level,
+                                 source_date_epoch=info.epoch, trusted=Trusted(diff_id, info.signature))
             except TreeChanged:
-                pass  # nothing published: written again below, hashed
+                # Nothing published: written again below, hashed; what the tee got is void.
+                if tee is not None:
+                    tee.restart()
             else:
                 assert writer.digest is not None
                 return writer.digest, writer.size
         signature = TreeSignature(info.epoch)
         with self.blobs.blob_writer(expected) as writer:
             # The writer hashes the blob itself: stream_layer does not hash it a second time.
-            made, _ = stream_layer(snapshot, writer, compression=compression, level=level,
+            made, _ = stream_layer(snapshot, _teed(writer, tee), compression=compression, level=level,
                                    source_date_epoch=info.epoch, signature=signature)
             _check_diff_id(diff_id, made)
         self.blobs.record_signature(diff_id, signature.value())
@@ -221,6 +234,92 @@ class Variants:
             raise StoreError(f"layer {diff_id} could not be read back from its snapshot "
                              f"({outcome.get('error') or outcome.get('diff_id')})",
                              hint="run fsck; remove the image and build it again")
+
+
+class ShipPlan:
+    """One image's layers as one export or push ships them: `ready[i]` is the blob of layer i
+    when the store has it, None when `make(i)` is to make it now."""
+
+    def __init__(self, variants: Variants, manifest_digest: str, manifest: dict[str, Any],
+                 layers: list[oci.Descriptor], diff_ids: list[str], ready: list[oci.Descriptor | None],
+                 compression: str, level: int, docker: bool) -> None:
+        self._variants = variants
+        self._manifest_digest = manifest_digest
+        self._manifest = manifest
+        self.layers = layers
+        self.diff_ids = diff_ids
+        self.ready = ready
+        self.compression = compression
+        self.level = level
+        self._docker = docker
+
+    def pending(self) -> list[int]:
+        """The layers to make, each once (an image may name one layer twice), in manifest order."""
+        seen: set[str] = set()
+        indexes = []
+        for index, blob in enumerate(self.ready):
+            if blob is None and self.diff_ids[index] not in seen:
+                seen.add(self.diff_ids[index])
+                indexes.append(index)
+        return indexes
+
+    def uncompressed_size(self, index: int) -> int:
+        info = self._variants.blobs.diff(self.diff_ids[index])
+        return 0 if info is None else info.size
+
+    def make(self, index: int, tee: BlobTee | None = None) -> oci.Descriptor:
+        return self._variants.make_blob(self.layers[index], self.diff_ids[index], self.compression, self.level,
+                                        docker=self._docker, tee=tee)
+
+    def finish(self, made: dict[int, oci.Descriptor]) -> Shipment:
+        """The Shipment, once every pending layer is in `made` (by index)."""
+        by_diff_id = {self.diff_ids[index]: blob for index, blob in made.items()}
+        shipped = [blob if blob is not None else by_diff_id[self.diff_ids[index]]
+                   for index, blob in enumerate(self.ready)]
+        blobs = self._variants.blobs
+        if shipped == self.layers:
+            manifest_bytes = blobs.read_blob(self._manifest_digest)
+            digest = self._manifest_digest
+            manifest = self._manifest
+        else:
+            manifest = dict(self._manifest)
+            manifest["layers"] = [layer.to_json() for layer in shipped]
+            manifest_bytes = oci.canonical_json(manifest)
+            digest, _ = blobs.put_blob(manifest_bytes)
+        config = oci.manifest_config(manifest)
+        sizes: dict[str, int] = {digest: len(manifest_bytes), config.digest: config.size}
+        for layer in shipped:
+            sizes.setdefault(layer.digest, layer.size)
+        return Shipment(digest, manifest_bytes, manifest, list(sizes.items()))
+
+
+class BlobTee(Protocol):
+    """Where a blob's bytes also go while the store's copy is made (an export's output)."""
+
+    def write(self, data: BytesLike) -> None: ...
+
+    def restart(self) -> None:
+        """The bytes so far are void: the blob is made again from its start."""
+
+
+class _Teed:
+    def __init__(self, writer: BlobWriter, tee: BlobTee) -> None:
+        self._writer = writer
+        self._tee = tee
+
+    def write(self, data: BytesLike) -> int:
+        self._writer.write(data)
+        self._tee.write(data)
+        return len(data)
+
+
+def _teed(writer: BlobWriter, tee: BlobTee | None) -> ByteSink:
+    return writer if tee is None else _Teed(writer, tee)
+
+
+def _descriptor(blob: tuple[str, int], compression: str, docker: bool) -> oci.Descriptor:
+    media_type = oci.oci_layer_media_type(compression)
+    return oci.Descriptor(oci.OCI_TO_DOCKER_LAYER[media_type] if docker else media_type, blob[0], blob[1])
 
 
 def _check_diff_id(diff_id: str, made: str) -> None:
