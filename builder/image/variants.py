@@ -236,22 +236,20 @@ class Variants:
                              hint="run fsck; remove the image and build it again")
 
 
+@dataclass
 class ShipPlan:
     """One image's layers as one export or push ships them: `ready[i]` is the blob of layer i
     when the store has it, None when `make(i)` is to make it now."""
 
-    def __init__(self, variants: Variants, manifest_digest: str, manifest: dict[str, Any],
-                 layers: list[oci.Descriptor], diff_ids: list[str], ready: list[oci.Descriptor | None],
-                 compression: str, level: int, docker: bool) -> None:
-        self._variants = variants
-        self._manifest_digest = manifest_digest
-        self._manifest = manifest
-        self.layers = layers
-        self.diff_ids = diff_ids
-        self.ready = ready
-        self.compression = compression
-        self.level = level
-        self._docker = docker
+    variants: Variants
+    manifest_digest: str
+    manifest: dict[str, Any]
+    layers: list[oci.Descriptor]
+    diff_ids: list[str]
+    ready: list[oci.Descriptor | None]
+    compression: str
+    level: int
+    docker: bool
 
     def pending(self) -> list[int]:
         """The layers to make, each once (an image may name one layer twice), in manifest order."""
@@ -264,25 +262,25 @@ class ShipPlan:
         return indexes
 
     def uncompressed_size(self, index: int) -> int:
-        info = self._variants.blobs.diff(self.diff_ids[index])
+        info = self.variants.blobs.diff(self.diff_ids[index])
         return 0 if info is None else info.size
 
     def make(self, index: int, tee: BlobTee | None = None) -> oci.Descriptor:
-        return self._variants.make_blob(self.layers[index], self.diff_ids[index], self.compression, self.level,
-                                        docker=self._docker, tee=tee)
+        return self.variants.make_blob(self.layers[index], self.diff_ids[index], self.compression, self.level,
+                                       docker=self.docker, tee=tee)
 
     def finish(self, made: dict[int, oci.Descriptor]) -> Shipment:
         """The Shipment, once every pending layer is in `made` (by index)."""
         by_diff_id = {self.diff_ids[index]: blob for index, blob in made.items()}
         shipped = [blob if blob is not None else by_diff_id[self.diff_ids[index]]
                    for index, blob in enumerate(self.ready)]
-        blobs = self._variants.blobs
+        blobs = self.variants.blobs
         if shipped == self.layers:
-            manifest_bytes = blobs.read_blob(self._manifest_digest)
-            digest = self._manifest_digest
-            manifest = self._manifest
+            manifest_bytes = blobs.read_blob(self.manifest_digest)
+            digest = self.manifest_digest
+            manifest = self.manifest
         else:
-            manifest = dict(self._manifest)
+            manifest = dict(self.manifest)
             manifest["layers"] = [layer.to_json() for layer in shipped]
             manifest_bytes = oci.canonical_json(manifest)
             digest, _ = blobs.put_blob(manifest_bytes)

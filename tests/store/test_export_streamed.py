@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from storehelpers import build_image, make_tree
 
-import builder.export.oci_layout as oci_layout
 from builder.export import export_oci
 from builder.export.tarout import StreamedMember, TarWriter
 from builder.image import oci
@@ -56,27 +55,25 @@ def copied_blobs(monkeypatch) -> list[str]:
     return names
 
 
-def reference_export(tmp_path: Path, compression: str) -> bytes:
-    """The same image in a store of its own, exported to stdout: no streaming there."""
+def reference_export(tmp_path: Path, compression: str, capfdbinary) -> bytes:
+    """The same image in a store of its own, exported to stdout: nothing is streamed there."""
     other = Store.open(tmp_path / "reference-store")
     record = made_here(other, tmp_path / "reference-layers")
-    out = tmp_path / "reference.tar"
-    with open(out, "wb") as sink:
-        writer = TarWriter(sink)
-        plan = other.plan_ship(record.manifest_digest, compression=compression)
-        oci_layout._write_oci_tar(other, plan, writer, oci_layout.tag_annotations(["app:1"]), stream=False)
-    return out.read_bytes()
+    capfdbinary.readouterr()
+    export_oci(other, record.manifest_digest, "-", tags=["app:1"], compression=compression)
+    return capfdbinary.readouterr().out
 
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip", "uncompressed"])
-def test_a_streamed_layer_gives_the_bytes_of_a_copied_one(store, tmp_path, copied_blobs, compression) -> None:
+def test_a_streamed_layer_gives_the_bytes_of_a_copied_one(store, tmp_path, copied_blobs, compression,
+                                                          capfdbinary) -> None:
     record = made_here(store, tmp_path / "layers")
     first, second = tmp_path / "first.tar", tmp_path / "second.tar"
     export_oci(store, record.manifest_digest, first, tags=["app:1"], compression=compression)
     streamed_copies = list(copied_blobs)
     copied_blobs.clear()
     export_oci(store, record.manifest_digest, second, tags=["app:1"], compression=compression)
-    assert first.read_bytes() == second.read_bytes() == reference_export(tmp_path, compression)
+    assert first.read_bytes() == second.read_bytes() == reference_export(tmp_path, compression, capfdbinary)
 
     members = tar_members(first.read_bytes())
     index = json.loads(members["index.json"])
@@ -97,7 +94,8 @@ def test_a_streamed_layer_gives_the_bytes_of_a_copied_one(store, tmp_path, copie
     assert inspected["Layers"] == [layer["digest"] for layer in manifest["layers"]]
 
 
-def test_a_snapshot_changed_harmlessly_restarts_the_streamed_member(store, tmp_path, monkeypatch) -> None:
+def test_a_snapshot_changed_harmlessly_restarts_the_streamed_member(store, tmp_path, monkeypatch,
+                                                                    capfdbinary) -> None:
     """The trusted write of the layer gives up (its dir's signature moved); what the tar got of it
     is cut away and the layer written again, hashed: the tar is still the reference's."""
     record = made_here(store, tmp_path / "layers")
@@ -116,11 +114,11 @@ def test_a_snapshot_changed_harmlessly_restarts_the_streamed_member(store, tmp_p
     out = tmp_path / "out.tar"
     export_oci(store, record.manifest_digest, out, tags=["app:1"], compression="zstd")
     assert len(restarts) == 1 and restarts[0] > 0, "bytes had gone into the tar before the change was seen"
-    assert out.read_bytes() == reference_export(tmp_path, "zstd")
+    assert out.read_bytes() == reference_export(tmp_path, "zstd", capfdbinary)
 
 
 def test_a_blob_whose_header_needs_more_than_a_block_is_copied_instead(store, tmp_path, monkeypatch,
-                                                                       copied_blobs) -> None:
+                                                                       copied_blobs, capfdbinary) -> None:
     """A blob of 8 GiB or more needs a PAX size record: the streamed member is cut off and the
     blob, kept by the store meanwhile, written as a plain member. Simulated with a header that
     comes out two blocks long for the streamed blob."""
@@ -147,7 +145,7 @@ def test_a_blob_whose_header_needs_more_than_a_block_is_copied_instead(store, tm
     export_oci(store, record.manifest_digest, out, tags=["app:1"], compression="zstd")
     assert len(copied_blobs) == 3, "both layers and the config were copied from the store"
     monkeypatch.undo()
-    assert out.read_bytes() == reference_export(tmp_path, "zstd")
+    assert out.read_bytes() == reference_export(tmp_path, "zstd", capfdbinary)
 
 
 def test_progress_ends_at_the_size_of_the_tar(store, tmp_path) -> None:
