@@ -104,16 +104,12 @@ def _write_oci_tar(store: Store, plan: ShipPlan, tar: TarWriter, annotations: li
 
     with ThreadPoolExecutor(max_workers=max(1, min(4, len(pending)))) as pool:
         making = {index: pool.submit(plan.make, index) for index in pending if index != streamed}
-        first_of: dict[str, int] = {}
-        for index, diff_id in enumerate(plan.diff_ids):
-            first_of.setdefault(diff_id, index)
         for index, ready in enumerate(plan.ready):
             if ready is not None:
                 add_blob(ready.digest, ready.size)
                 continue
-            first = first_of[plan.diff_ids[index]]
-            if first != index:
-                continue  # the same layer again: its blob is in the tar already
+            if index not in making and index != streamed:
+                continue  # a layer made for an earlier index (the same diff_id): in the tar already
             if index == streamed:
                 member = tar.begin_streamed()
                 made[index] = blob = plan.make(index, tee=member)

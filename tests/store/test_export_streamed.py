@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from storehelpers import build_image, make_tree
+from storehelpers import build_image, make_tree, put_layer_blob
 
 from builder.export import export_oci
 from builder.export.tarout import StreamedMember, TarWriter
@@ -156,3 +156,31 @@ def test_progress_ends_at_the_size_of_the_tar(store, tmp_path) -> None:
     export_oci(store, record.manifest_digest, out, compression="zstd", transfer=transfer)
     transfer.finish()
     assert events[-1].current == events[-1].total == out.stat().st_size
+
+
+def test_a_layer_named_twice_goes_into_the_tar_once(store, tmp_path) -> None:
+    """A base image's layer and a layer made here with the same content (one diff_id): the first
+    ships as its blob, the second is compressed now; an image naming one made-here layer twice
+    compresses it once. Every blob the manifest names is in the tar, each once."""
+    tree = {"etc/same.conf": "same\n"}
+    base = put_layer_blob(store, make_tree(tmp_path / "base", tree))
+    again = store.put_layer_from_dir(make_tree(tmp_path / "again", tree), source_date_epoch=0)
+    other = store.put_layer_from_dir(make_tree(tmp_path / "other", {"srv/x": "x\n"}), source_date_epoch=0)
+    assert base.diff_id == again.diff_id
+    config = oci.make_image_config(platform=oci.Platform("linux", "amd64"), created="1970-01-01T00:00:00Z")
+    layers = []
+    for digests in (base, again, other, other):
+        layers.append(oci.Descriptor(digests.media_type, digests.digest, digests.size))
+        oci.add_layer(config, digests.diff_id, "layer", created="1970-01-01T00:00:00Z")
+    record = store.save_image(oci.make_manifest_for_config(config, layers), config)
+    out = tmp_path / "out.tar"
+    export_oci(store, record.manifest_digest, out, compression="zstd")
+    with tarfile.open(out) as tar:
+        names = [m.name for m in tar.getmembers()]
+        index = json.load(tar.extractfile("index.json"))
+        manifest = json.load(tar.extractfile(f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"))
+    assert len(names) == len(set(names))
+    shipped = [f"blobs/sha256/{layer['digest'][7:]}" for layer in manifest["layers"]]
+    assert shipped[2] == shipped[3] and len(set(shipped)) == 3
+    assert names[2:5] == shipped[:3]
+    assert manifest["layers"][0]["digest"] == base.digest, "the base layer's blob ships as it is"
