@@ -35,6 +35,8 @@ DEVICE_XATTR = BUILDER_XATTR_PREFIX + "device"
 # image, and would make layers differ between hosts.
 _HOST_XATTRS = frozenset({"security.selinux"})
 _COPY_BUFSIZE = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Files up to this size go out in one write with their header (read whole, in one call).
 _SMALL_FILE = 64 << 10
 # Mode of the synthetic whiteout and opaque-marker entries (as Docker writes them).
@@ -51,11 +53,12 @@ def is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def read_xattrs(path: bytes | str, *, skip_overlay: bool = True) -> dict[str, bytes]:
-    """All xattrs of a path (not following symlinks), sorted by name; overlay's own (trusted.overlay.*
-    and, for rootless overlay, user.overlay.*) and host SELinux labels omitted."""
+def read_xattrs(path: bytes | str | int, *, skip_overlay: bool = True) -> dict[str, bytes]:
+    """All xattrs of a path (not following symlinks) or an open file, sorted by name; overlay's own
+    (trusted.overlay.* and, for rootless overlay, user.overlay.*) and host SELinux labels omitted."""
+    nofollow = {} if isinstance(path, int) else {"follow_symlinks": False}
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path, **nofollow)
     except OSError as err:
         if err.errno in (errno.ENOTSUP, errno.EPERM):
             return {}
@@ -65,7 +68,7 @@ def read_xattrs(path: bytes | str, *, skip_overlay: bool = True) -> dict[str, by
         if skip_overlay and (is_overlay_xattr(name) or name.startswith(BUILDER_XATTR_PREFIX) or name in _HOST_XATTRS):
             continue
         try:
-            result[name] = os.getxattr(path, name, follow_symlinks=False)
+            result[name] = os.getxattr(path, name, **nofollow)
         except OSError as err:
             if err.errno == errno.ENODATA:
                 continue  # removed between list and get
@@ -78,10 +81,11 @@ def device_marker(kind: int, device: int) -> bytes:
     return f"{'c' if kind == stat.S_IFCHR else 'b'} {os.major(device)} {os.minor(device)}".encode()
 
 
-def read_device_marker(path: bytes | str) -> tuple[int, int] | None:
-    """(S_IFCHR or S_IFBLK, device number) of an empty file standing for a device node, else None."""
+def read_device_marker(path: bytes | str, fd: int | None = None) -> tuple[int, int] | None:
+    """(S_IFCHR or S_IFBLK, device number) of an empty file standing for a device node, else None.
+    With `fd` (the file, open), the xattr is read from it; `path` only names it in an error."""
     try:
-        value = os.getxattr(path, DEVICE_XATTR, follow_symlinks=False)
+        value = os.getxattr(path, DEVICE_XATTR, follow_symlinks=False) if fd is None else os.getxattr(fd, DEVICE_XATTR)
     except OSError:
         return None
     fields = value.split()
@@ -137,6 +141,8 @@ class _Member:
     header: bytes
     content_path: bytes | None = None  # regular file whose bytes follow the header
     size: int = 0
+    content_fd: int = -1  # that file, open (the consumer closes it)
+    content_st: os.stat_result | None = None  # its fstat when it was opened
 
 
 def layer_mtime(st: os.stat_result, source_date_epoch: int | None) -> int:
@@ -177,36 +183,54 @@ class _TarMembers:
             raise ArchiveError(f"layer source {os.fsdecode(self._root)} is not a directory")
         if is_opaque_dir(self._root):
             yield self._marker(OPAQUE_MARKER.encode())
-        # Each level: the sorted children of one directory still to be written.
-        stack = [iter(self._children(b""))]
-        while stack:
-            for rel, st in stack[-1]:
-                member = self._member(rel, st)
-                if member is not None:
-                    yield member
-                if stat.S_ISDIR(st.st_mode):
-                    if is_opaque_dir(self._root + b"/" + rel):
-                        yield self._marker(rel + b"/" + OPAQUE_MARKER.encode())
-                    stack.append(iter(self._children(rel)))
-                    break  # its subtree first, then on with this level
-            else:
-                stack.pop()
+        # Each level: the sorted children of one directory still to be written, and that
+        # directory open: its entries are stat'ed and opened relative to it (openat, fstatat),
+        # not by a path the kernel walks again from the root for every file.
+        root_fd = os.open(self._root, _DIR_FLAGS)
+        stack: list[tuple[Iterator[tuple[bytes, bytes, os.stat_result]], int]] = []
+        try:
+            stack.append((iter(self._children(root_fd, b"")), root_fd))
+            while stack:
+                children, dir_fd = stack[-1]
+                for rel, name, st in children:
+                    member = self._member(rel, name, st, dir_fd)
+                    if member is not None:
+                        yield member
+                    if stat.S_ISDIR(st.st_mode):
+                        if is_opaque_dir(self._root + b"/" + rel):
+                            yield self._marker(rel + b"/" + OPAQUE_MARKER.encode())
+                        sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                        try:
+                            listed = self._children(sub_fd, rel)
+                        except BaseException:
+                            os.close(sub_fd)
+                            raise
+                        stack.append((iter(listed), sub_fd))
+                        break  # its subtree first, then on with this level
+                else:
+                    stack.pop()
+                    os.close(dir_fd)
+        finally:
+            for _, fd in stack:
+                os.close(fd)
 
-    def _children(self, rel_dir: bytes) -> list[tuple[bytes, os.stat_result]]:
-        """(path relative to the root, lstat) of a directory's entries, in tar order: sorted by
-        the name each gets in the tar (a whiteout is `.wh.NAME`)."""
+    def _children(self, dir_fd: int, rel_dir: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
+        """(path relative to the root, name, lstat) of a directory's entries, in tar order:
+        sorted by the name each gets in the tar (a whiteout is `.wh.NAME`)."""
         children: list[tuple[bytes, bytes, os.stat_result]] = []
-        with os.scandir(self._root + b"/" + rel_dir if rel_dir else self._root) as it:
+        with os.scandir(dir_fd) as it:
             for entry in it:
-                st = entry.stat(follow_symlinks=False)
-                children.append((b".wh." + entry.name if is_whiteout(st) else entry.name, entry.name, st))
+                st = entry.stat(follow_symlinks=False)  # fstatat on the open dir
+                name = os.fsencode(entry.name)
+                children.append((b".wh." + name if is_whiteout(st) else name, name, st))
         children.sort(key=lambda child: child[0])
         prefix = rel_dir + b"/" if rel_dir else b""
-        return [(prefix + name, st) for _, name, st in children]
+        return [(prefix + name, name, st) for _, name, st in children]
 
-    def _member(self, rel: bytes, st: os.stat_result) -> _Member | None:
-        """The member for one path; None for a socket (GNU tar skips them too). A directory's
-        children are the caller's business."""
+    def _member(self, rel: bytes, name: bytes, st: os.stat_result, dir_fd: int) -> _Member | None:
+        """The member for one path (`name` in the open directory `dir_fd`); None for a socket
+        (GNU tar skips them too). A directory's children are the caller's business. A regular
+        file's member holds it open, checked to be the file the walk saw."""
         parent, _, base = rel.rpartition(b"/")
         if is_whiteout(st):
             return self._marker(parent + b"/.wh." + base if parent else b".wh." + base)
@@ -219,29 +243,49 @@ class _TarMembers:
         if stat.S_ISSOCK(mode):
             return None
         abs_path = self._root + b"/" + rel
+        if stat.S_ISREG(mode) and not (st.st_nlink > 1 and (st.st_dev, st.st_ino) in self._links):
+            return self._file_member(rel, name, st, dir_fd, abs_path)
         xattrs = read_xattrs(abs_path)
         if stat.S_ISDIR(mode):
             return _Member(self._header(rel + b"/", st, tarfile.DIRTYPE, xattrs))
         if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            first = self._links.get(key)
+            first = self._links.get((st.st_dev, st.st_ino))
             if first is not None:
                 return _Member(self._header(rel, st, tarfile.LNKTYPE, xattrs, linkname=first))
-            self._links[key] = rel
-        device = read_device_marker(abs_path) if stat.S_ISREG(mode) and st.st_size == 0 else None
-        if device is not None:
-            mode = device[0] | stat.S_IMODE(mode)
-        if stat.S_ISREG(mode):
-            return _Member(self._header(rel, st, tarfile.REGTYPE, xattrs, size=st.st_size), abs_path, st.st_size)
+            self._links[(st.st_dev, st.st_ino)] = rel
         if stat.S_ISLNK(mode):
             return _Member(self._header(rel, st, tarfile.SYMTYPE, xattrs, linkname=os.readlink(abs_path)))
         if stat.S_ISFIFO(mode):
             return _Member(self._header(rel, st, tarfile.FIFOTYPE, xattrs))
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            rdev = st.st_rdev if device is None else device[1]
             return _Member(self._header(rel, st, tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE, xattrs,
-                                        device=(os.major(rdev), os.minor(rdev))))
+                                        device=(os.major(st.st_rdev), os.minor(st.st_rdev))))
         return None  # no other kind of file exists; nothing to write for one if it did
+
+    def _file_member(self, rel: bytes, name: bytes, st: os.stat_result, dir_fd: int, abs_path: bytes) -> _Member:
+        """A regular file (the first name of its inode): opened, its xattrs read from the open file;
+        an empty one may stand for a device node (DEVICE_XATTR), then written as that node."""
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        try:
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode) or opened.st_size != st.st_size:
+                raise _changed(abs_path)
+            xattrs = read_xattrs(fd)
+            if st.st_nlink > 1:
+                self._links[(st.st_dev, st.st_ino)] = rel
+            device = read_device_marker(abs_path, fd) if st.st_size == 0 else None
+            if device is not None:
+                os.close(fd)
+                kind = tarfile.CHRTYPE if device[0] == stat.S_IFCHR else tarfile.BLKTYPE
+                return _Member(self._header(rel, st, kind, xattrs, device=(os.major(device[1]), os.minor(device[1]))))
+            header = self._header(rel, st, tarfile.REGTYPE, xattrs, size=st.st_size)
+        except BaseException:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            raise
+        return _Member(header, abs_path, st.st_size, fd, opened)
 
     def _header(self, name: bytes, st: os.stat_result, kind: bytes, xattrs: dict[str, bytes], *, size: int = 0,
                 linkname: bytes = b"", device: tuple[int, int] | None = None) -> bytes:
@@ -273,17 +317,20 @@ def _write_tar(members: Iterable[_Member], out: ByteSink, signature: TreeSignatu
     buffer = bytearray(_COPY_BUFSIZE)
     for member in members:
         header = member.header
-        if signature is not None:
-            signature.header(header)
-        if member.content_path is None:
+        fd = member.content_fd
+        if fd < 0:
+            if signature is not None:
+                signature.header(header)
             out.write(header)
             offset += len(header)
             continue
         size = member.size
         padding = -size % tarfile.BLOCKSIZE
-        fd, st = _open_content(member.content_path, size)
+        st = member.content_st
+        assert member.content_path is not None and st is not None
         try:
             if signature is not None:
+                signature.header(header)
                 signature.content(st)
             if size <= _SMALL_FILE:
                 data = _read_small(fd, size, member.content_path)
@@ -327,15 +374,6 @@ def _copy_content(fd: int, size: int, buffer: bytearray, out: ByteSink, path: by
 
 def _changed(path: bytes) -> ArchiveError:
     return ArchiveError(f"{os.fsdecode(path)} changed while the layer was being written")
-
-
-def _open_content(path: bytes, expected_size: int) -> tuple[int, os.stat_result]:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size != expected_size:
-        os.close(fd)
-        raise _changed(path)
-    return fd, st
 
 
 def _check_unchanged(fd: int, before: os.stat_result, path: bytes) -> None:

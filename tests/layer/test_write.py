@@ -223,6 +223,41 @@ def test_reserved_whiteout_names_are_refused(tmp_path: Path) -> None:
         write_layer(tmp_path, io.BytesIO())
 
 
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_the_walk_leaves_no_file_open_when_it_ends_or_fails(tree: Path, tmp_path: Path) -> None:
+    """The writer holds each directory and file open while it writes them (it works relative
+    to them): all closed again after a layer, and after a walk that fails deep in the tree."""
+    before = open_fds()
+    write_layer(tree, io.BytesIO())
+    assert open_fds() == before
+    deep = tmp_path / "deep"
+    (deep / "a/b/c").mkdir(parents=True)
+    (deep / "a/b/file").write_bytes(b"x" * 100_000)
+    (deep / "a/b/c/.wh.sneaky").write_bytes(b"")
+    with pytest.raises(ArchiveError, match="reserved for whiteouts"):
+        write_layer(deep, io.BytesIO())
+    assert open_fds() == before
+
+
+def test_a_file_that_changed_size_after_the_walk_saw_it_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "grows").write_bytes(b"x" * 10)
+    real_open = os.open
+
+    def open_after_growing(path, flags, mode=0o777, *, dir_fd=None):
+        if path in (b"grows", "grows"):
+            (tmp_path / "grows").write_bytes(b"x" * 20)  # after the walk's lstat, before the open
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", open_after_growing)
+    before = open_fds()
+    with pytest.raises(ArchiveError, match="changed while the layer was being written"):
+        write_layer(tmp_path, io.BytesIO())
+    assert open_fds() == before
+
+
 def test_unknown_compression_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="brotli"):
         write_layer(tmp_path, io.BytesIO(), compression="brotli")
