@@ -113,6 +113,9 @@ def _write_oci_tar(store: Store, plan: ShipPlan, tar: TarWriter, annotations: li
             if index == streamed:
                 member = tar.begin_streamed()
                 made[index] = blob = plan.make(index, tee=member)
+                if blob.digest in written:
+                    member.drop()  # its bytes are those of a blob in the tar already (a base layer's)
+                    continue
                 if member.finish(_blob_name(blob.digest)):
                     written.add(blob.digest)
                     continue

@@ -217,7 +217,7 @@ class StreamedMember:
         of 8 GiB or more): the caller then writes it as a plain member."""
         header = self._tar.header(name, "file", self.size)
         if len(header) != BLOCK:
-            self._cut(self._header_at)
+            self.drop()
             return False
         try:
             os.pwrite(self._fd, header, self._header_at)
@@ -225,6 +225,10 @@ class StreamedMember:
             raise OutputError(f"cannot write the output: {exc.strerror or exc}") from exc
         self._tar.sink.write(tarfile.NUL * (-self.size % BLOCK))
         return True
+
+    def drop(self) -> None:
+        """Cut the member off: the output is as it was before it began."""
+        self._cut(self._header_at)
 
     def _cut(self, offset: int) -> None:
         end = os.lseek(self._fd, 0, os.SEEK_CUR)

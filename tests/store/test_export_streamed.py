@@ -184,3 +184,27 @@ def test_a_layer_named_twice_goes_into_the_tar_once(store, tmp_path) -> None:
     assert shipped[2] == shipped[3] and len(set(shipped)) == 3
     assert names[2:5] == shipped[:3]
     assert manifest["layers"][0]["digest"] == base.digest, "the base layer's blob ships as it is"
+
+
+def test_a_streamed_blob_equal_to_one_in_the_tar_is_not_written_twice(store, tmp_path) -> None:
+    """A base image's gzip layer and the same content made here, exported in gzip: the layer made
+    now compresses to the very blob the base ships, already in the tar, so the streamed member
+    is cut off again (a tar with one name twice is refused by some readers)."""
+    tree = {"etc/same.conf": "same\n" * 1000}
+    base = put_layer_blob(store, make_tree(tmp_path / "base", tree))
+    again = store.put_layer_from_dir(make_tree(tmp_path / "again", tree), source_date_epoch=0)
+    config = oci.make_image_config(platform=oci.Platform("linux", "amd64"), created="1970-01-01T00:00:00Z")
+    layers = []
+    for digests in (base, again):
+        layers.append(oci.Descriptor(digests.media_type, digests.digest, digests.size))
+        oci.add_layer(config, digests.diff_id, "layer", created="1970-01-01T00:00:00Z")
+    record = store.save_image(oci.make_manifest_for_config(config, layers), config)
+    out = tmp_path / "out.tar"
+    export_oci(store, record.manifest_digest, out, compression="gzip")
+    with tarfile.open(out) as tar:
+        names = [m.name for m in tar.getmembers()]
+        index = json.load(tar.extractfile("index.json"))
+        manifest = json.load(tar.extractfile(f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"))
+        assert hashlib.sha256(tar.extractfile(f"blobs/sha256/{base.digest[7:]}").read()).hexdigest() == base.digest[7:]
+    assert [layer["digest"] for layer in manifest["layers"]] == [base.digest, base.digest]
+    assert len(names) == len(set(names))
