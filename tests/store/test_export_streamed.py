@@ -158,6 +158,23 @@ def test_progress_ends_at_the_size_of_the_tar(store, tmp_path) -> None:
     assert events[-1].current == events[-1].total == out.stat().st_size
 
 
+def export_image_of(store: Store, layer_digests: list, out: Path, compression: str) -> tuple[list[str], dict]:
+    """An image of these layers (each as stored: a blob or a dir made here) exported as an OCI
+    tar: its member names and the manifest it ships."""
+    config = oci.make_image_config(platform=oci.Platform("linux", "amd64"), created="1970-01-01T00:00:00Z")
+    layers = []
+    for digests in layer_digests:
+        layers.append(oci.Descriptor(digests.media_type, digests.digest, digests.size))
+        oci.add_layer(config, digests.diff_id, "layer", created="1970-01-01T00:00:00Z")
+    record = store.save_image(oci.make_manifest_for_config(config, layers), config)
+    export_oci(store, record.manifest_digest, out, compression=compression)
+    with tarfile.open(out) as tar:
+        names = [member.name for member in tar.getmembers()]  # every member, a name twice included
+    members = tar_members(out.read_bytes())
+    index = json.loads(members["index.json"])
+    return names, json.loads(members[f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"])
+
+
 def test_a_layer_named_twice_goes_into_the_tar_once(store, tmp_path) -> None:
     """A base image's layer and a layer made here with the same content (one diff_id): the first
     ships as its blob, the second is compressed now; an image naming one made-here layer twice
@@ -167,18 +184,7 @@ def test_a_layer_named_twice_goes_into_the_tar_once(store, tmp_path) -> None:
     again = store.put_layer_from_dir(make_tree(tmp_path / "again", tree), source_date_epoch=0)
     other = store.put_layer_from_dir(make_tree(tmp_path / "other", {"srv/x": "x\n"}), source_date_epoch=0)
     assert base.diff_id == again.diff_id
-    config = oci.make_image_config(platform=oci.Platform("linux", "amd64"), created="1970-01-01T00:00:00Z")
-    layers = []
-    for digests in (base, again, other, other):
-        layers.append(oci.Descriptor(digests.media_type, digests.digest, digests.size))
-        oci.add_layer(config, digests.diff_id, "layer", created="1970-01-01T00:00:00Z")
-    record = store.save_image(oci.make_manifest_for_config(config, layers), config)
-    out = tmp_path / "out.tar"
-    export_oci(store, record.manifest_digest, out, compression="zstd")
-    with tarfile.open(out) as tar:
-        names = [m.name for m in tar.getmembers()]
-        index = json.load(tar.extractfile("index.json"))
-        manifest = json.load(tar.extractfile(f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"))
+    names, manifest = export_image_of(store, [base, again, other, other], tmp_path / "out.tar", "zstd")
     assert len(names) == len(set(names))
     shipped = [f"blobs/sha256/{layer['digest'][7:]}" for layer in manifest["layers"]]
     assert shipped[2] == shipped[3] and len(set(shipped)) == 3
@@ -193,18 +199,9 @@ def test_a_streamed_blob_equal_to_one_in_the_tar_is_not_written_twice(store, tmp
     tree = {"etc/same.conf": "same\n" * 1000}
     base = put_layer_blob(store, make_tree(tmp_path / "base", tree))
     again = store.put_layer_from_dir(make_tree(tmp_path / "again", tree), source_date_epoch=0)
-    config = oci.make_image_config(platform=oci.Platform("linux", "amd64"), created="1970-01-01T00:00:00Z")
-    layers = []
-    for digests in (base, again):
-        layers.append(oci.Descriptor(digests.media_type, digests.digest, digests.size))
-        oci.add_layer(config, digests.diff_id, "layer", created="1970-01-01T00:00:00Z")
-    record = store.save_image(oci.make_manifest_for_config(config, layers), config)
     out = tmp_path / "out.tar"
-    export_oci(store, record.manifest_digest, out, compression="gzip")
-    with tarfile.open(out) as tar:
-        names = [m.name for m in tar.getmembers()]
-        index = json.load(tar.extractfile("index.json"))
-        manifest = json.load(tar.extractfile(f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"))
-        assert hashlib.sha256(tar.extractfile(f"blobs/sha256/{base.digest[7:]}").read()).hexdigest() == base.digest[7:]
+    names, manifest = export_image_of(store, [base, again], out, "gzip")
+    assert hashlib.sha256(tar_members(out.read_bytes())[f"blobs/sha256/{base.digest[7:]}"]).hexdigest() == \
+        base.digest[7:]
     assert [layer["digest"] for layer in manifest["layers"]] == [base.digest, base.digest]
     assert len(names) == len(set(names))
