@@ -230,7 +230,7 @@ class _TarMembers:
     def _member(self, rel: bytes, name: bytes, st: os.stat_result, dir_fd: int) -> _Member | None:
         """The member for one path (`name` in the open directory `dir_fd`); None for a socket
         (GNU tar skips them too). A directory's children are the caller's business. A regular
-        file's member holds it open, checked to be the file the walk saw."""
+        file's member holds it open, checked to be still a regular file of the size the walk saw."""
         parent, _, base = rel.rpartition(b"/")
         if is_whiteout(st):
             return self._marker(parent + b"/.wh." + base if parent else b".wh." + base)
@@ -274,18 +274,16 @@ class _TarMembers:
             if st.st_nlink > 1:
                 self._links[(st.st_dev, st.st_ino)] = rel
             device = read_device_marker(abs_path, fd) if st.st_size == 0 else None
-            if device is not None:
-                os.close(fd)
-                kind = tarfile.CHRTYPE if device[0] == stat.S_IFCHR else tarfile.BLKTYPE
-                return _Member(self._header(rel, st, kind, xattrs, device=(os.major(device[1]), os.minor(device[1]))))
-            header = self._header(rel, st, tarfile.REGTYPE, xattrs, size=st.st_size)
+            if device is None:
+                return _Member(self._header(rel, st, tarfile.REGTYPE, xattrs, size=st.st_size), abs_path,
+                               st.st_size, fd, opened)
+            kind = tarfile.CHRTYPE if device[0] == stat.S_IFCHR else tarfile.BLKTYPE
+            node = _Member(self._header(rel, st, kind, xattrs, device=(os.major(device[1]), os.minor(device[1]))))
         except BaseException:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            os.close(fd)
             raise
-        return _Member(header, abs_path, st.st_size, fd, opened)
+        os.close(fd)  # a device node: no bytes follow its header
+        return node
 
     def _header(self, name: bytes, st: os.stat_result, kind: bytes, xattrs: dict[str, bytes], *, size: int = 0,
                 linkname: bytes = b"", device: tuple[int, int] | None = None) -> bytes:
@@ -318,19 +316,18 @@ def _write_tar(members: Iterable[_Member], out: ByteSink, signature: TreeSignatu
     for member in members:
         header = member.header
         fd = member.content_fd
-        if fd < 0:
-            if signature is not None:
-                signature.header(header)
-            out.write(header)
-            offset += len(header)
-            continue
-        size = member.size
-        padding = -size % tarfile.BLOCKSIZE
-        st = member.content_st
-        assert member.content_path is not None and st is not None
         try:
             if signature is not None:
                 signature.header(header)
+            if fd < 0:
+                out.write(header)
+                offset += len(header)
+                continue
+            size = member.size
+            padding = -size % tarfile.BLOCKSIZE
+            st = member.content_st
+            assert member.content_path is not None and st is not None
+            if signature is not None:
                 signature.content(st)
             if size <= _SMALL_FILE:
                 data = _read_small(fd, size, member.content_path)
@@ -344,7 +341,8 @@ def _write_tar(members: Iterable[_Member], out: ByteSink, signature: TreeSignatu
                     _check_unchanged(fd, st, member.content_path)
                 out.write(tarfile.NUL * padding)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         offset += len(header) + size + padding
     end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
     offset += len(end)
