@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
@@ -102,7 +101,7 @@ def _write_oci_tar(store: Store, plan: ShipPlan, tar: TarWriter, annotations: li
             written.add(digest)
             tar.add_path(_blob_name(digest), store.blob_path(digest), size)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(4, len(pending)))) as pool:
+    with plan.pool() as pool:
         making = {index: pool.submit(plan.make, index) for index in pending if index != streamed}
         for index, ready in enumerate(plan.ready):
             if ready is not None:

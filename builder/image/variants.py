@@ -75,7 +75,7 @@ class Variants:
         manifest (same config, so the same image ID) is stored as a blob and named here."""
         plan = self.plan(manifest_digest, compression=compression, level=level, force=force)
         pending = plan.pending()
-        with ThreadPoolExecutor(max_workers=max(1, min(4, len(pending)))) as pool:
+        with plan.pool() as pool:
             made = dict(zip(pending, pool.map(plan.make, pending), strict=True))
         return plan.finish(made)
 
@@ -260,6 +260,10 @@ class ShipPlan:
                 seen.add(self.diff_ids[index])
                 indexes.append(index)
         return indexes
+
+    def pool(self) -> ThreadPoolExecutor:
+        """Threads to make the pending layers side by side (compressors release the GIL)."""
+        return ThreadPoolExecutor(max_workers=max(1, min(4, len(self.pending()))))
 
     def uncompressed_size(self, index: int) -> int:
         info = self.variants.blobs.diff(self.diff_ids[index])
