@@ -140,7 +140,8 @@ class BlobStore:
         check_digest(blob_digest)
         with self.index.tx() as tx:
             tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
-                       "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id",
+                       "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id "
+                       "WHERE layers.diff_id IS NOT excluded.diff_id",
                        (blob_digest, diff_id, media_type, size))
 
     def note_layer(self, blob_digest: str, diff_id: str, size: int | None = None) -> None:

@@ -107,7 +107,8 @@ class ImageRecords:
                 if layer.digest in made_here or layer.digest in lazy:
                     continue
                 tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
-                           "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id",
+                           "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id "
+                           "WHERE layers.diff_id IS NOT excluded.diff_id",
                            (layer.digest, diff_id, layer.media_type, layer.size))
                 size = self.blobs.learnt_size(layer.digest)
                 if size is not None:
@@ -201,7 +202,8 @@ class ImageRecords:
                 raise ImageNotFound(f"cannot tag {tag_name}: image {manifest_digest} is not in the local store")
             tx.execute("INSERT INTO tags(name, manifest_digest, updated) VALUES (?,?,?) "
                        "ON CONFLICT(name) DO UPDATE SET manifest_digest=excluded.manifest_digest, "
-                       "updated=excluded.updated", (tag_name, manifest_digest, time.time()))
+                       "updated=excluded.updated WHERE tags.manifest_digest IS NOT excluded.manifest_digest",
+                       (tag_name, manifest_digest, time.time()))
         return tag_name
 
     def untag(self, name: str) -> bool:

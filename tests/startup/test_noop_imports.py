@@ -2,7 +2,8 @@
 
 Each build runs in a fresh interpreter, as the CLI does; the second one must find its Buildfile's
 AST in the store and its steps in the cache, and never load the parser (Lark), the registry
-client, the exporters, the cache exporter/importer or the sandbox.
+client, the exporters, the cache exporter/importer or the sandbox; nor write to the store's
+databases (a synced write there costs a journal commit, which a busy disk makes slow).
 """
 from __future__ import annotations
 
@@ -64,3 +65,24 @@ def test_an_edited_buildfile_is_parsed_again(tmp_path: Path) -> None:
     second = _build(context, store)
     assert "lark" in set(second["modules"])
     assert second["image"] != first["image"]
+
+
+def _store_databases(store: Path) -> dict[str, tuple[bytes, int]]:
+    """Each database file of the store (with its WAL, if one is left): bytes and mtime."""
+    return {path.name: (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in sorted(store.iterdir()) if path.name.split(".db")[0] in ("index", "statcache")
+            and not path.name.endswith("-shm")}
+
+
+def test_a_noop_rebuild_writes_nothing_to_the_store_index(tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    (context / "app").mkdir(parents=True)
+    (context / "app" / "a.txt").write_text("hello\n")
+    (context / "Buildfile").write_text("FROM scratch\nCOPY app/ /app/\nENV A=1\n")
+    store = tmp_path / "store"
+    first = _build(context, store)
+    before = _store_databases(store)
+    second = _build(context, store)
+    assert second["image"] == first["image"] and all(second["cached"][1:])
+    assert set(before) >= {"index.db", "statcache.db"}
+    assert _store_databases(store) == before  # the same tag on the same image is not written again
