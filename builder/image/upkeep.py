@@ -8,7 +8,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import secrets
 import stat
 import time
 from dataclasses import dataclass, field
@@ -145,7 +144,7 @@ class Upkeep:
         except FileNotFoundError:
             return None
         while True:
-            trash = "del-" + secrets.token_hex(8)
+            trash = "del-" + os.urandom(8).hex()
             try:
                 os.mkdir(trash, 0o700, dir_fd=tmp_fd)
                 break

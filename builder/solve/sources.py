@@ -7,7 +7,6 @@ key, and then only as far as the step's paths reach.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
 import shutil
@@ -164,6 +163,8 @@ class SourceResolver:
         if what == "FROM":
             return ""
         stages = {stage.name: stage for stage in self.session.plan.stages if stage.name}
+        import difflib  # only on the way to an error message
+
         close = difflib.get_close_matches(name.lower(), list(stages), n=1, cutoff=0.7)
         if not close:
             return ""

@@ -27,7 +27,7 @@ NEVER_ON_A_NOOP = (
     "lark", "builder.parse.parser", "builder.parse.grammar", "builder.registry", "builder.registry.client",
     "builder.export", "builder.export.oci_layout", "builder.cache.exporter", "builder.cache.importer",
     "builder.sandbox", "builder.sandbox.runner", "builder.layer.tarwrite", "builder.solve.copy", "builder.snapshot",
-    "tarfile", "ctypes", "urllib.request", "ssl",
+    "tarfile", "ctypes", "urllib.request", "ssl", "secrets", "difflib",
 )
 
 
