@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Protocol
@@ -26,6 +25,8 @@ from builder.image.records import ImageRecords
 from builder.image.snapshots import SnapshotStore
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from builder.layer.compress import ByteSink, BytesLike
 
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")
@@ -263,6 +264,8 @@ class ShipPlan:
 
     def pool(self) -> ThreadPoolExecutor:
         """Threads to make the pending layers side by side (compressors release the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor  # only an export or push loads it
+
         return ThreadPoolExecutor(max_workers=max(1, min(4, len(self.pending()))))
 
     def uncompressed_size(self, index: int) -> int:

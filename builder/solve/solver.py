@@ -9,9 +9,9 @@ it, never the whole image state, so the index grows linearly with the number of 
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from builder.solve.options import BuildOptions, StepResult
 from builder.solve.prepare import prepare_step
 from builder.solve.session import BuildSession
 from builder.solve.sources import image_layers
+from builder.solve.stagepool import Run, StagePool
 from builder.solve.state import ImageState, LayerRef
 from builder.solve.step import PreparedStep, StepInput
 
@@ -111,20 +112,20 @@ class Solver:
         with self.store.tempdir("b") as work_dir, contextlib.ExitStack() as held_images:
             session = BuildSession(self.store, self.plan, self.options, Path(work_dir), self.executor, total,
                                    held_images=held_images, first_numbers=first_step_numbers(self.plan))
-            futures: dict[int, Future[ImageState]] = {}
-            pool = ThreadPoolExecutor(max_workers=max(1, min(4, len(self.plan.order))))
+            runs: dict[int, Run[ImageState]] = {}
+            pool: StagePool[ImageState] = StagePool(workers=min(4, len(self.plan.order)))
             cancel = self.options.cancel
             forget_cancel = cancel.on_cancel(lambda: self._stop(session)) if cancel is not None else None
             try:
                 for index in self.plan.order:
                     stage = self.plan.stages[index]
-                    dependencies = [futures[dep] for dep in stage.depends_on]
-                    futures[index] = pool.submit(self._run_stage, session, stage, dependencies)
+                    dependencies = [runs[dep] for dep in stage.depends_on]
+                    runs[index] = pool.submit(functools.partial(self._run_stage, session, stage, dependencies))
                 # The first failure anywhere stops the rest at once, not when the target reaches it.
-                finished, _ = wait(list(futures.values()), return_when=FIRST_EXCEPTION)
-                for future in finished:
-                    future.result()
-                final = futures[self.plan.target].result()
+                failed = pool.wait_all_or_first_failure()
+                if failed is not None:
+                    failed.result()
+                final = runs[self.plan.target].result()
             except BaseException:
                 # A failed stage or Ctrl-C: stop this build's other stages instead of waiting.
                 self._stop(session)
@@ -134,7 +135,7 @@ class Solver:
             finally:
                 if forget_cancel is not None:
                     forget_cancel()
-                pool.shutdown(wait=True, cancel_futures=True)
+                pool.shutdown()
             if cancel is not None and cancel.cancelled:
                 raise BuildCancelled("build cancelled", hint="Cancellation.cancel() was called")
             session.results.sort(key=lambda result: result.number)
@@ -146,7 +147,7 @@ class Solver:
         self.executor.stop_all()
 
     # --- one stage ---------------------------------------------------------------------------
-    def _run_stage(self, session: BuildSession, stage: Stage, dependencies: list[Future[ImageState]]) -> ImageState:
+    def _run_stage(self, session: BuildSession, stage: Stage, dependencies: list[Run[ImageState]]) -> ImageState:
         for dependency in dependencies:
             dependency.result()  # re-raises a dependency's failure
         number = session.first_numbers[stage.index]

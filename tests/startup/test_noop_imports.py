@@ -28,6 +28,7 @@ NEVER_ON_A_NOOP = (
     "builder.export", "builder.export.oci_layout", "builder.cache.exporter", "builder.cache.importer",
     "builder.sandbox", "builder.sandbox.runner", "builder.layer.tarwrite", "builder.solve.copy", "builder.snapshot",
     "tarfile", "ctypes", "urllib.request", "ssl", "secrets", "difflib",
+    "concurrent.futures", "logging",
 )
 
 
