@@ -46,6 +46,8 @@ class EventKind(StrEnum):
 
 @dataclass(frozen=True)
 class Event:
+    """One progress report handed to the display or to `on_event` (see EventKind for each kind)."""
+
     kind: EventKind
     stage: str = ""
     step: int = 0  # the step's (or export's, push's) number within the whole build, 0 for build-level events

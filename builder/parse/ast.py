@@ -132,6 +132,8 @@ class Instruction(Node):
 
 @node
 class From(Instruction):
+    """`FROM image [AS name]`: starts a stage."""
+
     image: str  # raw word, may hold $VARS (expanded with pre-FROM ARGs only)
     platform: str | None = None
     alias: str | None = None  # `AS name`, lower-cased as Docker does
@@ -139,6 +141,8 @@ class From(Instruction):
 
 @node
 class Run(Instruction):
+    """`RUN`: a command run in the stage's filesystem; what it changes is a layer."""
+
     command: Command
     heredocs: tuple[Heredoc, ...] = ()
     mounts: tuple[Mount, ...] = ()
@@ -148,36 +152,50 @@ class Run(Instruction):
 
 @node
 class Cmd(Instruction):
+    """`CMD`: the default command (or ENTRYPOINT's default arguments)."""
+
     command: Command
 
 
 @node
 class Entrypoint(Instruction):
+    """`ENTRYPOINT`: the command every container runs."""
+
     command: Command
 
 
 @node
 class Label(Instruction):
+    """`LABEL k=v ...`: config labels."""
+
     pairs: tuple[tuple[str, str], ...]  # raw key and value words
 
 
 @node
 class Maintainer(Instruction):
+    """`MAINTAINER name` (deprecated): the config's author."""
+
     name: str
 
 
 @node
 class Expose(Instruction):
+    """`EXPOSE port[/proto] ...`: ExposedPorts in the config."""
+
     ports: tuple[str, ...]  # raw words like 80, 80/tcp, $PORT/udp
 
 
 @node
 class Env(Instruction):
+    """`ENV k=v ...`: environment for later steps and the image."""
+
     pairs: tuple[tuple[str, str], ...]  # raw key and value words, legacy `ENV k v` included
 
 
 @node
 class Add(Instruction):
+    """`ADD`: COPY plus URLs, git sources and unpacking of local tar archives."""
+
     sources: tuple[str, ...]  # raw words; heredoc sources appear as their `<<NAME` word
     dest: str
     heredocs: tuple[Heredoc, ...] = ()
@@ -192,6 +210,8 @@ class Add(Instruction):
 
 @node
 class Copy(Instruction):
+    """`COPY`: files from the context, another stage or an image."""
+
     sources: tuple[str, ...]
     dest: str
     heredocs: tuple[Heredoc, ...] = ()
@@ -206,36 +226,50 @@ class Copy(Instruction):
 
 @node
 class Volume(Instruction):
+    """`VOLUME path ...`: Volumes in the config."""
+
     paths: tuple[str, ...]
 
 
 @node
 class User(Instruction):
+    """`USER user[:group]`: who RUN steps and containers run as."""
+
     user: str  # raw: name, uid, name:group, uid:gid
 
 
 @node
 class Workdir(Instruction):
+    """`WORKDIR path`: the working directory, made if missing."""
+
     path: str
 
 
 @node
 class Arg(Instruction):
+    """`ARG name[=default] ...`: build arguments in scope from here on."""
+
     args: tuple[tuple[str, str | None], ...]  # (name, raw default or None)
 
 
 @node
 class Onbuild(Instruction):
+    """`ONBUILD instruction`: a trigger stored in the config for images built FROM this one."""
+
     trigger: Instruction  # never FROM, MAINTAINER or ONBUILD
 
 
 @node
 class Stopsignal(Instruction):
+    """`STOPSIGNAL signal`: how a container is asked to stop."""
+
     signal: str
 
 
 @node
 class Healthcheck(Instruction):
+    """`HEALTHCHECK [options] CMD ...` or `HEALTHCHECK NONE`."""
+
     command: Command | None  # None for HEALTHCHECK NONE
     # Durations in nanoseconds, as the image config stores them (the Go durations parsed once, here).
     interval: int | None = None
@@ -247,6 +281,8 @@ class Healthcheck(Instruction):
 
 @node
 class Shell(Instruction):
+    """`SHELL ["exe", "arg"]`: the shell that runs shell-form commands."""
+
     argv: tuple[str, ...]
 
 

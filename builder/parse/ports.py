@@ -17,6 +17,8 @@ class PortSpecError(ValueError):
 
 @dataclass(frozen=True)
 class PortSpec:
+    """One EXPOSE word: a port or range and its protocol."""
+
     low: int
     high: int
     protocol: str

@@ -73,6 +73,8 @@ class Char:
 
 @dataclass(frozen=True)
 class Seq:
+    """`items`, each matched right after the one before."""
+
     items: tuple["Node", ...]
 
 
@@ -123,6 +125,8 @@ _MAX_DFA_TRANSITIONS = 100_000
 
 @dataclass(slots=True)
 class _DfaCache:
+    """The states of the matcher's DFA built so far, with its size counted against the limits."""
+
     sets: list[frozenset[int]] = field(default_factory=list)
     index: dict[frozenset[int], int] = field(default_factory=dict)
     transitions: list[dict[str, int]] = field(default_factory=list)

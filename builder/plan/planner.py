@@ -20,6 +20,8 @@ _EXPANDED_NAME_CHARS = frozenset("$\"'\\`")  # what expansion can change in an A
 
 @dataclass(frozen=True)
 class Stage:
+    """One FROM and the instructions after it, with the stages and images it reads."""
+
     index: int
     name: str | None  # lower-cased `AS name`
     from_instruction: ast.From
@@ -44,6 +46,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class Plan:
+    """The stages of a Buildfile, the one to build, and the order to build what it needs."""
+
     path: str
     stages: tuple[Stage, ...]
     target: int  # index of the stage whose result is the image

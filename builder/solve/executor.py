@@ -29,6 +29,8 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """How a RUN ended."""
+
     status: int  # the command's exit status (128+N when killed by signal N)
     diff_dir: Path | None  # the layer dir of what it changed; None unless status is 0
 

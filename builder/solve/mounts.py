@@ -40,6 +40,8 @@ MAX_SECRET_SIZE = 500 * 1024
 
 @dataclass
 class PreparedMount:
+    """One RUN --mount, resolved for a step: what to mount where, and its part of the cache key."""
+
     kind: str
     target: str
     options: dict[str, str]

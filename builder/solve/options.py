@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class BuildOptions:
+    """Everything a build is asked to do, as `builder.build` and the CLI gather it."""
+
     context_dir: Path
     buildfile_path: Path | None  # None when the Buildfile text comes from stdin
     buildfile_text: str
@@ -38,6 +40,8 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class StepResult:
+    """How one step went: cached or run, its cache key, time and layer."""
+
     stage: str
     number: int  # 1-based within the whole build
     instruction: str
@@ -51,6 +55,8 @@ class StepResult:
 
 @dataclass(frozen=True)
 class BuildResult:
+    """What `builder.build` returns: the image, its tags and every step's result."""
+
     image_id: str  # the config digest, Docker's IMAGE ID
     manifest_digest: str
     config: dict[str, Any]

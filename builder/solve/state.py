@@ -18,6 +18,8 @@ DEFAULT_SHELL = ("/bin/sh", "-c")
 
 @dataclass(frozen=True)
 class LayerRef:
+    """A layer of an image being built: its diff_id and the blob the manifest names."""
+
     diff_id: str
     digest: str
     size: int
