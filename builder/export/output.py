@@ -123,10 +123,7 @@ def write_output(store: Store, manifest_digest: str, spec: OutputSpec, tags: Seq
     digest of the manifest it shipped (oci, registry), else None.
 
     `on_event` gets the bytes written (progress events, rate-limited) and pushes, marked `step`."""
-    from builder.export.docker_archive import export_docker_archive
-    from builder.export.oci_layout import export_oci
-    from builder.export.rootfs import export_local, export_rootfs_tar
-
+    # Each exporter is imported in its branch: an OCI export need not load layer extraction.
     names = list(dict.fromkeys([*spec.names, *tags]))
     if spec.compression is not None:
         compression, compression_level = spec.compression, spec.compression_level
@@ -135,17 +132,25 @@ def write_output(store: Store, manifest_digest: str, spec: OutputSpec, tags: Seq
     layers = {"compression": compression, "level": compression_level, "force": spec.force_compression}
     written = Transfer(on_event, step=step, id="archive", text=f"writing {spec.dest}")
     if spec.type == "oci":
+        from builder.export.oci_layout import export_oci
+
         shipped = export_oci(store, manifest_digest, _dest(spec), tar=spec.tar, tags=names, compression=compression,
                              level=compression_level, force_compression=spec.force_compression, transfer=written)
         written.finish()
         return shipped.manifest_digest
     if spec.type == "docker":
+        from builder.export.docker_archive import export_docker_archive
+
         export_docker_archive(store, [(manifest_digest, names)], _dest(spec), transfer=written)
         written.finish()
     elif spec.type == "tar":
+        from builder.export.rootfs import export_rootfs_tar
+
         export_rootfs_tar(store, manifest_digest, _dest(spec), transfer=written)
         written.finish()
     elif spec.type == "local":
+        from builder.export.rootfs import export_local
+
         export_local(store, manifest_digest, _dest(spec))
     elif spec.type == "image":
         for name in names:

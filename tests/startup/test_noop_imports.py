@@ -87,3 +87,28 @@ def test_a_noop_rebuild_writes_nothing_to_the_store_index(tmp_path: Path) -> Non
     assert second["image"] == first["image"] and all(second["cached"][1:])
     assert set(before) >= {"index.db", "statcache.db"}
     assert _store_databases(store) == before  # the same tag on the same image is not written again
+
+
+_EXPORT_AND_LIST_MODULES = """
+import json, sys
+import builder
+builder.build(sys.argv[1], root=sys.argv[2], outputs=[f"type=oci,dest={sys.argv[3]},compression=zstd"])
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_an_oci_export_loads_neither_extraction_nor_the_other_exporters(tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "app.txt").write_text("hello\n")
+    (context / "Buildfile").write_text("FROM scratch\nCOPY app.txt /app/\n")
+    store, archive = tmp_path / "store", tmp_path / "out.oci.tar"
+    _build(context, store)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", _EXPORT_AND_LIST_MODULES, str(context), str(store), str(archive)],
+                          capture_output=True, text=True, env=env, cwd=context, check=True)
+    loaded = set(json.loads(done.stdout))
+    assert archive.stat().st_size > 0 and "builder.export.oci_layout" in loaded  # the check below can fail
+    unneeded = {"builder.layer.extract", "builder.layer.applydir", "builder.layer.tarread",
+                "builder.export.rootfs", "builder.export.docker_archive", "builder.registry"}
+    assert sorted(loaded & unneeded) == []
