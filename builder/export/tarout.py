@@ -195,7 +195,7 @@ class StreamedMember:
         tar.sink.flush()
         self.size = 0
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             with memoryview(data) as view:
                 while view:
@@ -205,6 +205,7 @@ class StreamedMember:
             raise OutputError(f"cannot write the output: {exc.strerror or exc}") from exc
         self.size += len(data)
         self._tar.sink.counted(len(data))
+        return len(data)
 
     def restart(self) -> None:
         """Drop what was written since the placeholder: the bytes come again from the start."""

@@ -27,7 +27,7 @@ from builder.image.snapshots import SnapshotStore
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-    from builder.layer.compress import ByteSink, BytesLike
+    from builder.layer.compress import ByteSink, BytesLike, HandOver
 
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")
 DEFAULT_LEVELS = {"gzip": 6, "zstd": 3, "uncompressed": 0}
@@ -142,14 +142,15 @@ class Variants:
         with self.blobs.blob_writer() as writer:
             with self.blobs.open_blob(layer.digest) as raw:
                 source = HashingReader(open_layer_stream(raw))
-                compressor = open_compressor(compression, _teed(writer, tee), level=level)
-                try:
-                    while chunk := source.read(CHUNK):
-                        compressor.write(chunk)
-                except BaseException:
-                    compressor.abort()
-                    raise
-                compressor.close()
+                with _teed(writer, tee) as sink:
+                    compressor = open_compressor(compression, sink, level=level)
+                    try:
+                        while chunk := source.read(CHUNK):
+                            compressor.write(chunk)
+                    except BaseException:
+                        compressor.abort()
+                        raise
+                    compressor.close()
             _check_diff_id(diff_id, source.digest())
         assert writer.digest is not None
         return writer.digest, writer.size
@@ -167,8 +168,8 @@ class Variants:
         expected = diff_id if compression == "uncompressed" else None
         if info.signature is not None:
             try:
-                with self.blobs.blob_writer(expected) as writer:
-                    stream_layer(snapshot, _teed(writer, tee), compression=compression, level=level,
+                with self.blobs.blob_writer(expected) as writer, _teed(writer, tee) as sink:
+                    stream_layer(snapshot, sink, compression=compression, level=level,
                                  source_date_epoch=info.epoch, trusted=Trusted(diff_id, info.signature))
             except TreeChanged:
                 # Nothing published: written again below, hashed; what the tee got is void.
@@ -178,9 +179,9 @@ class Variants:
                 assert writer.digest is not None
                 return writer.digest, writer.size
         signature = TreeSignature(info.epoch)
-        with self.blobs.blob_writer(expected) as writer:
+        with self.blobs.blob_writer(expected) as writer, _teed(writer, tee) as sink:
             # The writer hashes the blob itself: stream_layer does not hash it a second time.
-            made, _ = stream_layer(snapshot, _teed(writer, tee), compression=compression, level=level,
+            made, _ = stream_layer(snapshot, sink, compression=compression, level=level,
                                    source_date_epoch=info.epoch, signature=signature)
             _check_diff_id(diff_id, made)
         self.blobs.record_signature(diff_id, signature.value())
@@ -301,25 +302,42 @@ class ShipPlan:
 class BlobTee(Protocol):
     """Where a blob's bytes also go while the store's copy is made (an export's output)."""
 
-    def write(self, data: BytesLike) -> None: ...
+    def write(self, data: BytesLike) -> int: ...
 
     def restart(self) -> None:
         """The bytes so far are void: the blob is made again from its start."""
 
 
 class _Teed:
-    def __init__(self, writer: BlobWriter, tee: BlobTee) -> None:
+    def __init__(self, writer: BlobWriter, tee: HandOver) -> None:
         self._writer = writer
         self._tee = tee
 
     def write(self, data: BytesLike) -> int:
+        self._tee.write(data)  # queued first: the tee's thread writes it while this one hashes
         self._writer.write(data)
-        self._tee.write(data)
         return len(data)
 
 
-def _teed(writer: BlobWriter, tee: BlobTee | None) -> ByteSink:
-    return writer if tee is None else _Teed(writer, tee)
+@contextmanager
+def _teed(writer: BlobWriter, tee: BlobTee | None) -> Iterator[ByteSink]:
+    """What a blob being made is written to: the store's writer and, with a tee, the tee too,
+    fed by a thread of its own. Hashing and writing the kept blob and writing the export's copy
+    then run side by side: on two cores that thread was what the tar writer waited for (the tee's
+    write after the hash, one after the other). On the way out the tee has every byte (or, after
+    a failure, is stopped) before anyone restarts or finishes it."""
+    if tee is None:
+        yield writer
+        return
+    from builder.layer.compress import HandOver
+
+    tee_side = HandOver(tee)
+    try:
+        yield _Teed(writer, tee_side)
+    except BaseException:
+        tee_side.stop()
+        raise
+    tee_side.finish()
 
 
 def _descriptor(blob: tuple[str, int], compression: str, docker: bool) -> oci.Descriptor:

@@ -155,6 +155,13 @@ class HandOver:
             error, self._error = self._error, None
             raise error
 
+    def stop(self) -> None:
+        """`finish()` after a failure elsewhere: that failure is the one reported, not this one's."""
+        try:
+            self.finish()
+        except BaseException:  # noqa: BLE001 - secondary to the error being raised
+            pass
+
 
 class Compressor(Protocol):
     def write(self, data: BytesLike) -> int: ...

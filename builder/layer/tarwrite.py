@@ -383,10 +383,7 @@ def _check_unchanged(fd: int, before: os.stat_result, path: bytes) -> None:
 def _stop(hand_over: HandOver | None) -> None:
     """Wait for the compressing thread after a failure; its own error, if any, is secondary."""
     if hand_over is not None:
-        try:
-            hand_over.finish()
-        except BaseException:  # noqa: BLE001 - the first failure is the one reported
-            pass
+        hand_over.stop()
 
 
 def write_layer(

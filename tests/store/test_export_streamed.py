@@ -205,3 +205,33 @@ def test_a_streamed_blob_equal_to_one_in_the_tar_is_not_written_twice(store, tmp
         base.digest[7:]
     assert [layer["digest"] for layer in manifest["layers"]] == [base.digest, base.digest]
     assert len(names) == len(set(names))
+
+
+def test_an_output_failing_midway_is_an_error_that_keeps_nothing_half_made(store, tmp_path, monkeypatch,
+                                                                           capfdbinary) -> None:
+    """The export's copy of the streamed layer is written by a thread of its own: its failure (a
+    full disk) still ends the export with the output's error, leaves no output file and no
+    thread behind, and keeps no half-made blob: the next export gives the reference's bytes."""
+    import threading
+
+    from builder.errors import OutputError
+
+    record = made_here(store, tmp_path / "layers")
+    real = StreamedMember.write
+
+    def write(self, data) -> int:
+        if self.size >= 1 << 20:
+            raise OutputError("cannot write the output: No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(StreamedMember, "write", write)
+    out = tmp_path / "out.tar"
+    with pytest.raises(OutputError, match="No space left"):
+        export_oci(store, record.manifest_digest, out, tags=["app:1"], compression="zstd")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.tar")] == []
+    assert [t.name for t in threading.enumerate() if t.name == "layer-writer"] == []
+    big_diff_id = record.config["rootfs"]["diff_ids"][1]
+    assert store.blobs.variant(big_diff_id, "zstd", 3) is None
+    monkeypatch.setattr(StreamedMember, "write", real)
+    export_oci(store, record.manifest_digest, out, tags=["app:1"], compression="zstd")
+    assert out.read_bytes() == reference_export(tmp_path, "zstd", capfdbinary)
