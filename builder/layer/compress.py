@@ -27,6 +27,7 @@ DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
 # zstd block for re-chunking input, so the compressor sees the same write sizes whatever the
 # caller's write pattern.
 _ZSTD_CHUNK = 1 << 20
+_ZSTD_DIRECT = 256 << 10
 # gzip header OS byte: 255 ("unknown"), as Go's compress/gzip writes; fixed for determinism.
 _GZIP_OS_UNKNOWN = 255
 
@@ -293,19 +294,22 @@ class ZstdWriter:
         self._buffer = bytearray()
 
     def write(self, data: BytesLike) -> int:
-        if not self._buffer and len(data) >= _ZSTD_CHUNK:
-            self._writer.write(data)  # a whole chunk or more: no copy through the buffer
-            return len(data)
-        self._buffer += data
+        n = len(data)
+        if n >= _ZSTD_DIRECT:
+            # Large enough that a call for it alone costs nothing: what is gathered goes first,
+            # then this as it is. libzstd copies its input itself; gathering a file's content
+            # here first would copy each byte once or twice more (the output is the same for
+            # any cut of the input).
+            if self._buffer:
+                self._writer.write(self._buffer)
+                self._buffer.clear()
+            self._writer.write(data)
+            return n
+        self._buffer += data  # small pieces (a small file's header and bytes) gathered: fewer calls
         if len(self._buffer) >= _ZSTD_CHUNK:
-            # Whole chunks out, the rest kept (one copy per chunk, no shifting of the remainder).
-            with memoryview(self._buffer) as view:
-                whole = len(view) - len(view) % _ZSTD_CHUNK
-                for start in range(0, whole, _ZSTD_CHUNK):
-                    self._writer.write(view[start : start + _ZSTD_CHUNK])
-                rest = bytes(view[whole:])
-            self._buffer = bytearray(rest)
-        return len(data)
+            self._writer.write(self._buffer)
+            self._buffer.clear()
+        return n
 
     def close(self) -> None:
         if self._buffer:

@@ -85,11 +85,17 @@ def mixed_data() -> bytes:
 @pytest.mark.parametrize("writer", [ParallelGzipWriter, ZstdWriter])
 def test_compressed_bytes_do_not_depend_on_threads_or_write_sizes(mixed_data: bytes, writer) -> None:
     outputs = []
-    for threads, write_size in ((1, 1 << 20), (2, 65_537), (4, 10_240), (8, 3 << 20)):
+    # The last cuts mix small pieces (gathered) with large ones (passed on as they are), as a
+    # tar of small files and big ones does.
+    for threads, write_sizes in ((1, [1 << 20]), (2, [65_537]), (4, [10_240]), (8, [3 << 20]),
+                                 (2, [700, 300_000, 9, (1 << 20) + 3, 512, 262_144])):
         out = io.BytesIO()
         compressor = writer(out, threads=threads)
-        for offset in range(0, len(mixed_data), write_size):
-            compressor.write(mixed_data[offset : offset + write_size])
+        offset, cut = 0, 0
+        while offset < len(mixed_data):
+            size = write_sizes[cut % len(write_sizes)]
+            compressor.write(mixed_data[offset : offset + size])
+            offset, cut = offset + size, cut + 1
         compressor.close()
         outputs.append(out.getvalue())
     assert all(output == outputs[0] for output in outputs[1:])
