@@ -1,8 +1,9 @@
 """Getting images out of the store: OCI layout (dir/tar), docker-archive, flattened tar, local dir."""
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from builder.submodules import load_on_first_use
 
 if TYPE_CHECKING:
     from builder.export.docker_archive import export_docker_archive
@@ -28,12 +29,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    submodule = _SUBMODULE_OF.get(name)
-    if submodule is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{submodule}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = load_on_first_use(__name__, _SUBMODULE_OF, __all__)
