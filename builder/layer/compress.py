@@ -24,8 +24,9 @@ import zstandard
 GZIP_BLOCK_SIZE = 1 << 20
 _DEFLATE_WINDOW = 32 * 1024
 DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
-# zstd block for re-chunking input, so the compressor sees the same write sizes whatever the
-# caller's write pattern.
+# zstd: small writes are gathered up to _ZSTD_CHUNK per call into libzstd (a call per small
+# file would cost more than its bytes); a piece of _ZSTD_DIRECT or more goes in as it is. The
+# output does not depend on these cuts; _ZSTD_CHUNK is also the size of its output pieces.
 _ZSTD_CHUNK = 1 << 20
 _ZSTD_DIRECT = 256 << 10
 # gzip header OS byte: 255 ("unknown"), as Go's compress/gzip writes; fixed for determinism.
