@@ -22,6 +22,12 @@ from builder.image import oci
 from builder.image.blobfiles import BlobWriter, HashingReader, check_digest, copy_into, fsync_dir
 from builder.image.index import StoreIndex
 
+# A layer blob and its diff_id; a row that would not change is not written again (a no-op
+# rebuild commits nothing).
+RECORD_LAYER_SQL = ("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
+                    "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id "
+                    "WHERE layers.diff_id IS NOT excluded.diff_id")
+
 
 class BlobStore:
     def __init__(self, root: Path, index: StoreIndex) -> None:
@@ -139,10 +145,7 @@ class BlobStore:
         check_digest(diff_id)
         check_digest(blob_digest)
         with self.index.tx() as tx:
-            tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
-                       "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id "
-                       "WHERE layers.diff_id IS NOT excluded.diff_id",
-                       (blob_digest, diff_id, media_type, size))
+            tx.execute(RECORD_LAYER_SQL, (blob_digest, diff_id, media_type, size))
 
     def note_layer(self, blob_digest: str, diff_id: str, size: int | None = None) -> None:
         """Remember a pair this process hashed (recorded when an image that uses it is saved)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from builder.errors import ImageNotFound, StoreError
 from builder.image import oci
 from builder.image.blobfiles import DiffIdMismatch, check_digest
-from builder.image.content import BlobStore
+from builder.image.content import RECORD_LAYER_SQL, BlobStore
 from builder.image.index import StoreIndex
 from builder.image.lazy import LazyLayers
 from builder.image.reference import InvalidReference, normalize_tag, parse_reference
@@ -106,10 +106,7 @@ class ImageRecords:
             for layer, diff_id in zip(layers, diff_ids, strict=True):  # each pair hashed above
                 if layer.digest in made_here or layer.digest in lazy:
                     continue
-                tx.execute("INSERT INTO layers(blob_digest, diff_id, media_type, size) VALUES (?,?,?,?) "
-                           "ON CONFLICT(blob_digest) DO UPDATE SET diff_id=excluded.diff_id "
-                           "WHERE layers.diff_id IS NOT excluded.diff_id",
-                           (layer.digest, diff_id, layer.media_type, layer.size))
+                tx.execute(RECORD_LAYER_SQL, (layer.digest, diff_id, layer.media_type, layer.size))
                 size = self.blobs.learnt_size(layer.digest)
                 if size is not None:
                     tx.execute("INSERT OR IGNORE INTO diffs(diff_id, size, from_dir, epoch) VALUES (?,?,0,NULL)",
